@@ -1,0 +1,122 @@
+"""Per-token policy-gradient losses: `POLICY_LOSSES[name](logp, old_logp, advantages, mask, cfg)`.
+
+Shapes: logp, old_logp, mask [B, T] (response tokens; mask bool or 0/1), advantages [B] (one per
+sequence, see `vlrl.algos.advantages`). Each returns `(loss [B, T], metrics)`: the loss is 0 at
+masked positions and is reduced by `vlrl.algos.aggregation.aggregate`; metrics are detached
+scalars with the same keys for every entry (clip_frac, ratio_mean, approx_kl), averaged over
+valid tokens. Masked positions may hold any finite log-probs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vlrl.algos.tensor_ops import masked_mean
+
+MAX_LOG_RATIO = 20.0  # log-ratios are clamped to +-20 so exp() stays finite (as verl does)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Knobs shared by the policy losses."""
+
+    clip_low: float = 0.2
+    """Ratio lower bound is 1 - clip_low (PPO epsilon). GSPO uses ~3e-4."""
+    clip_high: float = 0.2
+    """Ratio upper bound is 1 + clip_high; DAPO "clip-higher" uses 0.28 (arXiv 2503.14476), GSPO ~4e-4."""
+    clip_ratio_c: float | None = None
+    """Dual-clip constant c > 1 (Ye et al. 2020, arXiv 1912.09729): for A < 0 the loss is capped at
+    -c * A so a huge ratio cannot give an unbounded update. None disables it (verl uses 3.0)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.clip_low < 1:
+            raise ValueError(f"clip_low must be in [0, 1), got {self.clip_low}")
+        if self.clip_high < 0:
+            raise ValueError(f"clip_high must be >= 0, got {self.clip_high}")
+        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
+            raise ValueError(f"clip_ratio_c must be > 1 or None, got {self.clip_ratio_c}")
+
+
+def _clipped_surrogate(ratio: Tensor, adv: Tensor, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+    """max(-A r, -A clip(r, 1-low, 1+high)), then the optional dual clip; [B, T] -> loss, clipped."""
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    is_clipped = clipped > unclipped
+    if cfg.clip_ratio_c is not None:
+        cap = -adv * cfg.clip_ratio_c  # constant: no gradient where the cap is active
+        dual = (adv < 0) & (loss > cap)
+        loss = torch.where(dual, cap, loss)
+        is_clipped = is_clipped | dual
+    return loss, is_clipped
+
+
+def _finish(loss: Tensor, ratio: Tensor, is_clipped: Tensor, log_ratio: Tensor, mask: Tensor):
+    """Zero the loss at masked positions and compute the shared metrics."""
+    valid = mask.bool()
+    with torch.no_grad():
+        metrics = {
+            "clip_frac": masked_mean(is_clipped.to(ratio.dtype), valid),
+            "ratio_mean": masked_mean(ratio, valid),
+            "approx_kl": masked_mean(-log_ratio, valid),  # k1 estimate of KL(old || new)
+        }
+    return torch.where(valid, loss, torch.zeros_like(loss)), metrics
+
+
+def ppo_clip(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, cfg: LossConfig):
+    """PPO clipped surrogate per token (Schulman et al. 2017, arXiv 1707.06347) as used by GRPO.
+
+    r_t = exp(logp_t - old_logp_t); loss_t = -min(r_t A, clip(r_t, 1 - clip_low, 1 + clip_high) A),
+    with separate low/high bounds (DAPO clip-higher, arXiv 2503.14476) and optional dual clip.
+    logp/old_logp/mask [B, T], advantages [B] -> loss [B, T], metrics.
+    """
+    valid = mask.bool()
+    log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp))
+    ratio = log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
+    loss, is_clipped = _clipped_surrogate(ratio, advantages[:, None], cfg)
+    return _finish(loss, ratio, is_clipped, log_ratio, mask)
+
+
+def gspo(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, cfg: LossConfig):
+    """Group Sequence Policy Optimization (Zheng et al., arXiv 2507.18071), token-level form.
+
+    Sequence ratio s_i = exp(mean over valid t of (logp - old_logp)), clipped to
+    [1 - clip_low, 1 + clip_high] (the paper uses 3e-4 / 4e-4). Per token (the paper's GSPO-token form):
+    s_i,t = sg[s_i] * exp(logp_t - sg[logp_t]): its value is s_i and d s_i,t / d logp_t = s_i, so with
+    `seq_mean_token_mean` aggregation the gradient is exactly the paper's
+    (1/G) sum_i s_i A_i grad log s_i. The loss is broadcast to [B, T] so aggregation still applies.
+    logp/old_logp/mask [B, T], advantages [B] -> loss [B, T], metrics.
+    """
+    valid = mask.bool()
+    log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp))
+    log_seq = masked_mean(log_ratio, valid, dim=-1).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)  # [B]
+    ratio = (log_seq.detach()[:, None] + logp - logp.detach()).exp()  # [B, T], value s_i
+    loss, is_clipped = _clipped_surrogate(ratio, advantages[:, None], cfg)
+    return _finish(loss, ratio, is_clipped, log_ratio, mask)
+
+
+def reinforce(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, cfg: LossConfig):
+    """On-policy REINFORCE (Williams 1992): loss_t = -A * logp_t, no ratio and no clipping.
+
+    Valid only for one update per rollout (old policy = current policy); old_logp is used only
+    for the metrics, which then show how far the policy moved. cfg is unused.
+    logp/old_logp/mask [B, T], advantages [B] -> loss [B, T], metrics.
+    """
+    valid = mask.bool()
+    log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp)).detach()
+    ratio = log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
+    loss = -advantages[:, None] * torch.where(valid, logp, torch.zeros_like(logp))
+    return _finish(loss, ratio, torch.zeros_like(valid), log_ratio, mask)
+
+
+PolicyLoss = Callable[[Tensor, Tensor, Tensor, Tensor, LossConfig], tuple[Tensor, dict[str, Tensor]]]
+
+POLICY_LOSSES: dict[str, PolicyLoss] = {
+    "ppo_clip": ppo_clip,
+    "gspo": gspo,
+    "reinforce": reinforce,
+}

@@ -1,0 +1,47 @@
+"""The two top-level schemas: `TrainConfig` for RL runs and `SFTConfig` for supervised fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from vlrl.config.sections import (
+    AlgoSection,
+    DataSection,
+    LoggingSection,
+    ModelSection,
+    RewardSection,
+    RolloutSection,
+    Section,
+    SFTSection,
+    TrainSection,
+)
+
+
+class TrainConfig(Section):
+    """Everything an RL run (GRPO family) reads."""
+
+    model: ModelSection = Field(description="The policy model and which parts of it train.")
+    data: DataSection = Field(description="Training and evaluation data, and how prompts are built.")
+    rollout: RolloutSection = Field(default_factory=RolloutSection, description="Sampling completions.")
+    reward: RewardSection = Field(default_factory=RewardSection, description="Scoring completions.")
+    algo: AlgoSection = Field(default_factory=AlgoSection, description="Advantages, policy loss and KL.")
+    train: TrainSection = Field(default_factory=TrainSection, description="Optimizer, schedule, checkpoints.")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="Where metrics go.")
+    stages: list[dict[str, Any]] = Field(
+        [],
+        description="Curriculum run in order, each stage a mapping of overrides to this config:"
+        " dotted keys ('rollout.max_new_tokens': 64) or nested sections, plus 'name' (a label) and"
+        " 'steps' (shorthand for train.steps: how long the stage runs). See `vlrl.config.apply_stage`.",
+    )
+
+
+class SFTConfig(Section):
+    """Everything a supervised fine-tuning run reads (for instance a cold start before RL)."""
+
+    model: ModelSection = Field(description="The model and which parts of it train.")
+    data: DataSection = Field(description="Training and evaluation data, and how prompts are built.")
+    train: TrainSection = Field(default_factory=TrainSection, description="Optimizer, schedule, checkpoints.")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="Where metrics go.")
+    sft: SFTSection = Field(default_factory=SFTSection, description="Epochs, batch size and target field.")

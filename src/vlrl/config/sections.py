@@ -1,0 +1,238 @@
+"""The config sections, one pydantic model each, shared by the RL and SFT schemas.
+
+Every field carries a description: it is the documentation of the option. Fields holding file
+paths are made with `path_field`, which the loader uses to resolve `./` and `../` paths.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+PATH_RULE = (
+    " A path starting with ./ or ../ is relative to the folder of the YAML file that sets it (to the"
+    " working directory for a command-line override); any other relative path is kept as given."
+)
+
+
+def path_field(default: Any = ..., *, description: str) -> Any:
+    """A field holding file paths (a string, or a list or dict of strings), marked for the loader."""
+    return Field(default, description=description + PATH_RULE, json_schema_extra={"path": True})
+
+
+def is_path_field(field: Any) -> bool:
+    """Whether a `FieldInfo` was made by `path_field`."""
+    return bool((field.json_schema_extra or {}).get("path"))
+
+
+def field_error(section: str, field: str, message: str, value: Any) -> ValidationError:
+    """An error for a model validator to raise so that its location names the field, not the section.
+
+    A plain ValueError from a model validator would be reported at the section (`reward`) when the
+    user needs to know which key to fix (`reward.weights`).
+    """
+    error = PydanticCustomError("config", message)
+    return ValidationError.from_exception_data(section, [InitErrorDetails(type=error, loc=(field,), input=value)])
+
+
+def _as_list(value: Any) -> Any:
+    """Let a single string stand for a one-item list (`train: a.jsonl`)."""
+    return [value] if isinstance(value, str) else value
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, and assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSection(Section):
+    enabled: bool = Field(False, description="Train LoRA adapters instead of the full weights.")
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator: updates are scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target: Literal["language", "vision", "all"] = Field(
+        "language", description="Which part of the model gets adapters (linear layers of that part)."
+    )
+
+
+class ModelSection(Section):
+    path: str = path_field(description="Checkpoint folder (Hugging Face layout) to start training from.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype of the weights; bfloat16 on GPUs that support it, float32 on CPU."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel passed to transformers."
+    )
+    freeze_vision: bool = Field(False, description="Keep the vision tower fixed.")
+    freeze_connector: bool = Field(False, description="Keep the vision-to-language projector fixed.")
+    freeze_language: bool = Field(False, description="Keep the language model fixed.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about 30% slower."
+    )
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapters.")
+    vision_lr: float | None = Field(
+        None, gt=0, description="Learning rate of the vision tower; None uses train.lr like the rest."
+    )
+
+    @model_validator(mode="after")
+    def _vision_lr_needs_trainable_vision(self) -> ModelSection:
+        if self.vision_lr is not None and self.freeze_vision:
+            raise field_error("model", "vision_lr", "is set but model.freeze_vision is true", self.vision_lr)
+        return self
+
+
+class DataSection(Section):
+    train: Annotated[list[str], BeforeValidator(_as_list)] = path_field(
+        description="Training data file(s): one path or a list (.jsonl, .json or .parquet)."
+    )
+    eval: dict[str, str] = path_field(
+        {}, description="Held-out sets to evaluate on: name -> data file. Metrics are logged per name."
+    )
+    format: Literal["auto", "canonical", "maye", "vlm_r1", "r1v"] = Field(
+        "auto", description="Layout of the data rows; auto detects it from the first row."
+    )
+    skip_invalid: bool = Field(
+        False, description="Drop unusable rows with a warning instead of stopping on the first one."
+    )
+    max_prompt_length: int = Field(
+        1024, ge=1, description="Longest prompt in tokens (image tokens included); longer prompts are dropped."
+    )
+    template: str = Field(
+        "think_answer", description="Name of the prompt template that asks for the reasoning/answer format."
+    )
+    system_prompt: str | None = Field(None, description="System message; None uses the template's own.")
+    image_min_pixels: int | None = Field(
+        None, ge=1, description="Smallest image area after resizing; None keeps the processor default."
+    )
+    image_max_pixels: int | None = Field(
+        None, ge=1, description="Largest image area after resizing; None keeps the processor default."
+    )
+    shuffle: bool = Field(True, description="Shuffle the training data each epoch.")
+    seed: int = Field(0, description="Seed of the data shuffle.")
+
+    @model_validator(mode="after")
+    def _pixel_bounds_ordered(self) -> DataSection:
+        low, high = self.image_min_pixels, self.image_max_pixels
+        if low is not None and high is not None and low > high:
+            raise field_error("data", "image_min_pixels", f"is above data.image_max_pixels ({high})", low)
+        return self
+
+
+class RolloutSection(Section):
+    backend: Literal["hf", "vllm", "server"] = Field(
+        "hf", description="Generation engine: hf (transformers generate), vllm (in process), server (HTTP)."
+    )
+    server_url: str | None = Field(None, description="Address of the generation server; needed by backend server.")
+    vllm_gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="Share of GPU memory vLLM may take; the rest is left for training."
+    )
+    group_size: int = Field(8, ge=1, description="Completions sampled per prompt (G in GRPO).")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts per optimizer step; the batch is this times G.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 disables it.")
+    top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens; 0 disables it.")
+    max_new_tokens: int = Field(128, ge=1, description="Longest completion in tokens.")
+    dynamic_sampling: bool = Field(
+        False,
+        description="Drop groups whose rewards are all equal and sample more prompts (DAPO, arXiv 2503.14476).",
+    )
+    max_resample_rounds: int = Field(
+        3, ge=0, description="With dynamic_sampling: extra sampling rounds before training on a short batch."
+    )
+
+    @model_validator(mode="after")
+    def _server_needs_url(self) -> RolloutSection:
+        if self.backend == "server" and not self.server_url:
+            raise field_error("rollout", "server_url", "is required when rollout.backend is server", None)
+        return self
+
+
+class RewardSection(Section):
+    functions: list[str] = path_field(
+        ["format", "accuracy"],
+        description="Rewards to sum: names from the rewards table, or 'file.py:function' for your own.",
+    )
+    weights: list[float] | None = Field(
+        None, description="Weight of each reward, in the order of functions; None weighs each by 1."
+    )
+    fallback: float = Field(0.0, description="Score given when a reward raises, times out or returns None.")
+    timeout_s: float = Field(5.0, gt=0, description="Time limit of one reward call in seconds.")
+    overlong_buffer: int = Field(
+        0,
+        ge=0,
+        description="Soft overlong penalty: completions within this many tokens of max_new_tokens lose"
+        " reward linearly (DAPO, arXiv 2503.14476); 0 disables it.",
+    )
+    repetition_ngram: int = Field(3, ge=1, description="n-gram size of the repetition reward.")
+
+    @model_validator(mode="after")
+    def _one_weight_per_function(self) -> RewardSection:
+        if self.weights is not None and len(self.weights) != len(self.functions):
+            message = f"has {len(self.weights)} entries but reward.functions has {len(self.functions)}"
+            raise field_error("reward", "weights", message, self.weights)
+        return self
+
+
+class AlgoSection(Section):
+    advantage: str = Field("grpo", description="Advantage estimator, by name in the advantages table.")
+    policy_loss: str = Field("ppo_clip", description="Policy loss, by name in the losses table.")
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field(
+        "token_mean",
+        description="How per-token losses become one number: token_mean over the batch (DAPO),"
+        " seq_mean_token_mean (GRPO paper), seq_mean_token_sum_norm (Dr.GRPO, arXiv 2503.20783).",
+    )
+    clip_low: float = Field(0.2, ge=0, description="PPO ratio may fall to 1 - clip_low.")
+    clip_high: float = Field(0.2, ge=0, description="PPO ratio may rise to 1 + clip_high (DAPO uses 0.28).")
+    kl_beta: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference model; 0 loads none.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="KL estimator of Schulman's 'Approximating KL divergence'; k3 as in GRPO."
+    )
+    kl_in_reward: bool = Field(
+        False, description="Subtract the KL from the reward (PPO-style) instead of adding it to the loss."
+    )
+    ppo_epochs: int = Field(1, ge=1, description="Updates per rollout batch (mu in the GRPO paper).")
+    entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus; 0 disables it.")
+
+
+class TrainSection(Section):
+    steps: int = Field(100, ge=1, description="Optimizer steps.")
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps from 0 to lr.")
+    lr_schedule: Literal["cosine", "constant", "linear"] = Field(
+        "cosine", description="Learning-rate decay after warmup."
+    )
+    max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this; 0 disables clipping.")
+    micro_batch_tokens: int = Field(
+        4096, ge=1, description="Token budget of one forward/backward; gradients accumulate over the step."
+    )
+    device: str = Field("auto", description="Torch device: auto picks cuda when available, else cpu.")
+    seed: int = Field(0, description="Seed of torch, sampling and initialisation.")
+    output_dir: str = path_field("runs/vlrl", description="Folder for checkpoints, logs and the resolved config.")
+    save_every: int = Field(0, ge=0, description="Save a checkpoint every this many steps; 0 saves only at the end.")
+    resume: str | None = path_field(
+        None, description="Resume from a checkpoint folder, or 'auto' for the latest in output_dir."
+    )
+    eval_every: int = Field(0, ge=0, description="Evaluate on data.eval every this many steps; 0 never.")
+    log_every: int = Field(1, ge=1, description="Log metrics every this many steps.")
+
+
+class LoggingSection(Section):
+    jsonl: bool = Field(True, description="Write metrics to output_dir/metrics.jsonl.")
+    tensorboard: bool = Field(False, description="Write TensorBoard events (needs the tensorboard extra).")
+    wandb: bool = Field(False, description="Log to Weights & Biases (needs the wandb extra).")
+    wandb_project: str = Field("vlrl", description="Weights & Biases project name.")
+    progress: bool = Field(True, description="Show a progress bar on the terminal.")
+
+
+class SFTSection(Section):
+    epochs: int = Field(
+        1, ge=1, description="Passes over data.train; training stops earlier if train.steps is reached."
+    )
+    batch_size: int = Field(8, ge=1, description="Samples per optimizer step.")
+    target_field: str = Field(
+        "solution", description="Sample field the model learns to produce (the reasoning and answer)."
+    )

@@ -1,0 +1,25 @@
+"""Model adapters, one per family, looked up by the checkpoint's `config.model_type`."""
+
+from __future__ import annotations
+
+from vlrl.models.adapters.base import MODULE_GROUPS, ImageError, ModelAdapter, load_image
+from vlrl.models.adapters.internvl import InternVLAdapter
+from vlrl.models.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+
+ADAPTERS: dict[str, type[ModelAdapter]] = {
+    "qwen2_vl": Qwen2VLAdapter,
+    "qwen2_5_vl": Qwen2_5_VLAdapter,
+    "internvl": InternVLAdapter,
+}
+
+
+def adapter_class(model_type: str) -> type[ModelAdapter]:
+    """The adapter for a `config.model_type`; unsupported types list the supported ones."""
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"model type '{model_type}' is not supported; supported: {', '.join(sorted(ADAPTERS))}"
+        )
+    return ADAPTERS[model_type]
+
+
+__all__ = ["ADAPTERS", "MODULE_GROUPS", "ImageError", "ModelAdapter", "adapter_class", "load_image"]

@@ -1,0 +1,153 @@
+"""The adapter interface: everything model-family-specific lives behind it.
+
+The rest of vlrl never looks at a model's class: it asks the family's adapter how to turn a
+sample into inputs, which modules form the vision tower / connector / language model, which
+tokens are vision placeholders (never to be sampled), and how the family writes boxes.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+
+from vlrl.data.prompts import Template, build_messages
+from vlrl.data.sample import Sample
+from vlrl.models.batching import Encoded
+from vlrl.models.boxes import BOX_CONVENTIONS
+
+MODULE_GROUPS = ("vision", "connector", "language")
+
+
+class ImageError(ValueError):
+    """An image could not be opened; the message names the file."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"cannot read image '{path}': {exc}") from exc
+
+
+class ModelAdapter(ABC):
+    """One per model family. Subclasses fill the class attributes and the abstract methods.
+
+    `module_prefixes` maps each group in `MODULE_GROUPS` to module paths (as in
+    `model.named_modules()`); a more specific prefix wins, so the connector can live inside the
+    vision module (Qwen's `visual.merger`).
+    """
+
+    family: ClassVar[str]
+    box_convention: ClassVar[str]
+    module_prefixes: ClassVar[dict[str, tuple[str, ...]]]
+    placeholder_tokens: ClassVar[tuple[str, ...]]
+    lora_modules: ClassVar[dict[str, tuple[str, ...]]]
+    vision_keys: ClassVar[tuple[str, ...]]
+
+    def __init__(self, processor, min_pixels: int | None = None, max_pixels: int | None = None):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.min_pixels = min_pixels
+        self.max_pixels = max_pixels
+
+    # ---- inputs -------------------------------------------------------------------------
+    @abstractmethod
+    def image_kwargs(self) -> dict:
+        """Keyword arguments for the image processor (resolution bounds in the family's terms)."""
+
+    @abstractmethod
+    def model_image_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(width, height) of an image of `size` as the model sees it after preprocessing."""
+
+    def prompt_text(self, sample: Sample, template: Template) -> str:
+        return self.processor.apply_chat_template(
+            build_messages(sample, template), add_generation_prompt=True, tokenize=False
+        )
+
+    def encode(self, sample: Sample, template: Template, response: str | None = None) -> Encoded:
+        """Model inputs for `sample`'s prompt, followed by `response` and end-of-turn when given."""
+        images = [load_image(p) for p in sample.images]
+        out = self.processor(
+            text=[self.prompt_text(sample, template)],
+            images=images or None,
+            return_tensors="pt",
+            **self.image_kwargs(),
+        )
+        tokens = {k: out[k][0] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in out}
+        vision = {k: out[k] for k in self.vision_keys if k in out}
+        encoded = Encoded(tokens=tokens, vision=vision, prompt_length=int(tokens["input_ids"].shape[0]))
+        if response is None:
+            return encoded
+        return encoded.with_response(self.response_ids(response))
+
+    def response_ids(self, response: str) -> torch.Tensor:
+        """Token ids of an assistant answer, closed by the end-of-turn token the model must learn."""
+        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        return torch.tensor([*ids, self.tokenizer.eos_token_id], dtype=torch.long)
+
+    def prompt_length(self, sample: Sample, template: Template) -> int:
+        """Prompt tokens including the image tokens the processor expands placeholders into."""
+        return self.encode(sample, template).length
+
+    def placeholder_token_ids(self) -> list[int]:
+        """Vision placeholder tokens: never sampled, never allowed into training sequences."""
+        ids = self.tokenizer.convert_tokens_to_ids(list(self.placeholder_tokens))
+        return [i for i in ids if i is not None and i != self.tokenizer.unk_token_id]
+
+    @abstractmethod
+    def position_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Position ids the language model uses for `batch` (1-D per row, or M-RoPE's 3-D)."""
+
+    # ---- modules ------------------------------------------------------------------------
+    def module_group(self, name: str) -> str:
+        """The group of the parameter or module `name` (longest matching prefix)."""
+        best, best_len = None, -1
+        for group, prefixes in self.module_prefixes.items():
+            for prefix in prefixes:
+                if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best_len:
+                    best, best_len = group, len(prefix)
+        if best is None:
+            raise KeyError(f"{self.family} adapter: parameter '{name}' belongs to no module group")
+        return best
+
+    def parameter_groups(self, model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Every parameter of `model` in exactly one of `MODULE_GROUPS` (an unknown one raises)."""
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in MODULE_GROUPS}
+        for name, param in model.named_parameters():
+            groups[self.module_group(_strip_peft(name))].append((name, param))
+        return groups
+
+    def lora_target_modules(self, parts: tuple[str, ...]) -> str:
+        """A peft `target_modules` regex selecting the linear layers of the given groups."""
+        alternatives = []
+        for group in parts:
+            for prefix in self.module_prefixes[group]:
+                leaves = "|".join(self.lora_modules[group])
+                alternatives.append(re.escape(prefix) + rf"\..*\.({leaves})")
+        return "|".join(f"(?:{a})" for a in alternatives)
+
+    # ---- boxes --------------------------------------------------------------------------
+    def box_to_pixels(self, box, original_size: tuple[int, int]) -> list[float]:
+        """A box as the model writes it -> original-image pixels."""
+        to_px, _ = BOX_CONVENTIONS[self.box_convention]
+        return to_px(box, original_size, self.model_image_size(original_size))
+
+    def box_from_pixels(self, box, original_size: tuple[int, int]) -> list[float]:
+        """A box in original-image pixels -> as the model should write it."""
+        _, from_px = BOX_CONVENTIONS[self.box_convention]
+        return from_px(box, original_size, self.model_image_size(original_size))
+
+
+def _strip_peft(name: str) -> str:
+    """Parameter names inside a peft model gain wrappers; group them by the original path."""
+    for wrapper in ("base_model.model.",):
+        if name.startswith(wrapper):
+            name = name[len(wrapper) :]
+    return name.replace(".base_layer.", ".")

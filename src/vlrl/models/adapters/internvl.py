@@ -1,0 +1,52 @@
+"""InternVL (transformers' native InternVL / InternVL3-hf): fixed-size tiles, pixel shuffle, 1-D RoPE.
+
+Unlike Qwen, an image is cut into up to `max_patches` square tiles of the vision tower's input
+size plus a thumbnail (`pixel_values` [num_tiles, 3, S, S]); each tile becomes a fixed
+`image_seq_length` of `<IMG_CONTEXT>` tokens between `<img>` and `</img>`. The language model is
+a plain decoder with ordinary 1-D positions.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from vlrl.models.adapters.base import ModelAdapter
+
+
+class InternVLAdapter(ModelAdapter):
+    family = "internvl"
+    # InternVL's grounding data writes boxes normalised to 0-1000.
+    box_convention = "norm1000"
+    module_prefixes: ClassVar = {
+        "vision": ("model.vision_tower",),
+        "connector": ("model.multi_modal_projector",),
+        "language": ("model.language_model", "lm_head"),
+    }
+    placeholder_tokens = ("<IMG_CONTEXT>", "<img>", "</img>", "<video>")
+    lora_modules: ClassVar = {
+        "vision": ("q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2"),
+        "connector": ("linear_1", "linear_2"),
+        "language": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    }
+    vision_keys = ("pixel_values",)
+
+    def _tile(self) -> int:
+        return self.processor.image_processor.size["height"]
+
+    def image_kwargs(self) -> dict:
+        # InternVL bounds resolution by tile count, not pixels: translate the pixel budget.
+        if self.max_pixels is None:
+            return {}
+        return {"max_patches": max(1, self.max_pixels // self._tile() ** 2)}
+
+    def model_image_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        # Normalised 0-1000 boxes do not depend on the tiling; report the thumbnail size.
+        return (self._tile(), self._tile())
+
+    def position_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, L] positions counting only real tokens, so left padding does not shift them."""
+        mask = batch["attention_mask"].long()
+        return (mask.cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,71 @@
+"""Per-sample model inputs and the family-agnostic collate that batches them.
+
+Samples are encoded one at a time (so a micro-batch can be any subset, re-collated freely, as
+MAYE does) and batched here. Two kinds of tensors exist in every family:
+- token-aligned ones (`input_ids`, `attention_mask`, Qwen's `mm_token_type_ids`): shape [L],
+  padded to the longest sample;
+- vision ones (Qwen's flattened patches + `image_grid_thw`, InternVL's tiles): concatenated
+  along dim 0 in sample order, which is how every supported family batches images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+@dataclass
+class Encoded:
+    """One sample's inputs, without batch dimension.
+
+    `tokens` maps token-aligned keys to [L] tensors; `vision` maps vision keys to tensors whose
+    dim 0 indexes patches/tiles/images. `prompt_length` is the number of leading prompt tokens;
+    positions from there on are the response (trained on in SFT and RL).
+    """
+
+    tokens: dict[str, torch.Tensor]
+    vision: dict[str, torch.Tensor] = field(default_factory=dict)
+    prompt_length: int = 0
+
+    @property
+    def length(self) -> int:
+        return int(self.tokens["input_ids"].shape[0])
+
+    def with_response(self, response_ids: torch.Tensor) -> Encoded:
+        """This prompt followed by `response_ids` ([T] token ids, no image tokens)."""
+        n = response_ids.shape[0]
+        extra = {
+            "input_ids": response_ids.to(self.tokens["input_ids"].dtype),
+            "attention_mask": torch.ones(n, dtype=self.tokens["attention_mask"].dtype),
+            "mm_token_type_ids": torch.zeros(n, dtype=torch.int32),
+        }
+        tokens = {k: torch.cat([v, extra[k].to(v.dtype)]) for k, v in self.tokens.items()}
+        return Encoded(tokens=tokens, vision=self.vision, prompt_length=self.prompt_length)
+
+
+def collate(items: list[Encoded], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Batch `items` into model inputs: token keys padded to [B, L], vision keys concatenated.
+
+    Left padding is what generation needs (new tokens append on the right of every row);
+    right padding keeps response positions aligned for loss computation.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max(e.length for e in items)
+    batch: dict[str, torch.Tensor] = {}
+    for key in items[0].tokens:
+        fill = pad_id if key == "input_ids" else 0
+        rows = []
+        for e in items:
+            row = e.tokens[key]
+            pad = row.new_full((width - row.shape[0],), fill)
+            rows.append(torch.cat([pad, row] if padding_side == "left" else [row, pad]))
+        batch[key] = torch.stack(rows)
+    # Text-only samples have no vision tensors; batch whatever the image-bearing ones have.
+    for key in dict.fromkeys(k for e in items for k in e.vision):
+        parts = [e.vision[key] for e in items if key in e.vision]
+        batch[key] = torch.cat(parts)
+    return batch

@@ -1,0 +1,72 @@
+"""Load a checkpoint folder (a downloaded Qwen2.5-VL-7B-Instruct or a vlrl tiny model).
+
+Only transformers' own classes are used: `AutoConfig`, `AutoModelForImageTextToText`, and
+`AutoProcessor` where torchvision works. Without torchvision, the family's image-only processor
+is built from the same files (see `vlrl.models.processors`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+
+from vlrl.models.adapters import ModelAdapter, adapter_class
+from vlrl.models.processors import IMAGE_ONLY_PROCESSORS, torchvision_usable
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    processor: object
+    adapter: ModelAdapter
+
+
+def _check_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder '{path}' does not exist (model.path)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"'{path}' has no config.json: not a Hugging Face checkpoint folder (model.path). "
+            "Build a tiny one with `vlrl tiny-model --family qwen2_vl --out DIR`."
+        )
+
+
+def load_processor(path: str | Path, config=None):
+    """The checkpoint's processor; the image-only variant when torchvision is unusable."""
+    path = Path(path)
+    config = config or AutoConfig.from_pretrained(path)
+    if torchvision_usable():
+        return AutoProcessor.from_pretrained(path)
+    processor_class = IMAGE_ONLY_PROCESSORS.get(type(config))
+    if processor_class is None:
+        raise RuntimeError(
+            f"'{path}' ({config.model_type}) needs torchvision for its processor, which is not usable here"
+        )
+    return processor_class.from_pretrained(path)
+
+
+def load_model(
+    path: str | Path,
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    device: str | torch.device = "cpu",
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+) -> LoadedModel:
+    """Model, processor and adapter for a checkpoint folder."""
+    path = Path(path)
+    _check_folder(path)
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+    config = AutoConfig.from_pretrained(path)
+    adapter_cls = adapter_class(config.model_type)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation
+    ).to(device)
+    processor = load_processor(path, config)
+    return LoadedModel(model, processor, adapter_cls(processor, min_pixels=min_pixels, max_pixels=max_pixels))

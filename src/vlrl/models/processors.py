@@ -1,0 +1,72 @@
+"""Image-only processors, so that VLMs load and run on machines without torchvision.
+
+transformers' Qwen2-VL and InternVL processors insist on a video processor, and every video
+processor imports torchvision, which has no CPU wheel on many machines (and a broken torchvision
+also breaks `transformers.image_utils`). vlrl never feeds video, so each family gets a subclass
+whose only sub-processors are the image processor (PIL or torchvision backend, picked by
+`AutoImageProcessor`) and the tokenizer.
+
+`register()` makes `AutoProcessor` resolve these class names: transformers looks a saved
+`processor_class` up among registered processors, and an unregistered custom name would make
+`AutoProcessor` silently fall back to returning a bare tokenizer. `import vlrl` calls it.
+"""
+
+from __future__ import annotations
+
+from transformers import (
+    AutoProcessor,
+    InternVLConfig,
+    InternVLProcessor,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLProcessor,
+)
+from transformers.utils import is_torchvision_available
+
+
+class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+    """Qwen2-VL processor without the video sub-processor."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL processor without the video sub-processor."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class InternVLImageOnlyProcessor(InternVLProcessor):
+    """InternVL processor without the video sub-processor.
+
+    `image_seq_length` stays an explicit argument: `ProcessorMixin` saves and restores only the
+    arguments named in `__init__`, and InternVL's token count per tile depends on it.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None, **kwargs):
+        super().__init__(
+            image_processor, tokenizer, None, image_seq_length=image_seq_length, chat_template=chat_template, **kwargs
+        )
+
+
+IMAGE_ONLY_PROCESSORS = {
+    Qwen2VLConfig: Qwen2VLImageOnlyProcessor,
+    Qwen2_5_VLConfig: Qwen2_5_VLImageOnlyProcessor,
+    InternVLConfig: InternVLImageOnlyProcessor,
+}
+
+
+def register() -> None:
+    """Make `AutoProcessor` know the image-only classes by name (idempotent)."""
+    for config_class, processor_class in IMAGE_ONLY_PROCESSORS.items():
+        # exist_ok: the config classes already map to transformers' own processors; the
+        # registration is only needed so that the image-only *names* resolve.
+        AutoProcessor.register(config_class, processor_class, exist_ok=True)
+
+
+def torchvision_usable() -> bool:
+    """True when torchvision imports and works (transformers checks the import and version)."""
+    return is_torchvision_available()

@@ -1,0 +1,15 @@
+"""Deterministic PIL-rendered visual tasks for training and testing tiny VLMs.
+
+>>> from vlrl.synth import TASKS, generate_dataset
+>>> sorted(TASKS)
+['colour_mcq', 'compare_two', 'counting', 'digit_sum', 'grounding', 'spatial']
+
+`generate_dataset(task, n, out_dir, seed)` writes `train.jsonl`, `heldout.jsonl` and `images/`.
+Each row keeps its structured `scene` (shapes, colours, exact pixel boxes), a plain-English
+`caption`, and a `<think>...</think><answer>...</answer>` `solution` reasoned from the caption.
+"""
+
+from vlrl.synth.dataset import generate_dataset
+from vlrl.synth.tasks import TASKS, Item, Task
+
+__all__ = ["TASKS", "Item", "Task", "generate_dataset"]

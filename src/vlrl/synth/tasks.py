@@ -1,0 +1,228 @@
+"""The synthetic tasks, one table entry each.
+
+A task is a function `(rng, image_size) -> Item`: it samples its scene(s) with the given seeded
+RNG and builds the question, the answer and the reasoning steps from them. The reasoning follows
+the caption inside `<think>` and must be concrete and correct (it names and counts the objects),
+since it is the supervised chain-of-thought target. Adding a task is one function and one line in
+`TASKS`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlrl.synth.render import glyph_width
+from vlrl.synth.scene import (
+    COLOURS,
+    SHAPES,
+    Obj,
+    Scene,
+    count_phrase,
+    describe,
+    place_boxes,
+    position,
+    random_specs,
+    reading_order,
+    scaled,
+    shape_scene,
+)
+
+LETTERS = "ABCD"
+DIGIT_HEIGHT = (24, 36)  # for 112-pixel images, like the shape sizes
+DIGIT_GAP = 12  # wide enough that two digits side by side never read as one number
+GROUNDING_NEGATIVE_RATE = 0.2
+
+
+@dataclass(frozen=True)
+class Item:
+    """One generated example before it is written out.
+
+    `scenes` has one scene per image. `steps` are the reasoning sentences that follow the caption
+    in the solution. `extra` holds task-specific row fields (`choices`, `answer_text`, `boxes`).
+    """
+
+    scenes: list[Scene]
+    question: str
+    answer: Any
+    steps: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Task = Callable[[random.Random, int], Item]
+
+
+def answer_text(answer: Any) -> str:
+    """The answer as written inside `<answer>`: strings as they are, box lists as JSON."""
+    return answer if isinstance(answer, str) else json.dumps(answer)
+
+
+def _tally(label: str, objs: list[Obj]) -> str:
+    """Counting sentence that numbers each match: "Counting the circles: red circle 1, ..."."""
+    listed = ", ".join(f"{describe(o)} {i}" for i, o in enumerate(objs, 1)) or "none"
+    return f"Counting the {label}: {listed}."
+
+
+# Counting targets: (rng, scene) -> (singular noun, predicate). Picking the colour or shape from
+# the scene's own objects plus the full vocabulary makes most questions non-zero, some zero.
+def _all_target(rng: random.Random, scene: Scene) -> tuple[str, Callable[[Obj], bool]]:
+    """Every shape."""
+    return "shape", lambda o: True
+
+
+def _colour_target(rng: random.Random, scene: Scene) -> tuple[str, Callable[[Obj], bool]]:
+    """Shapes of one colour."""
+    colour = rng.choice([o["colour"] for o in scene] + list(COLOURS))
+    return f"{colour} shape", lambda o: o["colour"] == colour
+
+
+def _shape_target(rng: random.Random, scene: Scene) -> tuple[str, Callable[[Obj], bool]]:
+    """Shapes of one kind, any colour."""
+    shape = rng.choice([o["shape"] for o in scene] + list(SHAPES))
+    return shape, lambda o: o["shape"] == shape
+
+
+COUNT_TARGETS = (_all_target, _colour_target, _shape_target)
+
+
+def counting(rng: random.Random, image_size: int) -> Item:
+    """How many (red / circle / any) shapes among 1-6 shapes."""
+    scene = shape_scene(rng, random_specs(rng, rng.randint(1, 6)), image_size)
+    noun, match = rng.choice(COUNT_TARGETS)(rng, scene)
+    found = [o for o in scene if match(o)]
+    steps = [_tally(f"{noun}s", found), f"So the count is {len(found)}."]
+    return Item([scene], f"How many {noun}s are in the image?", str(len(found)), steps)
+
+
+def colour_mcq(rng: random.Random, image_size: int) -> Item:
+    """Most frequent colour among 3-6 shapes, as one of four lettered colour choices.
+
+    Colours are redrawn until one colour is strictly the most frequent, so exactly one choice is
+    right.
+    """
+    while True:
+        specs = random_specs(rng, rng.randint(3, 6))
+        counts = Counter(c for c, _ in specs).most_common()
+        if len(counts) == 1 or counts[0][1] > counts[1][1]:
+            break
+    top = counts[0][0]
+    choices = rng.sample([c for c in COLOURS if c != top], len(LETTERS) - 1) + [top]
+    rng.shuffle(choices)
+    letter = LETTERS[choices.index(top)]
+    scene = shape_scene(rng, specs, image_size)
+    by_colour = ", ".join(f"{c} {n}" for c, n in sorted(counts, key=lambda cn: COLOURS.index(cn[0])))
+    steps = [
+        f"Counting by colour: {by_colour}.",
+        f"The most common colour is {top}.",
+        f"{top.capitalize()} is option {letter}.",
+    ]
+    question = "Which colour is most common among the shapes?"
+    return Item([scene], question, letter, steps, {"choices": choices, "answer_text": top})
+
+
+def digit_sum(rng: random.Random, image_size: int) -> Item:
+    """Sum of two digits drawn in black at random places and heights."""
+    texts = [str(rng.randint(0, 9)) for _ in range(2)]
+    lo, hi = (scaled(h, image_size) for h in DIGIT_HEIGHT)
+    heights = [rng.randint(lo, hi) for _ in texts]
+    sizes = [(glyph_width(t, h), h) for t, h in zip(texts, heights, strict=True)]
+    boxes = place_boxes(rng, lambda: sizes, image_size, gap=DIGIT_GAP)
+    objs = [
+        {"shape": "digit", "colour": "black", "box": b, "text": t} for t, b in zip(texts, boxes, strict=True)
+    ]
+    scene = reading_order(objs, image_size)
+    a, b = (int(o["text"]) for o in scene)
+    steps = [f"The digits are {a} and {b}.", f"{a} + {b} = {a + b}."]
+    return Item([scene], "What is the sum of the two digits?", str(a + b), steps)
+
+
+# Relation words -> (axis, coordinate name, whether the subject has the smaller coordinate).
+# y grows downwards, so "above" means a smaller y.
+RELATIONS = {
+    "to the left of": (0, "x", True),
+    "to the right of": (0, "x", False),
+    "above": (1, "y", True),
+    "below": (1, "y", False),
+}
+
+
+def spatial(rng: random.Random, image_size: int) -> Item:
+    """Is shape A <relation> shape B, for two distinct shapes; answers balanced yes / no.
+
+    The two shapes are redrawn until their boxes are apart along the relation's axis, so the
+    answer is never borderline.
+    """
+    relation = rng.choice(tuple(RELATIONS))
+    axis, coord, subject_smaller = RELATIONS[relation]
+    pair = rng.sample([(c, s) for c in COLOURS for s in SHAPES], 2)
+    while True:
+        scene = shape_scene(rng, pair, image_size)
+        first, second = sorted(scene, key=lambda o: o["box"][axis])
+        if first["box"][axis + 2] <= second["box"][axis]:
+            break
+    yes = rng.random() < 0.5
+    subject, other = (first, second) if yes == subject_smaller else (second, first)
+    ca, cb = ((o["box"][axis] + o["box"][axis + 2]) // 2 for o in (subject, other))
+    a, b = describe(subject), describe(other)
+    steps = [
+        f"The {a} is centred at {coord} = {ca} and the {b} at {coord} = {cb}.",
+        f"{ca} {'<' if ca < cb else '>'} {cb}, so the {a} is {'' if yes else 'not '}{relation} the {b}.",
+    ]
+    return Item([scene], f"Is the {a} {relation} the {b}?", "yes" if yes else "no", steps)
+
+
+def compare_two(rng: random.Random, image_size: int) -> Item:
+    """Which of two images has more circles (or squares, triangles); counts never tie."""
+    shape = rng.choice(SHAPES)
+    while True:
+        scenes = [shape_scene(rng, random_specs(rng, rng.randint(1, 6)), image_size) for _ in range(2)]
+        found = [[o for o in s if o["shape"] == shape] for s in scenes]
+        if len(found[0]) != len(found[1]):
+            break
+    n1, n2 = len(found[0]), len(found[1])
+    winner = "1" if n1 > n2 else "2"
+    steps = [
+        *(_tally(f"{shape}s in image {i}", objs) for i, objs in enumerate(found, 1)),
+        f"Image 1 has {count_phrase(n1, shape)} and image 2 has {count_phrase(n2, shape)}.",
+        f"{max(n1, n2)} is more than {min(n1, n2)}, so image {winner} has more {shape}s.",
+    ]
+    question = f"Image 1: <image>\nImage 2: <image>\nWhich image has more {shape}s? Answer 1 or 2."
+    return Item(scenes, question, winner, steps)
+
+
+def grounding(rng: random.Random, image_size: int) -> Item:
+    """Box of a named shape among 2-4 shapes with distinct colour+shape; ~20% absent (`[]`)."""
+    kinds = [(c, s) for c in COLOURS for s in SHAPES]
+    specs = rng.sample(kinds, rng.randint(2, 4))
+    scene = shape_scene(rng, specs, image_size)
+    absent = rng.random() < GROUNDING_NEGATIVE_RATE
+    colour, shape = rng.choice([k for k in kinds if k not in specs]) if absent else rng.choice(specs)
+    name = f"{colour} {shape}"
+    hits = [o for o in scene if describe(o) == name]
+    boxes = [o["box"] for o in hits]
+    steps = [
+        *(f"The {name} is at the {position(o['box'], image_size)}, with box {o['box']}." for o in hits),
+        *([] if hits else [f"There is no {name} in the image, so there is no box."]),
+    ]
+    return Item([scene], f"Give the bounding box of the {name}.", boxes, steps, {"boxes": boxes})
+
+
+TASKS: dict[str, Task] = {
+    "counting": counting,
+    "colour_mcq": colour_mcq,
+    "digit_sum": digit_sum,
+    "spatial": spatial,
+    "compare_two": compare_two,
+    "grounding": grounding,
+}
+
+
+def get_task(name: str) -> Task:
+    """The task registered as `name`; unknown names fail listing the valid ones."""
+    if name not in TASKS:
+        raise ValueError(f"unknown synth task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
