@@ -20,6 +20,7 @@ from vlrl.config.schema import TrainConfig
 
 C = TypeVar("C", bound=BaseModel)
 
+
 def load_config(
     path: str | os.PathLike[str] | None, overrides: Sequence[str] = (), schema: type[C] = TrainConfig
 ) -> C:
@@ -102,13 +103,17 @@ def _normalize_stage(stage: Any, index: int, schema: type[BaseModel], folder: Pa
     return {"name": stage["name"], **overrides} if "name" in stage else overrides
 
 
-def _flatten_layer(tree: Mapping[str, Any], schema: type[BaseModel], source: str, folder: Path) -> dict[str, Any]:
+def _flatten_layer(
+    tree: Mapping[str, Any], schema: type[BaseModel], source: str, folder: Path
+) -> dict[str, Any]:
     """One file or override as flat leaves, with `./` paths joined onto `folder`."""
     try:
         flat = resolve_paths(flatten(tree, schema), schema, folder)
         stages = flat.get("stages")
         if isinstance(stages, list):
-            flat["stages"] = [_normalize_stage(stage, index, schema, folder) for index, stage in enumerate(stages)]
+            flat["stages"] = [
+                _normalize_stage(stage, index, schema, folder) for index, stage in enumerate(stages)
+            ]
     except BadKey as error:
         raise ConfigError([(source, error.key, error.problem)]) from None
     return flat

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 PATH_RULE = (
@@ -22,9 +23,10 @@ def path_field(default: Any = ..., *, description: str) -> Any:
     return Field(default, description=description + PATH_RULE, json_schema_extra={"path": True})
 
 
-def is_path_field(field: Any) -> bool:
-    """Whether a `FieldInfo` was made by `path_field`."""
-    return bool((field.json_schema_extra or {}).get("path"))
+def is_path_field(field: FieldInfo) -> bool:
+    """Whether a field was made by `path_field`."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("path") is True
 
 
 def field_error(section: str, field: str, message: str, value: Any) -> ValidationError:
@@ -34,7 +36,9 @@ def field_error(section: str, field: str, message: str, value: Any) -> Validatio
     user needs to know which key to fix (`reward.weights`).
     """
     error = PydanticCustomError("config", message)
-    return ValidationError.from_exception_data(section, [InitErrorDetails(type=error, loc=(field,), input=value)])
+    return ValidationError.from_exception_data(
+        section, [InitErrorDetails(type=error, loc=(field,), input=value)]
+    )
 
 
 def _as_list(value: Any) -> Any:
@@ -43,12 +47,14 @@ def _as_list(value: Any) -> Any:
 
 
 class Section(BaseModel):
-    """Base of every section: unknown keys are errors, and assignments are validated too."""
+    """Base of every section and schema: unknown keys are errors, and assignments are validated too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class LoraSection(Section):
+    """LoRA adapters (Hu et al., arXiv 2106.09685) as an alternative to full fine-tuning."""
+
     enabled: bool = Field(False, description="Train LoRA adapters instead of the full weights.")
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator: updates are scaled by alpha / r.")
@@ -59,6 +65,8 @@ class LoraSection(Section):
 
 
 class ModelSection(Section):
+    """The model to train and which of its parts (vision, connector, language) train."""
+
     path: str = path_field(description="Checkpoint folder (Hugging Face layout) to start training from.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Dtype of the weights; bfloat16 on GPUs that support it, float32 on CPU."
@@ -85,6 +93,8 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
+    """Data files and how their rows become prompts."""
+
     train: Annotated[list[str], BeforeValidator(_as_list)] = path_field(
         description="Training data file(s): one path or a list (.jsonl, .json or .parquet)."
     )
@@ -98,7 +108,9 @@ class DataSection(Section):
         False, description="Drop unusable rows with a warning instead of stopping on the first one."
     )
     max_prompt_length: int = Field(
-        1024, ge=1, description="Longest prompt in tokens (image tokens included); longer prompts are dropped."
+        1024,
+        ge=1,
+        description="Longest prompt in tokens (image tokens included); longer prompts are dropped.",
     )
     template: str = Field(
         "think_answer", description="Name of the prompt template that asks for the reasoning/answer format."
@@ -122,15 +134,21 @@ class DataSection(Section):
 
 
 class RolloutSection(Section):
+    """Sampling G completions per prompt."""
+
     backend: Literal["hf", "vllm", "server"] = Field(
         "hf", description="Generation engine: hf (transformers generate), vllm (in process), server (HTTP)."
     )
-    server_url: str | None = Field(None, description="Address of the generation server; needed by backend server.")
+    server_url: str | None = Field(
+        None, description="Address of the generation server; needed by backend server."
+    )
     vllm_gpu_memory_utilization: float = Field(
         0.5, gt=0, le=1, description="Share of GPU memory vLLM may take; the rest is left for training."
     )
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (G in GRPO).")
-    prompts_per_step: int = Field(8, ge=1, description="Prompts per optimizer step; the batch is this times G.")
+    prompts_per_step: int = Field(
+        8, ge=1, description="Prompts per optimizer step; the batch is this times G."
+    )
     temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 disables it.")
     top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens; 0 disables it.")
@@ -151,6 +169,8 @@ class RolloutSection(Section):
 
 
 class RewardSection(Section):
+    """Scoring completions: a weighted sum of reward functions."""
+
     functions: list[str] = path_field(
         ["format", "accuracy"],
         description="Rewards to sum: names from the rewards table, or 'file.py:function' for your own.",
@@ -177,6 +197,8 @@ class RewardSection(Section):
 
 
 class AlgoSection(Section):
+    """The RL objective: advantage estimator, policy loss, KL and entropy terms."""
+
     advantage: str = Field("grpo", description="Advantage estimator, by name in the advantages table.")
     policy_loss: str = Field("ppo_clip", description="Policy loss, by name in the losses table.")
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field(
@@ -186,7 +208,9 @@ class AlgoSection(Section):
     )
     clip_low: float = Field(0.2, ge=0, description="PPO ratio may fall to 1 - clip_low.")
     clip_high: float = Field(0.2, ge=0, description="PPO ratio may rise to 1 + clip_high (DAPO uses 0.28).")
-    kl_beta: float = Field(0.0, ge=0, description="Weight of the KL penalty to the reference model; 0 loads none.")
+    kl_beta: float = Field(
+        0.0, ge=0, description="Weight of the KL penalty to the reference model; 0 loads none."
+    )
     kl_estimator: Literal["k1", "k2", "k3"] = Field(
         "k3", description="KL estimator of Schulman's 'Approximating KL divergence'; k3 as in GRPO."
     )
@@ -198,6 +222,8 @@ class AlgoSection(Section):
 
 
 class TrainSection(Section):
+    """Optimizer, schedule, batching, checkpoints and evaluation cadence."""
+
     steps: int = Field(100, ge=1, description="Optimizer steps.")
     lr: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -205,14 +231,20 @@ class TrainSection(Section):
     lr_schedule: Literal["cosine", "constant", "linear"] = Field(
         "cosine", description="Learning-rate decay after warmup."
     )
-    max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this; 0 disables clipping.")
+    max_grad_norm: float = Field(
+        1.0, ge=0, description="Clip the gradient norm to this; 0 disables clipping."
+    )
     micro_batch_tokens: int = Field(
         4096, ge=1, description="Token budget of one forward/backward; gradients accumulate over the step."
     )
     device: str = Field("auto", description="Torch device: auto picks cuda when available, else cpu.")
     seed: int = Field(0, description="Seed of torch, sampling and initialisation.")
-    output_dir: str = path_field("runs/vlrl", description="Folder for checkpoints, logs and the resolved config.")
-    save_every: int = Field(0, ge=0, description="Save a checkpoint every this many steps; 0 saves only at the end.")
+    output_dir: str = path_field(
+        "runs/vlrl", description="Folder for checkpoints, logs and the resolved config."
+    )
+    save_every: int = Field(
+        0, ge=0, description="Save a checkpoint every this many steps; 0 saves only at the end."
+    )
     resume: str | None = path_field(
         None, description="Resume from a checkpoint folder, or 'auto' for the latest in output_dir."
     )
@@ -221,6 +253,8 @@ class TrainSection(Section):
 
 
 class LoggingSection(Section):
+    """Where metrics go."""
+
     jsonl: bool = Field(True, description="Write metrics to output_dir/metrics.jsonl.")
     tensorboard: bool = Field(False, description="Write TensorBoard events (needs the tensorboard extra).")
     wandb: bool = Field(False, description="Log to Weights & Biases (needs the wandb extra).")
@@ -229,6 +263,8 @@ class LoggingSection(Section):
 
 
 class SFTSection(Section):
+    """Supervised fine-tuning specifics."""
+
     epochs: int = Field(
         1, ge=1, description="Passes over data.train; training stops earlier if train.steps is reached."
     )

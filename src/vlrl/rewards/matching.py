@@ -38,7 +38,9 @@ _OWN_LABEL = re.compile(r"\(?([A-Z])(?:\)|[.:])\s*")
 _YES_NO = {"yes": True, "true": True, "no": False, "false": False}
 _MATHS = re.compile(r"[\d\\^=+*/]")
 # A number followed by a unit word math-verify keeps as symbols ("3 cm^2" -> 3*c*m**2, "5 km/h").
-_NUMBER_UNIT = re.compile(r"([-+]?\d[\d,]*(?:\.\d+)?)\s*[A-Za-z]{2,}(?:\^\{?[23]\}?)?(?:/[A-Za-z]+(?:\^\{?[23]\}?)?)?")
+_NUMBER_UNIT = re.compile(
+    r"([-+]?\d[\d,]*(?:\.\d+)?)\s*[A-Za-z]{2,}(?:\^\{?[23]\}?)?(?:/[A-Za-z]+(?:\^\{?[23]\}?)?)?"
+)
 
 
 def _unwrap(text: str) -> str:
@@ -102,8 +104,10 @@ def _too_big(parsed: list) -> bool:
 @lru_cache(maxsize=4096)
 def _parse(text: str) -> list:
     # math-verify finds LaTeX between delimiters; a bare answer ("\frac{1}{2}") gets them added.
-    delimited = any(d in text for d in ("$", "\\(", "\\[", "\\boxed"))
-    return parse(text if delimited else f"${text}$", parsing_timeout=None)
+    # Except Python's `**`, which its LaTeX grammar misreads ("$9**9**9$" -> 9) and which its
+    # plain-expression parser, used without delimiters, reads right.
+    as_is = any(d in text for d in ("$", "\\(", "\\[", "\\boxed", "**"))
+    return parse(text if as_is else f"${text}$", parsing_timeout=None)
 
 
 def math_equal(pred: str, gold: str) -> bool:

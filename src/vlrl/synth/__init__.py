@@ -9,7 +9,7 @@ Each row keeps its structured `scene` (shapes, colours, exact pixel boxes), a pl
 `caption`, and a `<think>...</think><answer>...</answer>` `solution` reasoned from the caption.
 """
 
-from vlrl.synth.dataset import generate_dataset
+from vlrl.synth.dataset import generate_dataset, task_texts
 from vlrl.synth.tasks import TASKS, Item, Task
 
-__all__ = ["TASKS", "Item", "Task", "generate_dataset"]
+__all__ = ["TASKS", "Item", "Task", "generate_dataset", "task_texts"]

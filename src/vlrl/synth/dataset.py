@@ -14,7 +14,7 @@ from typing import Any
 
 from vlrl.synth.render import render
 from vlrl.synth.scene import captions
-from vlrl.synth.tasks import Item, Task, answer_text, get_task
+from vlrl.synth.tasks import TASKS, Item, Task, answer_text, get_task
 
 
 def generate_dataset(
@@ -66,7 +66,7 @@ def write_example(task: str, sample_id: str, item: Item, out_dir: Path, image_si
     for scene, rel in zip(item.scenes, images, strict=True):
         render(scene, image_size).save(out_dir / rel, format="PNG", optimize=False, compress_level=6)
     caption = captions(item.scenes, image_size)
-    solution = f"<think>{' '.join([caption, *item.steps])}</think><answer>{answer_text(item.answer)}</answer>"
+    solution = solution_text(item, caption)
     return {
         "id": sample_id,
         "task": task,
@@ -79,6 +79,24 @@ def write_example(task: str, sample_id: str, item: Item, out_dir: Path, image_si
         # One scene per image; single-image tasks store the scene itself.
         "scene": item.scenes[0] if len(item.scenes) == 1 else item.scenes,
     }
+
+
+def solution_text(item: Item, caption: str) -> str:
+    """The cold-start SFT target: caption and reasoning steps in <think>, then the answer."""
+    return f"<think>{' '.join([caption, *item.steps])}</think><answer>{answer_text(item.answer)}</answer>"
+
+
+def task_texts(n_per_task: int, seed: int, image_size: int = 112) -> list[str]:
+    """Questions, options and solutions of every task, without rendering: a tokenizer corpus."""
+    rng = random.Random(seed)
+    texts = []
+    for name in sorted(TASKS):
+        for _ in range(n_per_task):
+            item = TASKS[name](rng, image_size)
+            texts.append(item.question)
+            texts.extend(f"{chr(65 + i)}. {c}" for i, c in enumerate(item.extra.get("choices", [])))
+            texts.append(solution_text(item, captions(item.scenes, image_size)))
+    return texts
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -244,7 +244,7 @@ def default_corpus() -> list[str]:
     from vlrl.synth import task_texts
 
     texts = [t.system_prompt or "" for t in TEMPLATES.values()]
-    texts += task_texts(n_per_task=300, seed=0)
+    texts += task_texts(n_per_task=100, seed=0)
     return texts
 
 

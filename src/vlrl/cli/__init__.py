@@ -1,0 +1,41 @@
+"""The `vlrl` command: one module per subcommand, each with `add_arguments` and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module under vlrl.cli, one-line help). Modules are imported only when their command
+# runs, so `vlrl --help` stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tiny-model": ("tiny_model", "build a tiny random VLM (model, tokenizer, processor) offline"),
+    "synth": ("synth", "write a synthetic visual-reasoning dataset (PIL images, JSONL)"),
+    "data": ("data", "load a data file and report what is valid (any supported layout)"),
+    "config": ("config", "print a config file resolved with overrides, or the defaults"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlrl", description="R1-style reinforcement learning for VLMs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(f"vlrl.cli.{module}").add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # vlrl shows its own progress; per-shard bars are noise
+    module = importlib.import_module(f"vlrl.cli.{args._module}")
+    try:
+        return module.run(args) or 0
+    except (ValueError, FileNotFoundError) as exc:
+        # User errors (bad config key, bad data row, missing folder) already name the culprit;
+        # a traceback from deep inside a library would only hide it.
+        print(f"vlrl {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,46 @@
+"""`vlrl data FILE [--format F] [--skip-invalid] [--model DIR --template T --max-prompt-length N]`.
+
+Loads a data file exactly as training would and prints what was loaded and what was not, so a
+dataset can be checked before a long run starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from vlrl.data import FORMATS, load_samples
+from vlrl.data.prompts import get_template
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="JSONL / JSON / parquet / csv file or a datasets save_to_disk folder")
+    p.add_argument("--format", default="auto", choices=["auto", *sorted(FORMATS)])
+    p.add_argument("--skip-invalid", action="store_true", help="skip and count bad rows instead of stopping")
+    p.add_argument("--model", help="checkpoint folder: also check prompt lengths in its tokens")
+    p.add_argument("--template", default="think_answer", help="prompt template for the length check")
+    p.add_argument("--max-prompt-length", type=int, default=1024)
+
+
+def run(args: argparse.Namespace) -> int:
+    prompt_length = None
+    if args.model:
+        from vlrl.models.loading import load_model
+
+        adapter = load_model(args.model).adapter
+        template = get_template(args.template)
+        prompt_length = lambda sample: adapter.prompt_length(sample, template)  # noqa: E731
+    samples, report = load_samples(
+        args.file,
+        format=args.format,
+        skip_invalid=args.skip_invalid,
+        max_prompt_length=args.max_prompt_length if prompt_length else None,
+        prompt_length=prompt_length,
+    )
+    print(report.summary())
+    for error in report.skipped:
+        print(f"  skipped: {error}")
+    tasks: dict[str, int] = {}
+    for s in samples:
+        tasks[s.task or "-"] = tasks.get(s.task or "-", 0) + 1
+    print("tasks: " + ", ".join(f"{t} {n}" for t, n in sorted(tasks.items())))
+    return 0

@@ -1,0 +1,166 @@
+"""Running rewards safely, loading user rewards, and combining scores into one per sample.
+
+The spec: "A user reward that raises is logged and counted, the sample gets the configured fallback,
+and training continues." `call_reward` does that for built-in and user rewards alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import math
+import numbers
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from vlrl.rewards.deadline import RewardTimeout, call_with_deadline
+from vlrl.rewards.table import REWARDS, RewardFn
+
+logger = logging.getLogger(__name__)
+
+
+class RewardError(ValueError):
+    """A reward broke its contract (return type or length). A bug in the reward, so it stops the run."""
+
+
+def _validated(name: str, result: object, n: int) -> list[float | None]:
+    if not isinstance(result, list | tuple) or len(result) != n:
+        got = (
+            f"{type(result).__name__} of length {len(result)}"
+            if isinstance(result, list | tuple)
+            else repr(result)[:80]
+        )
+        raise RewardError(
+            f"reward '{name}' must return a list of {n} floats or None (one per completion), got {got}"
+        )
+    for i, value in enumerate(result):
+        if value is not None and not isinstance(value, numbers.Real):
+            raise RewardError(
+                f"reward '{name}' returned {type(value).__name__} at index {i}; expected float or None"
+            )
+    return [None if v is None else float(v) for v in result]
+
+
+def _one_sample(
+    fn: RewardFn, name: str, completions, fields, i: int, fallback, timeout_s, stats
+) -> float | None:
+    """Sample i alone, so that only the samples that fail get the fallback."""
+    sample_fields = {key: values[i : i + 1] for key, values in fields.items()}
+    try:
+        result = call_with_deadline(lambda: fn(completions[i : i + 1], **sample_fields), timeout_s)
+    except RewardTimeout:
+        stats["timeouts"] += 1
+        logger.warning(
+            "reward '%s' ran over %s s on sample %d; using fallback %s", name, timeout_s, i, fallback
+        )
+        return fallback
+    except Exception:
+        stats["errors"] += 1
+        logger.exception("reward '%s' raised on sample %d; using fallback %s", name, i, fallback)
+        return fallback
+    return _validated(name, result, 1)[0]
+
+
+def call_reward(
+    fn: RewardFn,
+    completions: Sequence[str],
+    fields: Mapping[str, Sequence],
+    fallback: float | None = 0.0,
+    timeout_s: float | None = 10.0,
+    name: str | None = None,
+) -> tuple[list[float | None], dict[str, int]]:
+    """Scores of `fn` on a batch, with failures isolated per sample; and counts of what went wrong.
+
+    The batch runs as one call limited to `timeout_s` seconds (see deadline.py). If that call raises
+    or runs over, each sample runs alone under the same limit and the samples that still fail get
+    `fallback`. None stays None: it means "not applicable", not failure. A non-finite score (NaN
+    would poison the group's advantages) also gets the fallback. A return that is not a list of
+    len(completions) floats / None is a bug in the reward: `RewardError`, naming it.
+
+    Returns (scores, {"errors": n, "timeouts": n, "not_applicable": n}), counting samples.
+
+    >>> call_reward(lambda completions, **f: [1 / len(c) for c in completions], ["ab", ""], {})
+    ([0.5, 0.0], {'errors': 1, 'timeouts': 0, 'not_applicable': 0})
+    """
+    name = name or getattr(fn, "__name__", repr(fn))
+    n = len(completions)
+    for key, values in fields.items():
+        if not isinstance(values, list | tuple) or len(values) != n:
+            raise ValueError(
+                f"reward '{name}': field '{key}' must be a list with one entry per completion ({n})"
+            )
+    stats = {"errors": 0, "timeouts": 0, "not_applicable": 0}
+    try:
+        scores = _validated(name, call_with_deadline(lambda: fn(completions, **fields), timeout_s), n)
+    except (Exception, RewardTimeout) as failure:
+        if isinstance(failure, RewardError):
+            raise
+        logger.warning(
+            "reward '%s' failed on a batch of %d (%r); retrying sample by sample", name, n, failure
+        )
+        scores = [_one_sample(fn, name, completions, fields, i, fallback, timeout_s, stats) for i in range(n)]
+    for i, score in enumerate(scores):
+        if score is not None and not math.isfinite(score):
+            stats["errors"] += 1
+            logger.warning("reward '%s' gave %s on sample %d; using fallback %s", name, score, i, fallback)
+            scores[i] = fallback
+    stats["not_applicable"] = sum(s is None for s in scores)
+    return scores, stats
+
+
+def load_reward(spec: str) -> RewardFn:
+    """A reward by name from REWARDS, or a user function given as `path/to/file.py:function_name`.
+
+    >>> load_reward("format").__name__
+    'format_reward'
+    """
+    if spec in REWARDS:
+        return REWARDS[spec]
+    path, _, attr = spec.rpartition(":")
+    if not path.endswith(".py") or not attr:
+        raise ValueError(
+            f"unknown reward '{spec}': use one of {sorted(REWARDS)} or 'path/to/file.py:function'"
+        )
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise FileNotFoundError(f"reward file not found: {file} (from '{spec}')")
+    # A unique module name per file, registered in sys.modules so that dataclasses and pickling
+    # inside the user's file work as in any imported module.
+    module_name = f"vlrl_user_reward_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
+    module_spec = importlib.util.spec_from_file_location(module_name, file)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    module_spec.loader.exec_module(module)
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise AttributeError(f"reward file {file} has no function '{attr}'")
+    if not callable(fn):
+        raise TypeError(f"'{attr}' in reward file {file} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def combine(
+    scores: Mapping[str, Sequence[float | None]], weights: Mapping[str, float] | None = None
+) -> list[float]:
+    """Per-sample weighted sum of several rewards; a None (not applicable) counts as 0.
+
+    Counting None as 0 lets one reward list cover a mixed batch: an accuracy reward that does not
+    apply to a grounding sample neither helps nor hurts it. Weights default to 1.0; a weight for a
+    reward that is not in `scores` is an error (most likely a misspelt name).
+
+    >>> combine({"accuracy": [1.0, None], "format": [1.0, 0.0]}, {"format": 0.5})
+    [1.5, 0.0]
+    """
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(scores))
+    if unknown:
+        raise ValueError(f"weights for unknown rewards {unknown}; scored rewards are {sorted(scores)}")
+    lengths = {name: len(values) for name, values in scores.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"rewards scored different numbers of samples: {lengths}")
+    n = next(iter(lengths.values()), 0)
+    return [
+        sum(weights.get(name, 1.0) * (values[i] or 0.0) for name, values in scores.items()) for i in range(n)
+    ]

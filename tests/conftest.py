@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny models are built once per test session, offline, from vlrl's own factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """A micro-size checkpoint per family, with the real default tokenizer corpus."""
+    from vlrl.models.tiny.factory import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {f: build_tiny_model(f, root / f, size="micro") for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """A 112x112 image (no resize for any family) and a 300x180 one (resized / tiled)."""
+    root = tmp_path_factory.mktemp("images")
+    small = Image.new("RGB", (112, 112), "white")
+    ImageDraw.Draw(small).ellipse((10, 10, 40, 40), fill="red")
+    big = Image.new("RGB", (300, 180), "white")
+    ImageDraw.Draw(big).rectangle((100, 50, 200, 120), fill="blue")
+    paths = {"small": root / "small.png", "big": root / "big.png"}
+    small.save(paths["small"])
+    big.save(paths["big"])
+    return paths
