@@ -25,7 +25,9 @@ def test_auto_classes_load_and_generate_with_an_image(family, tmp_path, images):
     if not torchvision_usable():
         assert not hasattr(processor, "video_processor") or processor.video_processor is None
 
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many shapes?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many shapes?"}]}
+    ]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=[text], images=[Image.open(images["small"])], return_tensors="pt")
     torch.manual_seed(0)

@@ -13,7 +13,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: train.jsonl, heldout.jsonl, images/")
     p.add_argument("--seed", type=int, default=0, help="same seed, byte-identical files")
     p.add_argument(
-        "--heldout", type=_count_or_fraction, default=0.1, help="held-out share (0.1) or count (200); default 0.1"
+        "--heldout",
+        type=_count_or_fraction,
+        default=0.1,
+        help="held-out share (0.1) or count (200); default 0.1",
     )
     p.add_argument("--image-size", type=int, default=112, help="square image side in pixels")
 
@@ -23,8 +26,10 @@ def _count_or_fraction(text: str) -> int | float:
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = generate_dataset(args.task, args.n, args.out, args.seed, heldout=args.heldout, image_size=args.image_size)
+    paths = generate_dataset(
+        args.task, args.n, args.out, args.seed, heldout=args.heldout, image_size=args.image_size
+    )
     for split, path in paths.items():
-        n = sum(1 for _ in open(path, encoding="utf-8"))
+        n = len(path.read_text(encoding="utf-8").splitlines())
         print(f"{split}: {n} samples -> {path}")
     return 0

@@ -87,7 +87,9 @@ def user_text(sample: Sample, template: Template) -> str:
 def build_messages(sample: Sample, template: Template, response: str | None = None) -> list[dict]:
     """Chat messages for `sample`; with `response`, the assistant turn is appended (SFT)."""
     rendered = Sample(id=sample.id, question=user_text(sample, template), answer=None, images=sample.images)
-    content = [{"type": "image"} if isinstance(s, int) else {"type": "text", "text": s} for s in rendered.segments()]
+    content = [
+        {"type": "image"} if isinstance(s, int) else {"type": "text", "text": s} for s in rendered.segments()
+    ]
     messages = []
     if template.system_prompt:
         messages.append({"role": "system", "content": template.system_prompt})

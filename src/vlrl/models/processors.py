@@ -46,9 +46,16 @@ class InternVLImageOnlyProcessor(InternVLProcessor):
     arguments named in `__init__`, and InternVL's token count per tile depends on it.
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None, **kwargs):
+    def __init__(
+        self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None, **kwargs
+    ):
         super().__init__(
-            image_processor, tokenizer, None, image_seq_length=image_seq_length, chat_template=chat_template, **kwargs
+            image_processor,
+            tokenizer,
+            None,
+            image_seq_length=image_seq_length,
+            chat_template=chat_template,
+            **kwargs,
         )
 
 

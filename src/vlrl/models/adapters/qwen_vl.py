@@ -28,7 +28,13 @@ class Qwen2VLAdapter(ModelAdapter):
         "connector": ("model.visual.merger",),
         "language": ("model.language_model", "lm_head"),
     }
-    placeholder_tokens = ("<|image_pad|>", "<|video_pad|>", "<|vision_pad|>", "<|vision_start|>", "<|vision_end|>")
+    placeholder_tokens = (
+        "<|image_pad|>",
+        "<|video_pad|>",
+        "<|vision_pad|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+    )
     lora_modules: ClassVar = {
         "vision": ("qkv", "proj", "fc1", "fc2", "gate_proj", "up_proj", "down_proj"),
         "connector": ("0", "2"),
@@ -49,7 +55,9 @@ class Qwen2VLAdapter(ModelAdapter):
     def model_image_size(self, size: tuple[int, int]) -> tuple[int, int]:
         ip = self.processor.image_processor
         lo, hi = self._bounds()
-        h, w = smart_resize(size[1], size[0], factor=ip.patch_size * ip.merge_size, min_pixels=lo, max_pixels=hi)
+        h, w = smart_resize(
+            size[1], size[0], factor=ip.patch_size * ip.merge_size, min_pixels=lo, max_pixels=hi
+        )
         return (w, h)
 
     def position_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
