@@ -72,7 +72,8 @@ def _choice_index(text: str, options: Sequence[str]) -> int | None:
     for i, option in enumerate(options):
         own = _OWN_LABEL.match(str(option))
         texts.append(normalize(str(option)[own.end() :] if own and own.group(1) == chr(65 + i) else option))
-    return texts.index(normalize(text)) if normalize(text) in texts else None
+    wanted = normalize(text)
+    return texts.index(wanted) if wanted in texts else None
 
 
 def _size(expr) -> float:

@@ -1,0 +1,27 @@
+"""Rollout backends: sample G completions per encoded prompt, with behaviour log-probs.
+
+backend = make_backend("hf", model, adapter)                       # or BACKENDS[name](...)
+groups = backend.generate(prompts, SamplingParams(group_size=8, max_new_tokens=256))
+groups[p][g].token_ids, .logprobs, .text, .finish_reason
+backend.sync_weights(model)                                       # after each policy update
+"""
+
+from vlrl.rollout.base import (
+    BACKENDS,
+    FINISH_REASONS,
+    Completion,
+    RolloutBackend,
+    SamplingParams,
+    make_backend,
+)
+from vlrl.rollout.hf import HFRolloutBackend
+
+__all__ = [
+    "BACKENDS",
+    "FINISH_REASONS",
+    "Completion",
+    "HFRolloutBackend",
+    "RolloutBackend",
+    "SamplingParams",
+    "make_backend",
+]

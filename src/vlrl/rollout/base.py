@@ -1,0 +1,100 @@
+"""The rollout interface: prompts in, G sampled completions per prompt out.
+
+Every backend (transformers here; vLLM and a generation server later) takes already-encoded
+prompts (`Encoded`, as the adapter builds them) and returns, per completion, the sampled token
+ids with their behaviour log-probs, so the trainer never re-tokenises text and importance ratios
+start from exactly the probabilities the tokens were drawn with.
+
+Backends are looked up by name in `BACKENDS`; every factory has the signature
+`factory(model, adapter, **options) -> RolloutBackend`. Factories import their module when called,
+so an optional engine (vLLM) is imported only by the runs that choose it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlrl.models.adapters import ModelAdapter
+from vlrl.models.batching import Encoded
+
+FINISH_REASONS = ("stop", "length")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How each prompt's group is sampled.
+
+    `temperature` 0 means greedy decoding; `top_k` 0 and `top_p` 1 switch those filters off.
+    With `seed` set, a backend draws from its own seeded generator, so a rerun of the same call
+    gives the same samples (on the same device and batching).
+    """
+
+    group_size: int
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    def __post_init__(self):
+        checks = {
+            "group_size": self.group_size >= 1,
+            "max_new_tokens": self.max_new_tokens >= 1,
+            "temperature": self.temperature >= 0,
+            "top_p": 0 < self.top_p <= 1,
+            "top_k": self.top_k >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"sampling parameter {name}={getattr(self, name)!r} is out of range")
+
+
+@dataclass
+class Completion:
+    """One sampled response.
+
+    `token_ids` [T] long: the response tokens, ending with the stop token when one was sampled;
+    `logprobs` [T] float32: the behaviour log-prob of each of them (see the backend for which
+    distribution); `text`: the tokens decoded without special tokens; `finish_reason`: "stop"
+    when a stop token was sampled, "length" when `max_new_tokens` ran out.
+    """
+
+    token_ids: torch.Tensor
+    logprobs: torch.Tensor
+    text: str
+    finish_reason: str
+
+
+class RolloutBackend(ABC):
+    """Samples groups of completions from the current policy."""
+
+    @abstractmethod
+    def generate(self, prompts: list[Encoded], params: SamplingParams) -> list[list[Completion]]:
+        """`params.group_size` completions for each prompt: result[p][g], in prompt order."""
+
+    @abstractmethod
+    def sync_weights(self, model: nn.Module) -> None:
+        """Make the backend sample from `model`'s current weights (called after each policy update)."""
+
+
+def _hf(model: nn.Module, adapter: ModelAdapter, **options) -> RolloutBackend:
+    from vlrl.rollout.hf import HFRolloutBackend
+
+    return HFRolloutBackend(model, adapter, **options)
+
+
+BACKENDS: dict[str, Callable[..., RolloutBackend]] = {
+    "hf": _hf,
+}
+
+
+def make_backend(name: str, model: nn.Module, adapter: ModelAdapter, **options) -> RolloutBackend:
+    """The backend registered as `name`; an unknown name fails listing the valid ones."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown rollout backend {name!r}; valid: {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name](model, adapter, **options)

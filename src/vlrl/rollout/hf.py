@@ -1,0 +1,187 @@
+"""Rollouts with the training model itself (transformers), sharing each prompt's prefix across its group.
+
+GRPO samples G completions of the same prompt. `model.generate(num_return_sequences=G)` copies
+each prompt G times before the forward pass, so the vision tower and the prefill run G times on
+identical inputs. This loop instead:
+
+1. left-pads the P prompts into one batch and prefills it once ([P, L] rows, one vision pass);
+2. repeats the KV cache, attention mask and last logits G times along the batch
+   (`DynamicCache.batch_repeat_interleave`: rows p*G .. p*G+G-1 belong to prompt p);
+3. decodes the P*G rows one token per step with explicit position ids, so no model-specific
+   position logic (Qwen's M-RoPE `rope_deltas` state) is recomputed from the decode inputs.
+
+The decode position of step t is the prompt's last position + 1 + t on every axis: after the
+prompt's final text token all M-RoPE axes coincide, so this is the same rule for [3, B, L]
+M-RoPE positions as for plain [B, L] ones.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache
+
+from vlrl.models.adapters import ModelAdapter
+from vlrl.models.batching import Encoded, collate
+from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams
+from vlrl.rollout.sampling import sample_next
+
+
+class HFRolloutBackend(RolloutBackend):
+    """Samples from `model` (shared with the trainer) with a shared-prefix decoding loop.
+
+    `stop_token_ids` end a completion (kept as its last token); by default the generation
+    config's EOS ids plus the tokenizer's. `max_batch_rows` bounds the P*G rows decoded at once:
+    prompts go in chunks of `max_batch_rows // group_size` (a group is never split, since its
+    rows share one prefill).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ModelAdapter,
+        stop_token_ids: list[int] | None = None,
+        max_batch_rows: int | None = None,
+    ):
+        self.model = model
+        self.adapter = adapter
+        self.tokenizer = adapter.tokenizer
+        self.stop_token_ids = (
+            default_stop_ids(model, self.tokenizer) if stop_token_ids is None else stop_token_ids
+        )
+        self.max_batch_rows = max_batch_rows
+        # Finished rows keep feeding this token (masked out); any id in the vocabulary would do.
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_token_ids[0]
+        )
+
+    def sync_weights(self, model: nn.Module) -> None:
+        """Nothing to do: the backend samples from the trainer's own module."""
+
+    def generate(self, prompts: list[Encoded], params: SamplingParams) -> list[list[Completion]]:
+        """`params.group_size` completions per prompt, result[p][g]."""
+        per_chunk = len(prompts)
+        if self.max_batch_rows is not None:
+            if params.group_size > self.max_batch_rows:
+                raise ValueError(
+                    f"group_size {params.group_size} exceeds max_batch_rows {self.max_batch_rows}: "
+                    "a group's rows share one prefill and cannot be split"
+                )
+            per_chunk = self.max_batch_rows // params.group_size
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.model.device).manual_seed(params.seed)
+        out: list[list[Completion]] = []
+        with torch.no_grad(), _eval_mode(self.model):
+            for start in range(0, len(prompts), per_chunk):
+                out += self._generate_chunk(prompts[start : start + per_chunk], params, generator)
+        return out
+
+    def _generate_chunk(
+        self, prompts: list[Encoded], params: SamplingParams, generator: torch.Generator | None
+    ) -> list[list[Completion]]:
+        """Prefill `prompts` once, expand to P*G rows, decode; result[p][g]."""
+        G = params.group_size
+        batch = {
+            k: v.to(self.model.device) for k, v in collate(prompts, self.pad_id, padding_side="left").items()
+        }
+        positions = self.adapter.position_ids(self.model, batch)  # [3, P, L] (M-RoPE) or [P, L]
+        cache = DynamicCache(config=self.model.config)
+        logits = self.model(
+            **batch, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
+        ).logits[:, -1]  # [P, V]
+        cache.batch_repeat_interleave(G)
+        last_position = positions[..., -1:].repeat_interleave(G, dim=-2)  # [3, P*G, 1] or [P*G, 1]
+        attention_mask = batch["attention_mask"].repeat_interleave(G, dim=0)  # [P*G, L]
+        tokens, logprobs, alive = self._decode(
+            logits.repeat_interleave(G, dim=0), cache, attention_mask, last_position, params, generator
+        )
+        completions = [self._completion(t, lp, a) for t, lp, a in zip(tokens, logprobs, alive, strict=True)]
+        return [completions[p * G : (p + 1) * G] for p in range(len(prompts))]
+
+    def _decode(
+        self,
+        logits: Tensor,
+        cache: DynamicCache,
+        attention_mask: Tensor,
+        last_position: Tensor,
+        params: SamplingParams,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample up to `max_new_tokens` per row from the prefilled state.
+
+        logits [R, V] (next-token logits after the prompt), attention_mask [R, L] ->
+        tokens [R, T] long, logprobs [R, T] float32, alive [R, T] bool (real response tokens).
+        """
+        device = logits.device
+        banned = self._banned_tokens(logits.shape[-1], device)
+        stop_ids = torch.tensor(self.stop_token_ids, device=device)
+        done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
+        tokens, logprobs, alive = [], [], []
+        for t in range(params.max_new_tokens):
+            token, logprob = sample_next(logits, banned, params, generator)
+            token = token.masked_fill(done, self.pad_id)
+            tokens.append(token)
+            logprobs.append(logprob)
+            alive.append(~done)
+            done = done | torch.isin(token, stop_ids)
+            if t == params.max_new_tokens - 1 or bool(done.all()):
+                break
+            # Rows already finished feed a masked-out pad; every row's queries attend only to its own cache.
+            attention_mask = torch.cat([attention_mask, alive[-1][:, None].to(attention_mask.dtype)], dim=1)
+            logits = self.model(
+                input_ids=token[:, None],
+                attention_mask=attention_mask,
+                position_ids=last_position + 1 + t,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[:, -1]
+        return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(alive, 1)
+
+    def _banned_tokens(self, vocab: int, device: torch.device) -> Tensor:
+        """[vocab] bool: vision placeholders and embedding rows beyond the tokenizer, never sampled.
+
+        A sampled placeholder would break the image-token count when the sequence is re-encoded
+        for training; untrained (or random tiny) models do give them probability.
+        """
+        banned = torch.zeros(vocab, dtype=torch.bool, device=device)
+        banned[self.adapter.placeholder_token_ids()] = True
+        banned[len(self.tokenizer) :] = True
+        return banned
+
+    def _completion(self, tokens: Tensor, logprobs: Tensor, alive: Tensor) -> Completion:
+        """One row's real tokens: tokens, logprobs, alive [T] -> Completion (on the CPU)."""
+        n = int(alive.sum())
+        ids = tokens[:n].cpu()
+        stopped = n > 0 and int(ids[-1]) in self.stop_token_ids
+        return Completion(
+            token_ids=ids,
+            logprobs=logprobs[:n].float().cpu(),
+            text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            finish_reason="stop" if stopped else "length",
+        )
+
+
+def default_stop_ids(model: nn.Module, tokenizer) -> list[int]:
+    """The generation config's EOS id(s) and the tokenizer's, without repeats."""
+    eos = model.generation_config.eos_token_id
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("the model declares no EOS token: give stop_token_ids")
+    return list(dict.fromkeys(ids))
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """Run with dropout off, then restore each submodule's mode (a frozen tower may stay in eval)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training

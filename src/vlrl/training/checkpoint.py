@@ -1,0 +1,194 @@
+"""Checkpoints: save, find, resume, prune, and merge LoRA adapters into a plain model.
+
+Layout: `<output_dir>/checkpoints/step_000010/` holds the model in Hugging Face format (full
+weights, or for a peft model only the adapter), the processor, and `trainer_state.pt` with the
+optimizer, scheduler and RNG states and the trainer's own state (step, sampler position, ...).
+A checkpoint is written into `step_000010.tmp/` and renamed when complete, so a run killed while
+saving leaves a `.tmp` folder that `latest_checkpoint` never picks.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel
+from transformers import AutoModelForImageTextToText
+
+from vlrl.models.loading import DTYPES, load_processor
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.pt"
+STEP_DIR = re.compile(r"step_(\d+)")
+# Exact types: numpy scalars subclass float but `torch.load(weights_only=True)` refuses them.
+PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of `step` lives: `<output_dir>/checkpoints/step_000010`."""
+    return Path(output_dir) / CHECKPOINTS / f"step_{step:06d}"
+
+
+def rng_states() -> dict:
+    """Python, numpy, torch CPU and (when present) CUDA generator states, as plain data.
+
+    numpy's key array becomes a list because `torch.load(weights_only=True)` refuses numpy arrays.
+    """
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()
+    return {
+        "python": random.getstate(),
+        "numpy": np_state,
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    """Inverse of `rng_states`. CUDA states are restored only when the device count is the saved one."""
+    random.setstate(states["python"])
+    np_state = dict(states["numpy"], state=dict(states["numpy"]["state"]))
+    np_state["state"]["key"] = np.array(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(np_state)
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and torch.cuda.device_count() == len(states["cuda"]):
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def check_plain(value, where: str = "trainer_state") -> None:
+    """Raise TypeError naming the entry if `value` is not plain data that `weights_only` loading accepts.
+
+    Checked when saving so that a bad entry fails at the first checkpoint, not at resume time.
+    """
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_plain(item, f"{where}[{i}]")
+    elif not (isinstance(value, torch.Tensor) or type(value) in PLAIN_SCALARS):
+        raise TypeError(
+            f"{where} is a {type(value).__name__}; checkpoints hold only dicts, lists, str, int,"
+            " float, bool, None and tensors"
+        )
+
+
+def save_checkpoint(step_dir: Path, model, processor, optimizer, scheduler, trainer_state: dict) -> None:
+    """Write a complete checkpoint to `step_dir` atomically (see module docstring).
+
+    `model.save_pretrained` writes safetensors; for a peft model that is the adapter only, with
+    `adapter_config.json` recording the base model's path. `trainer_state` must be plain data
+    (see `check_plain`).
+    """
+    step_dir = Path(step_dir)
+    check_plain(trainer_state)
+    # States first, so that the RNG states are those of the training loop, whatever saving draws.
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states(),
+        "trainer": trainer_state,
+    }
+    tmp = step_dir.with_name(step_dir.name + ".tmp")
+    if tmp.exists():  # left by a run killed while saving this step
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    torch.save(state, tmp / STATE_FILE)
+    if step_dir.exists():  # the same step saved again, e.g. the final save of a resumed run
+        shutil.rmtree(step_dir)
+    tmp.rename(step_dir)
+
+
+def load_trainer_state(step_dir: Path, optimizer, scheduler) -> dict:
+    """Restore optimizer, scheduler and RNG states from `step_dir`; return the saved trainer_state.
+
+    Model weights are not touched here: the trainer loads them from `step_dir` itself, with
+    `vlrl.models.loading.load_model(step_dir)` after full fine-tuning, or for LoRA by loading the
+    base model and `peft.PeftModel.from_pretrained(base, step_dir, is_trainable=True)`. Build the
+    optimizer over those parameters before calling this.
+    """
+    path = Path(step_dir) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' not found: '{step_dir}' is not a complete vlrl checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])  # moves state tensors to the parameters' device
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_states(state["rng"])
+    return state["trainer"]
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every finished checkpoint under `output_dir`, by increasing step."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = STEP_DIR.fullmatch(path.name)  # `.tmp` folders do not match
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The finished checkpoint with the highest step, or None when there is none."""
+    found = complete_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """The checkpoint `train.resume` asks for: None, 'auto' (latest, or None for a fresh run), or a folder."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(
+            f"train.resume '{resume}' is not a checkpoint folder (no {STATE_FILE} in it);"
+            f" use 'auto' for the latest one in {Path(output_dir) / CHECKPOINTS}"
+        )
+    return path
+
+
+def prune_checkpoints(output_dir: str | Path, keep_last: int | None) -> None:
+    """Delete all but the `keep_last` most recent finished checkpoints; None keeps all."""
+    if keep_last is None:
+        return
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1 (or None to keep all), got {keep_last}")
+    for _, path in complete_checkpoints(output_dir)[:-keep_last]:
+        shutil.rmtree(path)
+
+
+def merge_lora(adapter_dir: Path, out_dir: Path, dtype: str = "auto") -> Path:
+    """Fold a saved LoRA adapter into its base model; `out_dir` then loads with plain transformers.
+
+    The base model is read from the path peft recorded in `adapter_config.json`
+    (`base_model_name_or_path`; a relative path is taken from the current directory). The
+    processor comes from `adapter_dir`, where `save_checkpoint` put it. `dtype` is 'auto' (the
+    base checkpoint's) or one of `vlrl.models.loading.DTYPES`.
+    """
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"'{config_file}' not found: '{adapter_dir}' is not a LoRA adapter checkpoint"
+        )
+    base_path = json.loads(config_file.read_text())["base_model_name_or_path"]
+    if not base_path:
+        raise ValueError(f"'{config_file}' records no base_model_name_or_path to merge into")
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"dtype '{dtype}' is not 'auto' or one of {', '.join(DTYPES)}")
+    base = AutoModelForImageTextToText.from_pretrained(base_path, dtype=DTYPES.get(dtype, "auto"))
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    load_processor(adapter_dir, merged.config).save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,391 @@
+"""R1-style RL for VLMs: the GRPO family in one loop.
+
+    for step:  rollout -> score -> advantages -> policy update -> sync -> log / eval / checkpoint
+
+`train()` reads as that line; each phase is a method below. The maths (advantages, policy losses,
+aggregation, KL estimators) are table entries in `vlrl.algos`, chosen by name in the config, so
+GRPO, Dr.GRPO, DAPO, GSPO, RLOO and REINFORCE++ are settings of this one loop.
+
+Departures from the textbook algorithm, all deliberate:
+- Sampling uses a per-step seed (train.seed, step), so a resumed run draws the same completions
+  as an uninterrupted one.
+- With `algo.ppo_epochs == 1` the update is on-policy and the old log-probs are the current ones
+  detached (ratio 1, as in DeepSeekMath's mu = 1 case) — one forward pass saved per micro-batch.
+- The vision placeholders are masked out of the distribution in rollout and update alike.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vlrl.algos import (
+    ADVANTAGES,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    LossConfig,
+    aggregate,
+    aggregation_denominator,
+    get,
+    masked_mean,
+)
+from vlrl.config import TrainConfig, dump_config
+from vlrl.data import Sample
+from vlrl.models.batching import Encoded
+from vlrl.rollout import make_backend
+from vlrl.rollout.base import Completion, SamplingParams
+from vlrl.training.checkpoint import load_trainer_state, resolve_resume, save_checkpoint
+from vlrl.training.evaluation import evaluate
+from vlrl.training.logprobs import response_logprobs, token_budget_batches
+from vlrl.training.metrics import MetricsLogger
+from vlrl.training.sampler import PromptSampler
+from vlrl.training.schedule import build_scheduler
+from vlrl.training.scoring import RewardScorer
+from vlrl.training.setup import (
+    build_optimizer,
+    load_data,
+    load_policy,
+    pick_device,
+    seed_everything,
+    template_for,
+)
+
+
+@dataclass
+class GroupBatch:
+    """One step's data: P prompts x G completions, flattened row-major to B = P * G rows."""
+
+    samples: list[Sample]
+    prompts: list[Encoded]
+    completions: list[list[Completion]]
+    rewards: torch.Tensor = None  # [P, G]
+    reward_scores: dict[str, list[float | None]] = field(default_factory=dict)
+    advantages: torch.Tensor = None  # [B]
+    old_logp: list[torch.Tensor] = field(default_factory=list)  # per micro-batch [b, T]
+    ref_logp: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def flat(self) -> list[Completion]:
+        return [c for group in self.completions for c in group]
+
+    def sequences(self) -> list[Encoded]:
+        """Prompt + response for every completion (B entries)."""
+        return [
+            p.with_response(c.token_ids) for p, group in zip(self.prompts, self.completions) for c in group
+        ]
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.train.output_dir)
+        self.device = pick_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        resume_dir = resolve_resume(cfg.train.resume, self.out)
+        self.lm = load_policy(cfg.model, cfg.data, self.device, path=resume_dir)
+        self.model, self.adapter = self.lm.model, self.lm.adapter
+        self.template = template_for(cfg.data)
+        self.train_samples, reports = load_data(cfg.data.train, cfg.data, self.adapter, self.template)
+        self.eval_sets = {
+            name: load_data([f], cfg.data, self.adapter, self.template)[0]
+            for name, f in cfg.data.eval.items()
+        }
+        self.load_reports = [r.summary() for r in reports]
+        self.sampler = PromptSampler(len(self.train_samples), cfg.data.seed, shuffle=cfg.data.shuffle)
+        self.optimizer = build_optimizer(self.model, self.adapter, cfg.train, cfg.model.vision_lr)
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg.train.lr_schedule, cfg.train.warmup_steps, cfg.train.steps
+        )
+        self.backend = make_backend(cfg.rollout.backend, self.model, self.adapter)
+        self.scorer = RewardScorer(cfg.reward)
+        self.reference = self._reference_model()
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        spare = list(range(len(self.adapter.tokenizer), vocab))
+        self.blocked_ids = torch.tensor(self.adapter.placeholder_token_ids() + spare, dtype=torch.long)
+        self.pad_id = self.adapter.tokenizer.pad_token_id
+        self.step = 0
+        self.logger = MetricsLogger(
+            self.out,
+            jsonl=cfg.logging.jsonl,
+            tensorboard=cfg.logging.tensorboard,
+            wandb=cfg.logging.wandb,
+            wandb_project=cfg.logging.wandb_project,
+            config=cfg.model_dump(),
+            progress=cfg.logging.progress,
+            total_steps=cfg.train.steps,
+        )
+        if resume_dir is not None:
+            state = load_trainer_state(resume_dir, self.optimizer, self.scheduler)
+            self.step = state["step"]
+            self.sampler.load_state_dict(state["sampler"])
+            self.logger.truncate_after(self.step)
+
+    def _reference_model(self):
+        """A frozen copy of the starting policy for the KL term; None when kl_beta is 0.
+
+        With LoRA the base weights are the reference, so no second model is loaded: the policy
+        runs with its adapters disabled instead.
+        """
+        if self.cfg.algo.kl_beta == 0 or self.cfg.model.lora.enabled:
+            return None
+        from vlrl.models.loading import load_model
+
+        ref = load_model(self.cfg.model.path, dtype=self.cfg.model.dtype, device=self.device).model
+        ref.eval().requires_grad_(False)
+        return ref
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def train(self, until: int | None = None) -> list[dict]:
+        """Run to step `until` (default train.steps); returns the metrics of every step run here.
+
+        Stopping early leaves the schedule untouched: the run continues from a checkpoint exactly
+        as if it had never stopped.
+        """
+        history = []
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(dump_config(self.cfg))
+        while self.step < min(until or self.cfg.train.steps, self.cfg.train.steps):
+            t0 = time.perf_counter()
+            batch, timing = self.rollout()
+            batch = self.score_and_filter(batch, timing)
+            self.compute_advantages(batch)
+            metrics = self.policy_update(batch, timing)
+            self.backend.sync_weights(self.model)
+            self.step += 1
+            timing["step"] = time.perf_counter() - t0
+            metrics |= self.batch_metrics(batch, timing)
+            if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
+                metrics |= self.evaluate()
+            if self.step % self.cfg.train.log_every == 0 or self.step == self.cfg.train.steps:
+                self.logger.log(self.step, metrics)
+            history.append({"step": self.step, **metrics})
+            if self._should_save():
+                self.save()
+        self.logger.close()
+        return history
+
+    # ---- phases -----------------------------------------------------------------------------
+    def rollout(self, n_prompts: int | None = None, round_: int = 0) -> tuple[GroupBatch, dict]:
+        """Phase 1: draw P prompts and sample G completions each (shared prompt prefix)."""
+        t0 = time.perf_counter()
+        r = self.cfg.rollout
+        idx = self.sampler.next_batch(n_prompts or r.prompts_per_step)
+        samples = [self.train_samples[i] for i in idx]
+        prompts = [self.adapter.encode(s, self.template) for s in samples]
+        params = SamplingParams(
+            group_size=r.group_size,
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            seed=(self.cfg.train.seed * 1_000_003 + self.step) * 16 + round_,
+        )
+        completions = self.backend.generate(prompts, params)
+        return GroupBatch(samples, prompts, completions), {"gen": time.perf_counter() - t0}
+
+    def score_and_filter(self, batch: GroupBatch, timing: dict) -> GroupBatch:
+        """Phase 2: rewards; with DAPO dynamic sampling, keep only groups whose rewards differ,
+        drawing more prompts (up to rollout.max_resample_rounds) until P groups are kept."""
+        t0 = time.perf_counter()
+        self._score(batch)
+        r = self.cfg.rollout
+        if r.dynamic_sampling:
+            batch = self._keep_informative(batch)
+            for round_ in range(1, r.max_resample_rounds + 1):
+                if len(batch.samples) >= r.prompts_per_step:
+                    break
+                extra, _ = self.rollout(r.prompts_per_step, round_)
+                self._score(extra)
+                batch = _concat(batch, self._keep_informative(extra))
+            if not batch.samples:
+                raise RuntimeError(
+                    "dynamic sampling kept no group with differing rewards after "
+                    f"{r.max_resample_rounds} extra rounds (rollout.max_resample_rounds); "
+                    "the task is too easy or too hard for the current policy"
+                )
+            batch = _take(batch, r.prompts_per_step)
+        timing["reward"] = time.perf_counter() - t0
+        return batch
+
+    def _score(self, batch: GroupBatch) -> None:
+        batch.rewards, batch.reward_scores, self._reward_stats = self.scorer.score(
+            batch.samples, batch.completions, self.cfg.rollout.max_new_tokens
+        )
+
+    @staticmethod
+    def _keep_informative(batch: GroupBatch) -> GroupBatch:
+        keep = [p for p in range(len(batch.samples)) if batch.rewards[p].unique().numel() > 1]
+        return _select(batch, keep)
+
+    def compute_advantages(self, batch: GroupBatch) -> None:
+        """Phase 3: advantages [P, G] -> [B] from the group rewards (and the KL penalty when it
+        is folded into the reward, as in the original PPO-RLHF recipe)."""
+        rewards = batch.rewards
+        if self.cfg.algo.kl_beta > 0 and self.cfg.algo.kl_in_reward:
+            kl = self._sequence_kl(batch)  # [B]
+            rewards = rewards - self.cfg.algo.kl_beta * kl.view_as(rewards)
+        batch.advantages = get(ADVANTAGES, self.cfg.algo.advantage, "advantage")(rewards).reshape(-1)
+
+    def policy_update(self, batch: GroupBatch, timing: dict) -> dict[str, float]:
+        """Phase 4: algo.ppo_epochs passes over token-budget micro-batches, one optimizer step each."""
+        a = self.cfg.algo
+        seqs = batch.sequences()
+        lengths = [c.token_ids.numel() for c in batch.flat]
+        mask_all = _response_mask(lengths)
+        micro = token_budget_batches([s.length for s in seqs], self.cfg.train.micro_batch_tokens)
+        denom = aggregation_denominator(mask_all, a.loss_agg)
+        loss_fn = get(POLICY_LOSSES, a.policy_loss, "policy loss")
+        loss_cfg = LossConfig(clip_low=a.clip_low, clip_high=a.clip_high)
+        need_old = a.ppo_epochs > 1
+        t0 = time.perf_counter()
+        old = self._frozen_logprobs(self.model, seqs, lengths, micro) if need_old else None
+        ref = self._reference_logprobs(seqs, lengths, micro) if a.kl_beta > 0 and not a.kl_in_reward else None
+        timing["old_ref"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.model.train()
+        sums: dict[str, float] = {}
+        for _ in range(a.ppo_epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            for k, rows in enumerate(micro):
+                logp, entropy = self._logprobs([seqs[i] for i in rows], [lengths[i] for i in rows], True)
+                mask = mask_all[rows][:, : logp.shape[1]].to(logp.device)
+                adv = batch.advantages[rows].to(logp.device)
+                old_logp = old[k] if need_old else logp.detach()
+                loss_mat, m = loss_fn(logp, old_logp, adv, mask, loss_cfg)
+                if ref is not None:
+                    kl = get(KL_ESTIMATORS, a.kl_estimator, "KL estimator")(logp, ref[k])
+                    loss_mat = loss_mat + a.kl_beta * kl
+                    m["kl"] = masked_mean(kl.detach(), mask)
+                if a.entropy_coef:
+                    loss_mat = loss_mat - a.entropy_coef * entropy
+                loss = aggregate(
+                    loss_mat, mask, a.loss_agg, norm_length=self.cfg.rollout.max_new_tokens, denominator=denom
+                )
+                loss.backward()
+                m["entropy"] = masked_mean(entropy.detach(), mask)
+                m["loss"] = loss.detach()
+                weight = len(rows) / len(seqs)
+                for key, value in m.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * (1.0 if key == "loss" else weight)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.cfg.train.max_grad_norm
+            )
+            self.optimizer.step()
+        self.scheduler.step()
+        timing["update"] = time.perf_counter() - t0
+        metrics = {k: v / a.ppo_epochs for k, v in sums.items()}
+        metrics["grad_norm"] = float(grad_norm)
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        return metrics
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _logprobs(self, seqs, lengths, with_entropy=False, model=None):
+        return response_logprobs(
+            model or self.model,
+            seqs,
+            lengths,
+            self.pad_id,
+            self.cfg.rollout.temperature,
+            self.blocked_ids,
+            with_entropy=with_entropy,
+        )
+
+    @torch.no_grad()
+    def _frozen_logprobs(self, model, seqs, lengths, micro) -> list[torch.Tensor]:
+        model.eval()
+        return [self._logprobs([seqs[i] for i in r], [lengths[i] for i in r], model=model)[0] for r in micro]
+
+    def _reference_logprobs(self, seqs, lengths, micro) -> list[torch.Tensor]:
+        if self.reference is not None:
+            return self._frozen_logprobs(self.reference, seqs, lengths, micro)
+        with self.model.disable_adapter():  # LoRA: the base weights are the reference
+            return self._frozen_logprobs(self.model, seqs, lengths, micro)
+
+    def _sequence_kl(self, batch: GroupBatch) -> torch.Tensor:
+        seqs = batch.sequences()
+        lengths = [c.token_ids.numel() for c in batch.flat]
+        micro = token_budget_batches([s.length for s in seqs], self.cfg.train.micro_batch_tokens)
+        pol = self._frozen_logprobs(self.model, seqs, lengths, micro)
+        ref = self._reference_logprobs(seqs, lengths, micro)
+        kl_fn = get(KL_ESTIMATORS, self.cfg.algo.kl_estimator, "KL estimator")
+        out = torch.zeros(len(seqs))
+        mask_all = _response_mask(lengths)
+        for rows, p, r in zip(micro, pol, ref, strict=True):
+            mask = mask_all[rows][:, : p.shape[1]].to(p.device)
+            out[rows] = (kl_fn(p, r) * mask).sum(-1).cpu()
+        return out
+
+    def batch_metrics(self, batch: GroupBatch, timing: dict) -> dict[str, float]:
+        """verl-style names: reward/<name>/mean, acc, response_length/mean, timing_s/*, ..."""
+        m: dict[str, float] = {}
+        for name, scores in batch.reward_scores.items():
+            vals = [s for s in scores if s is not None]
+            if vals:
+                m[f"reward/{name}/mean"] = sum(vals) / len(vals)
+        m.update(self._reward_stats)
+        m["reward/total/mean"] = batch.rewards.mean().item()
+        if "accuracy" in batch.reward_scores:
+            m["acc"] = m.get("reward/accuracy/mean", 0.0)
+        lengths = torch.tensor([c.token_ids.numel() for c in batch.flat], dtype=torch.float32)
+        m["response_length/mean"] = lengths.mean().item()
+        m["response_length/clip_ratio"] = sum(c.finish_reason == "length" for c in batch.flat) / len(lengths)
+        std = batch.rewards.std(dim=1) if batch.rewards.shape[1] > 1 else torch.zeros(len(batch.samples))
+        m["frac_zero_std_groups"] = (std == 0).float().mean().item()
+        for k, v in timing.items():
+            m[f"timing_s/{k}"] = v
+        m["perf/throughput"] = lengths.sum().item() / max(timing["step"], 1e-9)
+        return m
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy accuracy on each held-out set, with the training accuracy reward."""
+        out = {}
+        for name, samples in self.eval_sets.items():
+            for key, value in evaluate(self.backend, self.adapter, self.template, samples, self.cfg).items():
+                out[f"eval/{name}/{key}"] = value
+        return out
+
+    def _should_save(self) -> bool:
+        every = self.cfg.train.save_every
+        return self.step == self.cfg.train.steps or (every > 0 and self.step % every == 0)
+
+    def save(self) -> Path:
+        step_dir = self.out / "checkpoints" / f"step_{self.step:06d}"
+        state = {"step": self.step, "sampler": self.sampler.state_dict(), "config": dump_config(self.cfg)}
+        save_checkpoint(step_dir, self.model, self.lm.processor, self.optimizer, self.scheduler, state)
+        return step_dir
+
+
+def _response_mask(lengths: list[int]) -> torch.Tensor:
+    """[B, T] with 1 on each row's first `lengths[i]` positions."""
+    T = max(lengths)
+    return (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).float()
+
+
+def _select(batch: GroupBatch, keep: list[int]) -> GroupBatch:
+    names = batch.reward_scores
+    G = batch.rewards.shape[1]
+    rows = [p * G + g for p in keep for g in range(G)]
+    return GroupBatch(
+        samples=[batch.samples[p] for p in keep],
+        prompts=[batch.prompts[p] for p in keep],
+        completions=[batch.completions[p] for p in keep],
+        rewards=batch.rewards[keep],
+        reward_scores={n: [s[i] for i in rows] for n, s in names.items()},
+    )
+
+
+def _concat(a: GroupBatch, b: GroupBatch) -> GroupBatch:
+    return GroupBatch(
+        samples=a.samples + b.samples,
+        prompts=a.prompts + b.prompts,
+        completions=a.completions + b.completions,
+        rewards=torch.cat([a.rewards, b.rewards]),
+        reward_scores={n: a.reward_scores[n] + b.reward_scores[n] for n in a.reward_scores},
+    )
+
+
+def _take(batch: GroupBatch, n: int) -> GroupBatch:
+    return _select(batch, list(range(min(n, len(batch.samples)))))

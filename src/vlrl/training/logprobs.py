@@ -1,0 +1,65 @@
+"""Log-probabilities of response tokens under a model, and token-budget micro-batches.
+
+The trainer scores sampled responses teacher-forced: prompt + response in one right-padded
+forward pass, then the logits that predict each response token. Logits are divided by the
+sampling temperature and vision placeholders are masked exactly as the rollout did, so the
+recomputed log-probs describe the same distribution the tokens were drawn from.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlrl.algos import entropy_from_logits, logprobs_from_logits
+from vlrl.models.batching import Encoded, collate
+
+
+def token_budget_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Consecutive index groups whose padded size (rows x longest row) stays within `budget`.
+
+    A single sequence longer than the budget still gets its own micro-batch.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        if current and max(longest, n) * (len(current) + 1) > budget:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def response_logprobs(
+    model: nn.Module,
+    sequences: list[Encoded],
+    response_lengths: list[int],
+    pad_id: int,
+    temperature: float,
+    blocked_ids: torch.Tensor,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs [b, T] (and entropies) of each sequence's response, T = longest response.
+
+    `sequences[i]` is prompt + response with `prompt_length` marking the split; positions past a
+    response's end are 0 and must be masked by the caller.
+    """
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in collate(sequences, pad_id, padding_side="right").items()}
+    logits = model(**batch, use_cache=False).logits  # [b, L, V]
+    T = max(response_lengths)
+    starts = torch.tensor([s.prompt_length for s in sequences], device=device)
+    # Logits at position j predict token j + 1: the response's first token is predicted at prompt_length - 1.
+    idx = (starts[:, None] - 1 + torch.arange(T, device=device)).clamp(max=logits.shape[1] - 2)
+    picked = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])).float()  # [b, T, V]
+    picked = picked / (temperature if temperature > 0 else 1.0)
+    # A large finite value rather than -inf: the entropy's p * log p must be 0, not 0 * inf = nan.
+    picked[..., blocked_ids.to(device)] = -1e9
+    targets = batch["input_ids"].gather(1, idx + 1)  # [b, T]
+    logp = logprobs_from_logits(picked, targets)
+    entropy = entropy_from_logits(picked) if with_entropy else None
+    return logp, entropy

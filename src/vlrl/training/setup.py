@@ -1,0 +1,116 @@
+"""Shared run setup for RL and SFT: model loading, freezing, LoRA, optimizer, data.
+
+Everything family-specific comes from the adapter (module groups, LoRA targets), so the same code
+prepares a tiny Qwen2-VL on a laptop and a real InternVL on a GPU.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from vlrl.config.sections import DataSection, ModelSection, TrainSection
+from vlrl.data import LoadReport, Sample, load_samples
+from vlrl.data.prompts import Template, get_template
+from vlrl.models.adapters import ModelAdapter
+from vlrl.models.loading import LoadedModel, load_model
+
+LORA_TARGETS = {"language": ("language",), "vision": ("vision",), "all": ("vision", "connector", "language")}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def frozen_groups(cfg: ModelSection) -> set[str]:
+    flags = {"vision": cfg.freeze_vision, "connector": cfg.freeze_connector, "language": cfg.freeze_language}
+    return {group for group, frozen in flags.items() if frozen}
+
+
+def load_policy(cfg: ModelSection, data: DataSection, device: torch.device, path: str | Path | None = None):
+    """The trainable model: loaded, frozen groups fixed, LoRA applied, checkpointing enabled.
+
+    `path` overrides `cfg.path` (resuming loads the checkpoint's weights). A LoRA checkpoint
+    folder (with adapter_config.json) is loaded onto the base model it names.
+    """
+    path = Path(path or cfg.path)
+    lora_resume = (path / "adapter_config.json").is_file()
+    lm = load_model(
+        cfg.path if lora_resume else path,
+        dtype=cfg.dtype,
+        attn_implementation=cfg.attn_implementation,
+        device=device,
+        min_pixels=data.image_min_pixels,
+        max_pixels=data.image_max_pixels,
+    )
+    frozen = frozen_groups(cfg)
+    for group, params in lm.adapter.parameter_groups(lm.model).items():
+        for _, p in params:
+            p.requires_grad_(group not in frozen)
+    model: nn.Module = lm.model
+    if cfg.lora.enabled:
+        parts = tuple(g for g in LORA_TARGETS[cfg.lora.target] if g not in frozen)
+        if not parts:
+            raise ValueError(f"model.lora.target '{cfg.lora.target}' selects only frozen module groups")
+        if lora_resume:
+            model = PeftModel.from_pretrained(model, path, is_trainable=True)
+        else:
+            lora = LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=lm.adapter.lora_target_modules(parts),
+            )
+            model = get_peft_model(model, lora)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Frozen embeddings would otherwise cut the graph at the first checkpointed layer.
+        model.enable_input_require_grads()
+    return LoadedModel(model, lm.processor, lm.adapter)
+
+
+def build_optimizer(model: nn.Module, adapter: ModelAdapter, train: TrainSection, vision_lr: float | None):
+    """AdamW over trainable parameters; the vision tower gets `model.vision_lr` when set."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for group, params in adapter.parameter_groups(model).items():
+        lr = vision_lr if (group == "vision" and vision_lr is not None) else train.lr
+        groups.setdefault(lr, []).extend(p for _, p in params if p.requires_grad)
+    param_groups = [{"params": ps, "lr": lr} for lr, ps in groups.items() if ps]
+    if not param_groups:
+        raise ValueError("nothing to train: every module group is frozen (model.freeze_*)")
+    return torch.optim.AdamW(param_groups, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def load_data(
+    files: list[str], data: DataSection, adapter: ModelAdapter, template: Template
+) -> tuple[list[Sample], list[LoadReport]]:
+    """Samples of every file, prompt lengths checked in the model's own tokens."""
+    samples, reports = [], []
+    for file in files:
+        loaded, report = load_samples(
+            file,
+            format=data.format,
+            skip_invalid=data.skip_invalid,
+            max_prompt_length=data.max_prompt_length,
+            prompt_length=lambda s: adapter.prompt_length(s, template),
+        )
+        samples.extend(loaded)
+        reports.append(report)
+    return samples, reports
+
+
+def template_for(data: DataSection) -> Template:
+    return get_template(data.template, system_prompt=data.system_prompt)
