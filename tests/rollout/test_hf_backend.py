@@ -34,13 +34,20 @@ def _ids(groups) -> list[list[list[int]]]:
 def test_groups_have_the_requested_shape(loaded, samples, family):
     lm = loaded[family]
     prompts = encode_all(lm, samples)
-    groups = HFRolloutBackend(lm.model, lm.adapter).generate(prompts, SamplingParams(4, 8, seed=0))
+    backend = HFRolloutBackend(lm.model, lm.adapter)
+    groups = backend.generate(prompts, SamplingParams(4, 8, seed=0))
     assert len(groups) == 3 and all(len(g) == 4 for g in groups)
     for c in (c for g in groups for c in g):
         assert c.token_ids.dtype == torch.long and c.logprobs.dtype == torch.float32
-        assert c.token_ids.shape == c.logprobs.shape and 1 <= c.token_ids.shape[0] <= 8
+        assert c.token_ids.ndim == 1 and c.token_ids.shape == c.logprobs.shape
+        assert 1 <= c.token_ids.shape[0] <= 8
         assert c.finish_reason in FINISH_REASONS
-        assert (c.finish_reason == "length") == (c.token_ids.shape[0] == 8 and c.finish_reason != "stop")
+        ends_on_stop = int(c.token_ids[-1]) in backend.stop_token_ids
+        assert c.finish_reason == ("stop" if ends_on_stop else "length")
+        if c.finish_reason == "length":
+            assert c.token_ids.shape[0] == 8
+        # Stop tokens appear only last.
+        assert not set(c.token_ids[:-1].tolist()) & set(backend.stop_token_ids)
         assert bool((c.logprobs <= 0).all()) and isinstance(c.text, str)
 
 

@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("tiny_model", "build a tiny random VLM (model, tokenizer, processor) offline"),
     "synth": ("synth", "write a synthetic visual-reasoning dataset (PIL images, JSONL)"),
     "train": ("train", "run R1-style RL (GRPO, Dr.GRPO, DAPO, GSPO, RLOO, REINFORCE++) from a config"),
+    "merge": ("merge", "merge a LoRA checkpoint into its base model (plain transformers checkpoint)"),
     "data": ("data", "load a data file and report what is valid (any supported layout)"),
     "config": ("config", "print a config file resolved with overrides, or the defaults"),
 }

@@ -23,6 +23,11 @@ def run(args: argparse.Namespace) -> int:
     if history:
         last = history[-1]
         keys = ("reward/total/mean", "acc", "response_length/mean", "timing_s/step")
-        print("final step " + str(last["step"]) + ": " + ", ".join(f"{k}={last[k]:.3f}" for k in keys if k in last))
+        print(
+            "final step "
+            + str(last["step"])
+            + ": "
+            + ", ".join(f"{k}={last[k]:.3f}" for k in keys if k in last)
+        )
     print(f"run directory: {cfg.train.output_dir}")
     return 0

@@ -35,7 +35,8 @@ class HFRolloutBackend(RolloutBackend):
     `stop_token_ids` end a completion (kept as its last token); by default the generation
     config's EOS ids plus the tokenizer's. `max_batch_rows` bounds the P*G rows decoded at once:
     prompts go in chunks of `max_batch_rows // group_size` (a group is never split, since its
-    rows share one prefill).
+    rows share one prefill). Behaviour log-probs are those of `vlrl.rollout.sampling.sample_next`:
+    log_softmax(logits / temperature) with placeholders masked, before top-k / top-p.
     """
 
     def __init__(

@@ -74,7 +74,9 @@ class GroupBatch:
     def sequences(self) -> list[Encoded]:
         """Prompt + response for every completion (B entries)."""
         return [
-            p.with_response(c.token_ids) for p, group in zip(self.prompts, self.completions) for c in group
+            p.with_response(c.token_ids)
+            for p, group in zip(self.prompts, self.completions, strict=True)
+            for c in group
         ]
 
 
@@ -121,7 +123,8 @@ class GRPOTrainer:
             state = load_trainer_state(resume_dir, self.optimizer, self.scheduler)
             self.step = state["step"]
             self.sampler.load_state_dict(state["sampler"])
-            self.logger.truncate_after(self.step)
+        # A fresh run in a used folder, or a resumed one, must not keep metrics of steps it redoes.
+        self.logger.truncate_after(self.step)
 
     def _reference_model(self):
         """A frozen copy of the starting policy for the KL term; None when kl_beta is 0.

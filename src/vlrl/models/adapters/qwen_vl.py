@@ -62,7 +62,9 @@ class Qwen2VLAdapter(ModelAdapter):
 
     def position_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[3, B, L] M-RoPE positions: text tokens advance all three axes, image tokens spread over h/w."""
-        positions, _ = model.model.get_rope_index(
+        # A peft wrapper hides the transformers model one level down.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        positions, _ = base.model.get_rope_index(
             input_ids=batch["input_ids"],
             mm_token_type_ids=batch["mm_token_type_ids"],
             image_grid_thw=batch.get("image_grid_thw"),
