@@ -17,7 +17,6 @@ from vlrl.config import TrainConfig, load_config
 from vlrl.models.loading import load_model
 from vlrl.rollout import SamplingParams
 from vlrl.synth import generate_dataset
-from vlrl.training.checkpoint import merge_lora
 from vlrl.training.grpo import GRPOTrainer
 
 REWARD_FILE = """
