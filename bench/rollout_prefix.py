@@ -5,7 +5,7 @@ Builds a tiny Qwen2-VL (size "tiny") in a temporary folder, encodes P = 16 promp
 1. the HF backend (prefill and vision once per prompt, KV cache repeated G times);
 2. the same backend fed each prompt G times with group_size 1 (prefill of P*G rows);
 3. `model.generate(num_return_sequences=G, do_sample=True)` (copies the inputs G times).
-Prints samples/s (median of 3 runs after a warm-up) and the ratios. Runs on CUDA when present.
+Prints samples/s (median of 3 interleaved runs after a warm-up) and the ratios. Runs on CUDA when present.
 
     python bench/rollout_prefix.py
 """
@@ -47,19 +47,25 @@ def make_samples(folder: Path) -> list[Sample]:
     return samples
 
 
-def median_seconds(fn: Callable[[int], object]) -> float:
-    """Median wall time of `RUNS` calls fn(seed) after one warm-up call."""
-    fn(-1)
-    times = []
+def median_seconds(fns: dict[str, Callable[[int], object]]) -> dict[str, float]:
+    """Median wall time of `RUNS` calls fn(seed) of each fn, after one warm-up call each.
+
+    Runs are interleaved (round r calls every fn once) so that a burst of load from other
+    processes on the machine hits all methods alike.
+    """
+    for fn in fns.values():
+        fn(-1)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for seed in range(RUNS):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn(seed)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn(seed)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -80,11 +86,13 @@ def main() -> None:
         with torch.no_grad():
             lm.model.generate(**batch, do_sample=True, num_return_sequences=G, max_new_tokens=MAX_NEW)
 
-    timings = {
-        "shared prefix (HF backend)": median_seconds(lambda s: backend.generate(prompts, params(G, s))),
-        "prompt repeated G times": median_seconds(lambda s: backend.generate(repeated, params(1, s))),
-        "model.generate(num_return_sequences=G)": median_seconds(hf_generate),
-    }
+    timings = median_seconds(
+        {
+            "shared prefix (HF backend)": lambda s: backend.generate(prompts, params(G, s)),
+            "prompt repeated G times": lambda s: backend.generate(repeated, params(1, s)),
+            "model.generate(num_return_sequences=G)": hf_generate,
+        }
+    )
     print(f"qwen2_vl tiny on {device}: P={P} prompts x G={G}, max_new_tokens={MAX_NEW}, median of {RUNS}")
     shared = timings["shared prefix (HF backend)"]
     for name, seconds in timings.items():

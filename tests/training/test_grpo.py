@@ -209,3 +209,26 @@ def test_cli_train_runs_a_config(workspace, tmp_path, capsys):
     ):
         assert key in records[-1], key
     assert (tmp_path / "out" / "checkpoints" / "step_000002" / "model.safetensors").is_file()
+
+
+def test_frozen_vision_runs_once_per_prompt_per_step(workspace, tmp_path):
+    overrides = [
+        "model.freeze_vision=true",
+        "model.freeze_connector=true",
+        "algo.kl_beta=0.1",
+        "algo.ppo_epochs=2",
+        "train.micro_batch_tokens=600",
+        "train.steps=1",
+    ]
+    trainer = GRPOTrainer(make_config(workspace, tmp_path, *overrides))
+    vision = trainer.model.get_submodule(trainer.adapter.module_prefixes["vision"][0])
+    calls = []
+    vision.register_forward_hook(lambda *_: calls.append(1))
+    batch, timing = trainer.rollout()
+    trainer.score_and_filter(batch, timing)
+    trainer.compute_advantages(batch)
+    calls.clear()
+    trainer.policy_update(batch, timing)
+    # Old-policy, reference and two update epochs over several micro-batches: still one tower
+    # pass per prompt.
+    assert len(calls) == trainer.cfg.rollout.prompts_per_step

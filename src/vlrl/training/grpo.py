@@ -108,6 +108,7 @@ class GRPOTrainer:
         spare = list(range(len(self.adapter.tokenizer), vocab))
         self.blocked_ids = torch.tensor(self.adapter.placeholder_token_ids() + spare, dtype=torch.long)
         self.pad_id = self.adapter.tokenizer.pad_token_id
+        self.reuse_vision = cfg.model.freeze_vision and cfg.model.freeze_connector
         self.step = 0
         self.logger = MetricsLogger(
             self.out,
@@ -244,8 +245,10 @@ class GRPOTrainer:
         loss_cfg = LossConfig(clip_low=a.clip_low, clip_high=a.clip_high)
         need_old = a.ppo_epochs > 1
         t0 = time.perf_counter()
-        old = self._frozen_logprobs(self.model, seqs, lengths, micro) if need_old else None
-        ref = self._reference_logprobs(seqs, lengths, micro) if a.kl_beta > 0 and not a.kl_in_reward else None
+        features = self._image_features(batch, micro)
+        old = self._frozen_logprobs(self.model, seqs, lengths, micro, features) if need_old else None
+        use_ref = a.kl_beta > 0 and not a.kl_in_reward
+        ref = self._reference_logprobs(seqs, lengths, micro, features) if use_ref else None
         timing["old_ref"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.model.train()
@@ -253,7 +256,9 @@ class GRPOTrainer:
         for _ in range(a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for k, rows in enumerate(micro):
-                logp, entropy = self._logprobs([seqs[i] for i in rows], [lengths[i] for i in rows], True)
+                logp, entropy = self._logprobs(
+                    [seqs[i] for i in rows], [lengths[i] for i in rows], True, features=features[k]
+                )
                 mask = mask_all[rows][:, : logp.shape[1]].to(logp.device)
                 adv = batch.advantages[rows].to(logp.device)
                 old_logp = old[k] if need_old else logp.detach()
@@ -285,7 +290,7 @@ class GRPOTrainer:
         return metrics
 
     # ---- helpers ----------------------------------------------------------------------------
-    def _logprobs(self, seqs, lengths, with_entropy=False, model=None):
+    def _logprobs(self, seqs, lengths, with_entropy=False, model=None, features=None):
         return response_logprobs(
             model or self.model,
             seqs,
@@ -294,25 +299,52 @@ class GRPOTrainer:
             self.cfg.rollout.temperature,
             self.blocked_ids,
             with_entropy=with_entropy,
+            adapter=self.adapter,
+            image_features=features,
         )
 
     @torch.no_grad()
-    def _frozen_logprobs(self, model, seqs, lengths, micro) -> list[torch.Tensor]:
-        model.eval()
-        return [self._logprobs([seqs[i] for i in r], [lengths[i] for i in r], model=model)[0] for r in micro]
+    def _image_features(self, batch: GroupBatch, micro: list[list[int]]) -> list[torch.Tensor | None]:
+        """Per micro-batch image features, from one vision-tower pass per prompt — or all None.
 
-    def _reference_logprobs(self, seqs, lengths, micro) -> list[torch.Tensor]:
+        Exact only while vision tower and connector are frozen (their output cannot change
+        within a step), so otherwise every pass runs the tower itself.
+        """
+        if not self.reuse_vision:
+            return [None] * len(micro)
+        per_prompt = [
+            self.adapter.image_features(self.model, {k: v.to(self.device) for k, v in p.vision.items()})
+            if p.vision
+            else None
+            for p in batch.prompts
+        ]
+        G = self.cfg.rollout.group_size
+        return [
+            torch.cat(parts) if (parts := [per_prompt[i // G] for i in rows if per_prompt[i // G] is not None]) else None
+            for rows in micro
+        ]
+
+    @torch.no_grad()
+    def _frozen_logprobs(self, model, seqs, lengths, micro, features) -> list[torch.Tensor]:
+        model.eval()
+        return [
+            self._logprobs([seqs[i] for i in r], [lengths[i] for i in r], model=model, features=f)[0]
+            for r, f in zip(micro, features, strict=True)
+        ]
+
+    def _reference_logprobs(self, seqs, lengths, micro, features) -> list[torch.Tensor]:
         if self.reference is not None:
-            return self._frozen_logprobs(self.reference, seqs, lengths, micro)
+            return self._frozen_logprobs(self.reference, seqs, lengths, micro, features)
         with self.model.disable_adapter():  # LoRA: the base weights are the reference
-            return self._frozen_logprobs(self.model, seqs, lengths, micro)
+            return self._frozen_logprobs(self.model, seqs, lengths, micro, features)
 
     def _sequence_kl(self, batch: GroupBatch) -> torch.Tensor:
         seqs = batch.sequences()
         lengths = [c.token_ids.numel() for c in batch.flat]
         micro = token_budget_batches([s.length for s in seqs], self.cfg.train.micro_batch_tokens)
-        pol = self._frozen_logprobs(self.model, seqs, lengths, micro)
-        ref = self._reference_logprobs(seqs, lengths, micro)
+        features = self._image_features(batch, micro)
+        pol = self._frozen_logprobs(self.model, seqs, lengths, micro, features)
+        ref = self._reference_logprobs(seqs, lengths, micro, features)
         kl_fn = get(KL_ESTIMATORS, self.cfg.algo.kl_estimator, "KL estimator")
         out = torch.zeros(len(seqs))
         mask_all = _response_mask(lengths)

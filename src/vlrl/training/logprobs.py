@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vlrl.algos import entropy_from_logits, logprobs_from_logits
+from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded, collate
 
 
@@ -42,15 +43,19 @@ def response_logprobs(
     temperature: float,
     blocked_ids: torch.Tensor,
     with_entropy: bool = False,
+    adapter: ModelAdapter | None = None,
+    image_features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [b, T] (and entropies) of each sequence's response, T = longest response.
 
     `sequences[i]` is prompt + response with `prompt_length` marking the split; positions past a
-    response's end are 0 and must be masked by the caller.
+    response's end are 0 and must be masked by the caller. With `image_features` ([N, hidden],
+    the batch's image tokens in order) the vision tower is skipped and `adapter` embeds them.
     """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate(sequences, pad_id, padding_side="right").items()}
-    logits = model(**batch, use_cache=False).logits  # [b, L, V]
+    inputs = batch if image_features is None else adapter.embed(model, batch, image_features.to(device))
+    logits = model(**inputs, use_cache=False).logits  # [b, L, V]
     T = max(response_lengths)
     starts = torch.tensor([s.prompt_length for s in sequences], device=device)
     # Logits at position j predict token j + 1: the response's first token is predicted at prompt_length - 1.

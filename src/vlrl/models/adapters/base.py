@@ -105,6 +105,31 @@ class ModelAdapter(ABC):
     def position_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Position ids the language model uses for `batch` (1-D per row, or M-RoPE's 3-D)."""
 
+    def image_features(self, model: nn.Module, vision: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[N, hidden] language-space features of every image token in `vision`'s images, in order.
+
+        Computed once, they replace the vision tower in later passes over the same images
+        (`embed`), which is exact when the vision tower and connector are frozen.
+        """
+        out = unwrap(model).model.get_image_features(**vision).pooler_output
+        parts = out if isinstance(out, (tuple, list)) else [out]
+        return torch.cat([p.reshape(-1, p.shape[-1]) for p in parts])
+
+    def embed(self, model: nn.Module, batch: dict[str, torch.Tensor], features: torch.Tensor) -> dict:
+        """Model inputs with precomputed image `features` placed at the image tokens.
+
+        Positions are passed explicitly: without pixel inputs the model could not rebuild M-RoPE.
+        """
+        ids = batch["input_ids"]
+        embeds = model.get_input_embeddings()(ids)
+        image_mask = (ids == unwrap(model).config.image_token_id)[..., None]
+        embeds = embeds.masked_scatter(image_mask, features.to(embeds.dtype))
+        return {
+            "inputs_embeds": embeds,
+            "attention_mask": batch["attention_mask"],
+            "position_ids": self.position_ids(model, batch),
+        }
+
     # ---- modules ------------------------------------------------------------------------
     def module_group(self, name: str) -> str:
         """The group of the parameter or module `name` (longest matching prefix)."""
@@ -143,6 +168,11 @@ class ModelAdapter(ABC):
         """A box in original-image pixels -> as the model should write it."""
         _, from_px = BOX_CONVENTIONS[self.box_convention]
         return from_px(box, original_size, self.model_image_size(original_size))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _strip_peft(name: str) -> str:

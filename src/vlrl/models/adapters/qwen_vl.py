@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from vlrl.models.adapters.base import ModelAdapter
+from vlrl.models.adapters.base import ModelAdapter, unwrap
 
 _LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -62,9 +62,7 @@ class Qwen2VLAdapter(ModelAdapter):
 
     def position_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[3, B, L] M-RoPE positions: text tokens advance all three axes, image tokens spread over h/w."""
-        # A peft wrapper hides the transformers model one level down.
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        positions, _ = base.model.get_rope_index(
+        positions, _ = unwrap(model).model.get_rope_index(
             input_ids=batch["input_ids"],
             mm_token_type_ids=batch["mm_token_type_ids"],
             image_grid_thw=batch.get("image_grid_thw"),

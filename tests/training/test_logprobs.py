@@ -1,0 +1,54 @@
+"""Teacher-forced response log-probs: alignment with the sampled tokens, cached image features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlrl.data.prompts import TEMPLATES
+from vlrl.data.sample import Sample
+from vlrl.models.loading import load_model
+from vlrl.training.logprobs import response_logprobs, token_budget_batches
+
+
+def test_token_budget_batches_pack_consecutive_rows_within_budget():
+    # lengths 3,3,3 at budget 7: [0,1] is 2 x 3 = 6; adding row 2 would be 9 > 7.
+    assert token_budget_batches([3, 3, 3], 7) == [[0, 1], [2]]
+    # A longer row raises the padded width for the whole group: 2 x 5 = 10 > 8.
+    assert token_budget_batches([3, 5, 2], 8) == [[0], [1], [2]]
+    # A row over budget still gets its own batch.
+    assert token_budget_batches([20, 1], 8) == [[0], [1]]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "internvl"])
+def test_cached_image_features_give_the_same_logprobs(tiny_models, images, family):
+    lm = load_model(tiny_models[family])
+    a = lm.adapter
+    samples = [
+        Sample(id="a", question="How many?", answer="1", images=[images["small"]]),
+        Sample(
+            id="b",
+            question="Image 1: <image> Image 2: <image> more?",
+            answer="1",
+            images=[images["big"], images["small"]],
+        ),
+    ]
+    responses = [torch.tensor([5, 6, 7]), torch.tensor([8, 9])]
+    prompts = [a.encode(s, TEMPLATES["answer_only"]) for s in samples]
+    seqs = [p.with_response(r) for p, r in zip(prompts, responses, strict=True)]
+    blocked = torch.tensor(a.placeholder_token_ids())
+    args = (lm.model, seqs, [3, 2], a.tokenizer.pad_token_id, 1.0, blocked)
+    with torch.no_grad():
+        plain, _ = response_logprobs(*args)
+        feats = torch.cat([a.image_features(lm.model, p.vision) for p in prompts])
+        cached, _ = response_logprobs(*args, adapter=a, image_features=feats)
+    torch.testing.assert_close(plain, cached, atol=1e-5, rtol=1e-5)
+    # Teacher forcing picks the logit that predicts each response token.
+    with torch.no_grad():
+        from vlrl.models.batching import collate
+
+        logits = lm.model(**collate(seqs[:1], a.tokenizer.pad_token_id)).logits[0].float()
+    logits[:, blocked] = -1e9
+    start = prompts[0].length
+    expected = torch.log_softmax(logits[start - 1 : start + 2], -1).gather(1, responses[0][:, None])[:, 0]
+    torch.testing.assert_close(plain[0], expected, atol=1e-5, rtol=1e-5)
