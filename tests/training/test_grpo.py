@@ -232,3 +232,40 @@ def test_frozen_vision_runs_once_per_prompt_per_step(workspace, tmp_path):
     # Old-policy, reference and two update epochs over several micro-batches: still one tower
     # pass per prompt.
     assert len(calls) == trainer.cfg.rollout.prompts_per_step
+
+
+def test_kl_in_reward_shapes_the_advantages(workspace, tmp_path):
+    trainer = GRPOTrainer(
+        make_config(workspace, tmp_path, "algo.kl_beta=0.5", "algo.kl_in_reward=true", "train.steps=3")
+    )
+    history = trainer.train()
+    assert len(history) == 3 and "kl" not in history[-1]  # folded into the reward, not the loss
+
+
+@pytest.mark.parametrize("precision", [["model.dtype=bfloat16"], ["train.autocast=bfloat16"]])
+def test_gradient_checkpointing_bf16_and_vision_lr(workspace, tmp_path, precision):
+    # Pure bf16 weights round away updates below their precision: a LayerNorm weight of 1.0 moves
+    # only in steps of 2^-7 = 0.0078, so two Adam steps of lr 1e-3 leave it unchanged. The vision
+    # lr is large enough to move every weight; autocast keeps fp32 masters and has no such floor.
+    trainer = GRPOTrainer(
+        make_config(
+            workspace,
+            tmp_path,
+            "model.gradient_checkpointing=true",
+            *precision,
+            "model.vision_lr=1e-2",
+            "train.max_grad_norm=0",
+            "train.steps=2",
+        )
+    )
+    lrs = sorted(g["lr"] for g in trainer.optimizer.param_groups)
+    assert lrs == [3e-3, 1e-2]
+    vision_params = {id(p) for _, p in trainer.adapter.parameter_groups(trainer.model)["vision"]}
+    (vision_group,) = [g for g in trainer.optimizer.param_groups if g["lr"] == 1e-2]
+    assert {id(p) for p in vision_group["params"]} == vision_params
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    expected = torch.bfloat16 if "model.dtype=bfloat16" in precision else torch.float32
+    assert next(trainer.model.parameters()).dtype == expected
+    changed = sum(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+    assert changed == len(before)

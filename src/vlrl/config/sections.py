@@ -238,6 +238,13 @@ class TrainSection(Section):
         4096, ge=1, description="Token budget of one forward/backward; gradients accumulate over the step."
     )
     device: str = Field("auto", description="Torch device: auto picks cuda when available, else cpu.")
+    autocast: Literal["bfloat16", "float16"] | None = Field(
+        None,
+        description=(
+            "Mixed precision: run forward passes in this dtype while keeping model.dtype (use float32) "
+            "master weights, so small updates are not rounded away as in pure bfloat16 training."
+        ),
+    )
     seed: int = Field(0, description="Seed of torch, sampling and initialisation.")
     output_dir: str = path_field(
         "runs/vlrl", description="Folder for checkpoints, logs and the resolved config."

@@ -16,6 +16,7 @@ Departures from the textbook algorithm, all deliberate:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,10 +154,11 @@ class GRPOTrainer:
         (self.out / "config.yaml").write_text(dump_config(self.cfg))
         while self.step < min(until or self.cfg.train.steps, self.cfg.train.steps):
             t0 = time.perf_counter()
-            batch, timing = self.rollout()
-            batch = self.score_and_filter(batch, timing)
-            self.compute_advantages(batch)
-            metrics = self.policy_update(batch, timing)
+            with self._precision():
+                batch, timing = self.rollout()
+                batch = self.score_and_filter(batch, timing)
+                self.compute_advantages(batch)
+                metrics = self.policy_update(batch, timing)
             self.backend.sync_weights(self.model)
             self.step += 1
             timing["step"] = time.perf_counter() - t0
@@ -278,8 +280,9 @@ class GRPOTrainer:
                 weight = len(rows) / len(seqs)
                 for key, value in m.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * (1.0 if key == "loss" else weight)
+            max_norm = self.cfg.train.max_grad_norm or float("inf")  # 0 = measure, do not clip
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], self.cfg.train.max_grad_norm
+                [p for p in self.model.parameters() if p.requires_grad], max_norm
             )
             self.optimizer.step()
         self.scheduler.step()
@@ -290,6 +293,12 @@ class GRPOTrainer:
         return metrics
 
     # ---- helpers ----------------------------------------------------------------------------
+    def _precision(self):
+        dtype = self.cfg.train.autocast
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, dtype))
+
     def _logprobs(self, seqs, lengths, with_entropy=False, model=None, features=None):
         return response_logprobs(
             model or self.model,
@@ -320,7 +329,9 @@ class GRPOTrainer:
         ]
         G = self.cfg.rollout.group_size
         return [
-            torch.cat(parts) if (parts := [per_prompt[i // G] for i in rows if per_prompt[i // G] is not None]) else None
+            torch.cat(parts)
+            if (parts := [per_prompt[i // G] for i in rows if per_prompt[i // G] is not None])
+            else None
             for rows in micro
         ]
 
