@@ -16,10 +16,8 @@ Departures from the textbook algorithm, all deliberate:
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -33,26 +31,16 @@ from vlrl.algos import (
     get,
     masked_mean,
 )
-from vlrl.config import TrainConfig, dump_config
+from vlrl.config import TrainConfig
 from vlrl.data import Sample
 from vlrl.models.batching import Encoded
 from vlrl.rollout import make_backend
 from vlrl.rollout.base import Completion, SamplingParams
-from vlrl.training.checkpoint import load_trainer_state, resolve_resume, save_checkpoint
 from vlrl.training.evaluation import evaluate
 from vlrl.training.logprobs import response_logprobs, token_budget_batches
-from vlrl.training.metrics import MetricsLogger
-from vlrl.training.sampler import PromptSampler
-from vlrl.training.schedule import build_scheduler
+from vlrl.training.run import TrainingRun
 from vlrl.training.scoring import RewardScorer
-from vlrl.training.setup import (
-    build_optimizer,
-    load_data,
-    load_policy,
-    pick_device,
-    seed_everything,
-    template_for,
-)
+from vlrl.training.stages import stage_config, stage_index, total_steps
 
 
 @dataclass
@@ -81,52 +69,15 @@ class GroupBatch:
         ]
 
 
-class GRPOTrainer:
+class GRPOTrainer(TrainingRun):
     def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
-        self.out = Path(cfg.train.output_dir)
-        self.device = pick_device(cfg.train.device)
-        seed_everything(cfg.train.seed)
-        resume_dir = resolve_resume(cfg.train.resume, self.out)
-        self.lm = load_policy(cfg.model, cfg.data, self.device, path=resume_dir)
-        self.model, self.adapter = self.lm.model, self.lm.adapter
-        self.template = template_for(cfg.data)
-        self.train_samples, reports = load_data(cfg.data.train, cfg.data, self.adapter, self.template)
-        self.eval_sets = {
-            name: load_data([f], cfg.data, self.adapter, self.template)[0]
-            for name, f in cfg.data.eval.items()
-        }
-        self.load_reports = [r.summary() for r in reports]
-        self.sampler = PromptSampler(len(self.train_samples), cfg.data.seed, shuffle=cfg.data.shuffle)
-        self.optimizer = build_optimizer(self.model, self.adapter, cfg.train, cfg.model.vision_lr)
-        self.scheduler = build_scheduler(
-            self.optimizer, cfg.train.lr_schedule, cfg.train.warmup_steps, cfg.train.steps
-        )
+        self.base_cfg = cfg
+        super().__init__(cfg, lambda _: total_steps(cfg))
+        self.cfg = stage_config(cfg, self.step)
         self.backend = make_backend(cfg.rollout.backend, self.model, self.adapter)
         self.scorer = RewardScorer(cfg.reward)
         self.reference = self._reference_model()
-        vocab = self.model.get_output_embeddings().weight.shape[0]
-        spare = list(range(len(self.adapter.tokenizer), vocab))
-        self.blocked_ids = torch.tensor(self.adapter.placeholder_token_ids() + spare, dtype=torch.long)
-        self.pad_id = self.adapter.tokenizer.pad_token_id
         self.reuse_vision = cfg.model.freeze_vision and cfg.model.freeze_connector
-        self.step = 0
-        self.logger = MetricsLogger(
-            self.out,
-            jsonl=cfg.logging.jsonl,
-            tensorboard=cfg.logging.tensorboard,
-            wandb=cfg.logging.wandb,
-            wandb_project=cfg.logging.wandb_project,
-            config=cfg.model_dump(),
-            progress=cfg.logging.progress,
-            total_steps=cfg.train.steps,
-        )
-        if resume_dir is not None:
-            state = load_trainer_state(resume_dir, self.optimizer, self.scheduler)
-            self.step = state["step"]
-            self.sampler.load_state_dict(state["sampler"])
-        # A fresh run in a used folder, or a resumed one, must not keep metrics of steps it redoes.
-        self.logger.truncate_after(self.step)
 
     def _reference_model(self):
         """A frozen copy of the starting policy for the KL term; None when kl_beta is 0.
@@ -144,17 +95,17 @@ class GRPOTrainer:
 
     # ---- the loop ---------------------------------------------------------------------------
     def train(self, until: int | None = None) -> list[dict]:
-        """Run to step `until` (default train.steps); returns the metrics of every step run here.
+        """Run to step `until` (default: the end); returns the metrics of every step run here.
 
         Stopping early leaves the schedule untouched: the run continues from a checkpoint exactly
         as if it had never stopped.
         """
         history = []
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_config(self.cfg))
-        while self.step < min(until or self.cfg.train.steps, self.cfg.train.steps):
+        self.begin()
+        while self.step < min(until or self.total_steps, self.total_steps):
+            self.enter_stage()
             t0 = time.perf_counter()
-            with self._precision():
+            with self.precision():
                 batch, timing = self.rollout()
                 batch = self.score_and_filter(batch, timing)
                 self.compute_advantages(batch)
@@ -165,13 +116,28 @@ class GRPOTrainer:
             metrics |= self.batch_metrics(batch, timing)
             if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
                 metrics |= self.evaluate()
-            if self.step % self.cfg.train.log_every == 0 or self.step == self.cfg.train.steps:
+            if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
                 self.logger.log(self.step, metrics)
             history.append({"step": self.step, **metrics})
-            if self._should_save():
+            if self.should_save():
                 self.save()
         self.logger.close()
         return history
+
+    def enter_stage(self) -> None:
+        """Switch to the config of the stage the next step belongs to (announced once)."""
+        index = stage_index(self.base_cfg, self.step)
+        if index is None or index == getattr(self, "stage", None):
+            return
+        self.stage = index
+        self.cfg = stage_config(self.base_cfg, self.step)
+        self.scorer = RewardScorer(self.cfg.reward)
+        name = self.base_cfg.stages[index].get("name", str(index))
+        r = self.cfg.rollout
+        print(
+            f"stage {index + 1}/{len(self.base_cfg.stages)} '{name}' from step {self.step + 1}: "
+            f"group_size={r.group_size} max_new_tokens={r.max_new_tokens} prompts_per_step={r.prompts_per_step}"
+        )
 
     # ---- phases -----------------------------------------------------------------------------
     def rollout(self, n_prompts: int | None = None, round_: int = 0) -> tuple[GroupBatch, dict]:
@@ -280,10 +246,7 @@ class GRPOTrainer:
                 weight = len(rows) / len(seqs)
                 for key, value in m.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * (1.0 if key == "loss" else weight)
-            max_norm = self.cfg.train.max_grad_norm or float("inf")  # 0 = measure, do not clip
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], max_norm
-            )
+            grad_norm = self.clip_gradients()
             self.optimizer.step()
         self.scheduler.step()
         timing["update"] = time.perf_counter() - t0
@@ -293,12 +256,6 @@ class GRPOTrainer:
         return metrics
 
     # ---- helpers ----------------------------------------------------------------------------
-    def _precision(self):
-        dtype = self.cfg.train.autocast
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=getattr(torch, dtype))
-
     def _logprobs(self, seqs, lengths, with_entropy=False, model=None, features=None):
         return response_logprobs(
             model or self.model,
@@ -382,6 +339,10 @@ class GRPOTrainer:
         m["frac_zero_std_groups"] = (std == 0).float().mean().item()
         for k, v in timing.items():
             m[f"timing_s/{k}"] = v
+        if self.base_cfg.stages:
+            m["stage"] = float(self.stage)
+            m["rollout/group_size"] = float(self.cfg.rollout.group_size)
+            m["rollout/max_new_tokens"] = float(self.cfg.rollout.max_new_tokens)
         m["perf/throughput"] = lengths.sum().item() / max(timing["step"], 1e-9)
         return m
 
@@ -392,16 +353,6 @@ class GRPOTrainer:
             for key, value in evaluate(self.backend, self.adapter, self.template, samples, self.cfg).items():
                 out[f"eval/{name}/{key}"] = value
         return out
-
-    def _should_save(self) -> bool:
-        every = self.cfg.train.save_every
-        return self.step == self.cfg.train.steps or (every > 0 and self.step % every == 0)
-
-    def save(self) -> Path:
-        step_dir = self.out / "checkpoints" / f"step_{self.step:06d}"
-        state = {"step": self.step, "sampler": self.sampler.state_dict(), "config": dump_config(self.cfg)}
-        save_checkpoint(step_dir, self.model, self.lm.processor, self.optimizer, self.scheduler, state)
-        return step_dir
 
 
 def _response_mask(lengths: list[int]) -> torch.Tensor:
