@@ -11,10 +11,15 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("tiny_model", "build a tiny random VLM (model, tokenizer, processor) offline"),
     "synth": ("synth", "write a synthetic visual-reasoning dataset (PIL images, JSONL)"),
+    "sft": ("sft", "supervised fine-tuning on chain-of-thought targets (the cold start before RL)"),
     "train": ("train", "run R1-style RL (GRPO, Dr.GRPO, DAPO, GSPO, RLOO, REINFORCE++) from a config"),
     "merge": ("merge", "merge a LoRA checkpoint into its base model (plain transformers checkpoint)"),
     "data": ("data", "load a data file and report what is valid (any supported layout)"),
     "config": ("config", "print a config file resolved with overrides, or the defaults"),
+    "eval": ("eval", "evaluate a checkpoint on a benchmark (MathVista, MMMU, MathVerse): accuracy, pass@k"),
+    "serve": ("serve", "serve a checkpoint with an OpenAI-compatible chat API (/v1/chat/completions)"),
+    "coldstart": ("coldstart", "build cold-start SFT data by Vision-R1 modality bridging (VLM + reasoner)"),
+    "report": ("report", "write a run folder's metrics, alarms and rollouts as one offline HTML page"),
 }
 
 

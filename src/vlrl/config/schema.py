@@ -11,6 +11,7 @@ from vlrl.config.sections import (
     DataSection,
     LoggingSection,
     ModelSection,
+    MonitorSection,
     RewardSection,
     RolloutSection,
     Section,
@@ -29,6 +30,9 @@ class TrainConfig(Section):
     algo: AlgoSection = Field(default_factory=AlgoSection, description="Advantages, policy loss and KL.")
     train: TrainSection = Field(default_factory=TrainSection, description="Optimizer, schedule, checkpoints.")
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Where metrics go.")
+    monitor: MonitorSection = Field(
+        default_factory=MonitorSection, description="Training-dynamics metrics and alarms."
+    )
     stages: list[dict[str, Any]] = Field(
         [],
         description="Curriculum run in order, each stage a mapping of overrides to this config:"

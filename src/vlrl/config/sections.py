@@ -267,6 +267,107 @@ class LoggingSection(Section):
     wandb: bool = Field(False, description="Log to Weights & Biases (needs the wandb extra).")
     wandb_project: str = Field("vlrl", description="Weights & Biases project name.")
     progress: bool = Field(True, description="Show a progress bar on the terminal.")
+    rollouts_every: int = Field(
+        1,
+        ge=0,
+        description="Dump sampled rollouts to output_dir/rollouts.jsonl every this many steps; 0 never.",
+    )
+    rollouts_per_step: int = Field(
+        2, ge=1, description="Prompt groups (with all G completions) dumped per step."
+    )
+
+
+# Words whose use MAYE (arXiv 2504.02587) tracks as reflective behaviour during RL.
+REFLECTION_WORDS = [
+    "wait",
+    "re-check",
+    "recheck",
+    "however",
+    "alternatively",
+    "verify",
+    "double-check",
+    "mistake",
+    "but wait",
+    "let me check",
+]
+
+
+class MonitorSection(Section):
+    """Training-dynamics metrics (MAYE, arXiv 2504.02587) and alarms that flag an unhealthy run.
+
+    Rules look at the last `window` logged steps; "early" and "late" levels are the means of the
+    first and last third of that window.
+    """
+
+    enabled: bool = Field(True, description="Check the alarm rules at every logged step.")
+    reflection_words: list[str] = Field(
+        REFLECTION_WORDS,
+        description="Words and phrases counted as reflection (case-insensitive, whole words), as in MAYE.",
+    )
+    window: int = Field(20, ge=3, description="Logged steps of history the alarm rules look at.")
+    min_steps: int = Field(
+        6, ge=2, description="Steps of history (with the rule's metric) needed before a rule may fire."
+    )
+    format_rise: float = Field(
+        0.3,
+        gt=0,
+        description="format_without_accuracy: least rise of the format reward (late minus early) that counts.",
+    )
+    format_acc_min_rise: float = Field(
+        0.05,
+        description="format_without_accuracy: fires when accuracy rose by less than this meanwhile (or is not logged).",
+    )
+    empty_answers_max: float = Field(
+        0.3, ge=0, le=1, description="empty_answers: share of empty or degenerate answers above this."
+    )
+    length_collapse_ratio: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="length_collapse: late mean response length below this times the early one.",
+    )
+    length_blowup_ratio: float = Field(
+        2.0, gt=1, description="length_blowup: late mean response length above this times the early one."
+    )
+    repetition_max: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="repetition: share of repeated word n-grams (minus the repetition reward) above this.",
+    )
+    zero_std_max: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="zero_std_groups_rising: late share of groups whose rewards are all equal above this.",
+    )
+    zero_std_min_rise: float = Field(
+        0.1,
+        ge=0,
+        description="zero_std_groups_rising: and risen by more than this since early in the window.",
+    )
+    kl_spike_factor: float = Field(
+        5.0,
+        gt=1,
+        description="kl_spike: the step's KL above this times the median of the steps before it in the window.",
+    )
+    kl_spike_floor: float = Field(0.1, ge=0, description="kl_spike: and the KL is above this value.")
+    clip_spike_factor: float = Field(
+        3.0,
+        gt=1,
+        description="clip_spike: the step's clip fraction above this times the median of the steps before it.",
+    )
+    clip_spike_floor: float = Field(
+        0.2, ge=0, le=1, description="clip_spike: and the clip fraction is above this value."
+    )
+
+    @model_validator(mode="after")
+    def _min_steps_fit_the_window(self) -> MonitorSection:
+        if self.min_steps > self.window:
+            raise field_error(
+                "monitor", "min_steps", f"is above monitor.window ({self.window})", self.min_steps
+            )
+        return self
 
 
 class SFTSection(Section):
@@ -278,4 +379,7 @@ class SFTSection(Section):
     batch_size: int = Field(8, ge=1, description="Samples per optimizer step.")
     target_field: str = Field(
         "solution", description="Sample field the model learns to produce (the reasoning and answer)."
+    )
+    eval_max_new_tokens: int = Field(
+        128, ge=1, description="Response limit of the greedy answers scored by in-training evaluation."
     )

@@ -16,6 +16,7 @@ from vlrl.rewards.penalties import (
     overlong_reward,
     repetition_reward,
 )
+from vlrl.rewards.perception import count_reward, giou_reward, iou_reward, ovd_map50_reward, ovd_map_reward
 from vlrl.rewards.tags import caption_format_reward, format_reward
 
 RewardFn = Callable[..., list[float | None]]
@@ -30,4 +31,9 @@ REWARDS: dict[str, RewardFn] = {
     "language_mix": language_mix_reward,
     "no_eos": no_eos_reward,
     "min_length": min_length_reward,
+    "iou": iou_reward,
+    "giou": giou_reward,
+    "ovd_map": ovd_map_reward,
+    "ovd_map50": ovd_map50_reward,
+    "count": count_reward,
 }

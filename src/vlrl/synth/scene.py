@@ -37,6 +37,7 @@ _POSITIONS = {
     for r, row in enumerate(_ROWS)
     for c, col in enumerate(_COLS)
 }
+POSITIONS = tuple(_POSITIONS.values())
 
 
 def scaled(px: int, image_size: int) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 from vlrl.synth.render import glyph_width
 from vlrl.synth.scene import (
     COLOURS,
+    POSITIONS,
     SHAPES,
     Obj,
     Scene,
@@ -211,6 +212,71 @@ def grounding(rng: random.Random, image_size: int) -> Item:
     return Item([scene], f"Give the bounding box of the {name}.", boxes, steps, {"boxes": boxes})
 
 
+# What a referring description names: the target's colour, shape and / or grid position. Position
+# tells apart shapes that look alike ("the circle at the top left").
+REFERRING_FORMS = (
+    ("colour", "shape"),
+    ("shape",),
+    ("colour",),
+    ("shape", "position"),
+    ("colour", "shape", "position"),
+)
+_VOCABULARY = {"colour": COLOURS, "shape": SHAPES, "position": POSITIONS}
+
+
+def _phrase(values: dict[str, str]) -> str:
+    """A description without article: "red circle", "circle", "red shape", "circle at the top"."""
+    noun = f"{values.get('colour', '')} {values.get('shape', 'shape')}".strip()
+    return f"{noun} at the {values['position']}" if "position" in values else noun
+
+
+def referring(rng: random.Random, image_size: int) -> Item:
+    """Box of the shape a description picks out by colour, shape and / or position; ~20% absent.
+
+    Among 2-4 shapes that may look alike. The scene is redrawn until the description fits exactly
+    one shape, or, for a negative (answer `[]`), none.
+    """
+    absent = rng.random() < GROUNDING_NEGATIVE_RATE
+    while True:
+        scene = shape_scene(rng, random_specs(rng, rng.randint(2, 4)), image_size)
+        form = rng.choice(REFERRING_FORMS)
+        seen = [
+            {"colour": o["colour"], "shape": o["shape"], "position": position(o["box"], image_size)}
+            for o in scene
+        ]
+        described = [{a: attrs[a] for a in form} for attrs in seen]
+        values = {a: rng.choice(_VOCABULARY[a]) for a in form} if absent else rng.choice(described)
+        hits = [o for o, d in zip(scene, described, strict=True) if d == values]
+        if len(hits) == (0 if absent else 1):
+            break
+    name = _phrase(values)
+    boxes = [o["box"] for o in hits]
+    checks = [
+        f"the {describe(o)} at the {attrs['position']} {'matches' if o in hits else 'does not'}"
+        for o, attrs in zip(scene, seen, strict=True)
+    ]
+    steps = [
+        f"Looking for the {name}: {', '.join(checks)}.",
+        *(f"So the {name} has box {o['box']}." for o in hits),
+        *([] if hits else [f"There is no {name} in the image, so there is no box."]),
+    ]
+    return Item([scene], f"Give the bounding box of the {name}.", boxes, steps, {"boxes": boxes})
+
+
+def detection(rng: random.Random, image_size: int) -> Item:
+    """Every shape among 1-5, as JSON objects `{"bbox": [x1, y1, x2, y2], "label": "red circle"}`.
+
+    Objects are listed in reading order; the reasoning names each one with its place and box.
+    """
+    scene = shape_scene(rng, random_specs(rng, rng.randint(1, 5)), image_size)
+    objects = [{"bbox": o["box"], "label": describe(o)} for o in scene]
+    steps = [
+        *(f"The {describe(o)} at the {position(o['box'], image_size)} has box {o['box']}." for o in scene),
+        f"That makes {count_phrase(len(scene), 'shape')} to report.",
+    ]
+    return Item([scene], "Detect all shapes and give their labels and boxes as JSON.", objects, steps)
+
+
 TASKS: dict[str, Task] = {
     "counting": counting,
     "colour_mcq": colour_mcq,
@@ -218,6 +284,8 @@ TASKS: dict[str, Task] = {
     "spatial": spatial,
     "compare_two": compare_two,
     "grounding": grounding,
+    "referring": referring,
+    "detection": detection,
 }
 
 

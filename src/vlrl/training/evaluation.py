@@ -6,7 +6,6 @@ curves and in evaluation.
 
 from __future__ import annotations
 
-from vlrl.config import TrainConfig
 from vlrl.data import Sample
 from vlrl.data.prompts import Template
 from vlrl.models.adapters import ModelAdapter
@@ -21,10 +20,10 @@ def evaluate(
     adapter: ModelAdapter,
     template: Template,
     samples: list[Sample],
-    cfg: TrainConfig,
+    max_new_tokens: int,
 ) -> dict[str, float]:
     """acc, format (share of well-formed answers) and mean response length over `samples`."""
-    params = SamplingParams(group_size=1, max_new_tokens=cfg.rollout.max_new_tokens, temperature=0.0)
+    params = SamplingParams(group_size=1, max_new_tokens=max_new_tokens, temperature=0.0)
     texts, lengths = [], []
     for start in range(0, len(samples), EVAL_BATCH):
         chunk = samples[start : start + EVAL_BATCH]

@@ -350,7 +350,9 @@ class GRPOTrainer(TrainingRun):
         """Greedy accuracy on each held-out set, with the training accuracy reward."""
         out = {}
         for name, samples in self.eval_sets.items():
-            for key, value in evaluate(self.backend, self.adapter, self.template, samples, self.cfg).items():
+            for key, value in evaluate(
+                self.backend, self.adapter, self.template, samples, self.cfg.rollout.max_new_tokens
+            ).items():
                 out[f"eval/{name}/{key}"] = value
         return out
 

@@ -88,8 +88,12 @@ class ModelAdapter(ABC):
         return encoded.with_response(self.response_ids(response))
 
     def response_ids(self, response: str) -> torch.Tensor:
-        """Token ids of an assistant answer, closed by the end-of-turn token the model must learn."""
-        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        """Token ids of an assistant answer, closed by the end-of-turn token the model must learn.
+
+        Special-token strings inside the text stay text: a target that literally contains
+        `<|image_pad|>` must not smuggle a vision placeholder into the training sequence.
+        """
+        ids = self.tokenizer(response, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         return torch.tensor([*ids, self.tokenizer.eos_token_id], dtype=torch.long)
 
     def prompt_length(self, sample: Sample, template: Template) -> int:

@@ -1,0 +1,30 @@
+"""`vlrl report RUN_DIR [--out FILE] [--max-rollout-steps N]`.
+
+Writes one HTML file that needs nothing else to open (no network, images inlined): every logged
+metric plotted by group, the run's alarms, and a viewer of the dumped rollouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from vlrl.report import REPORT_FILE, write_report
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="run folder (train.output_dir) holding metrics.jsonl, rollouts.jsonl, ...")
+    p.add_argument("--out", help=f"HTML file to write (default RUN_DIR/{REPORT_FILE})")
+    p.add_argument(
+        "--max-rollout-steps",
+        type=int,
+        default=50,
+        help="show the rollouts of at most this many dumped steps, evenly spread (keeps the file small)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_rollout_steps < 1:
+        raise ValueError(f"--max-rollout-steps must be at least 1, got {args.max_rollout_steps}")
+    path = write_report(args.run_dir, args.out, args.max_rollout_steps)
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    return 0

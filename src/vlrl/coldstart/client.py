@@ -1,0 +1,143 @@
+"""A small OpenAI chat client (standard library only) with retries for flaky servers.
+
+`url` is a server's base URL, given the way OpenAI clients take it (`http://host:8000/v1`), or
+without `/v1`, or the full `.../chat/completions` endpoint. Connection errors, timeouts, HTTP
+429 and HTTP 5xx are retried with exponential backoff and jitter (a `Retry-After` header, when a
+server sends one, is waited at least); any other HTTP error fails at once, since sending the same
+request again would get the same answer.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import time
+import urllib.error
+import urllib.request
+
+MAX_BACKOFF_S = 60.0
+
+
+class RequestFailed(RuntimeError):
+    """A request that failed for good; the message names the URL and the last error."""
+
+
+def endpoint(url: str, route: str) -> str:
+    """The full URL of `route` ("chat/completions", "models") under a base or endpoint `url`.
+
+    >>> endpoint("http://h:8000", "models"), endpoint("http://h:8000/v1/chat/completions", "models")
+    ('http://h:8000/v1/models', 'http://h:8000/v1/models')
+    """
+    url = url.rstrip("/")
+    if url.endswith("/chat/completions"):
+        url = url[: -len("/chat/completions")]
+    if not url.endswith("/v1"):
+        url += "/v1"
+    return f"{url}/{route}"
+
+
+def chat(
+    url: str,
+    model: str,
+    messages: list[dict],
+    timeout: float = 60.0,
+    retries: int = 3,
+    backoff: float = 1.0,
+    **params,
+) -> str:
+    """The assistant's text for `messages` (OpenAI chat format); `params` are sent as they are.
+
+    Makes at most `retries + 1` attempts of `timeout` seconds each.
+    """
+    target = endpoint(url, "chat/completions")
+    reply = request_json(target, {"model": model, "messages": messages, **params}, timeout, retries, backoff)
+    return message_text(reply, target)
+
+
+def message_text(reply: dict, source: str = "server") -> str:
+    """The first choice's text of a chat completion, with separately returned reasoning put back.
+
+    Servers that return a reasoning model's thinking apart from its answer (`reasoning_content`
+    from the DeepSeek API, `reasoning` from vLLM's reasoning parsers) get it back inside
+    `<think>...</think>` before the content, the layout R1 itself writes.
+
+    >>> message_text({"choices": [{"message": {"content": "<answer>2</answer>", "reasoning_content": "1+1"}}]})
+    '<think>1+1</think><answer>2</answer>'
+    """
+    try:
+        message = reply["choices"][0]["message"]
+        content = message.get("content") or ""
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise RequestFailed(f"{source}: reply is not a chat completion: {str(reply)[:300]}") from None
+    if reasoning and "<think>" not in content:
+        return f"<think>{reasoning}</think>{content}"
+    return content
+
+
+def list_models(url: str, timeout: float = 60.0, retries: int = 3, backoff: float = 1.0) -> list[str]:
+    """Ids of the models a server lists at `GET /v1/models`."""
+    target = endpoint(url, "models")
+    reply = request_json(target, None, timeout, retries, backoff)
+    try:
+        return [entry["id"] for entry in reply["data"]]
+    except (KeyError, TypeError):
+        raise RequestFailed(f"{target}: reply is not a model list: {str(reply)[:300]}") from None
+
+
+def request_json(url: str, body: dict | None, timeout: float, retries: int, backoff: float) -> dict:
+    """GET (`body` None) or POST JSON to `url` and decode the JSON reply, retrying transient failures."""
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    data = None if body is None else json.dumps(body).encode()
+    for attempt in range(retries + 1):
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            error = f"HTTP {exc.code}: {_error_message(exc)}"
+            if not (exc.code == 429 or exc.code >= 500):
+                raise RequestFailed(f"{url}: {error}") from None
+            wait = max(backoff_delay(attempt, backoff), _retry_after(exc))
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
+            error, wait = f"{type(exc).__name__}: {exc}", backoff_delay(attempt, backoff)
+        else:
+            try:
+                return json.loads(raw)
+            except ValueError as exc:  # a 200 whose body is not JSON: asking again will not fix it
+                raise RequestFailed(f"{url}: reply is not JSON ({exc})") from None
+        if attempt < retries:
+            time.sleep(wait)
+    raise RequestFailed(f"{url}: failed after {retries + 1} attempts; last error: {error}")
+
+
+def backoff_delay(attempt: int, base: float) -> float:
+    """Seconds to wait before retry `attempt + 1`: base * 2**attempt, capped, times a jitter in [0.5, 1).
+
+    The jitter spreads the retries of concurrent workers, which would otherwise hit a recovering
+    server all at the same moment.
+    """
+    return min(MAX_BACKOFF_S, base * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def _retry_after(exc: urllib.error.HTTPError) -> float:
+    """The `Retry-After` seconds of a reply (0 without one, or for the HTTP-date form)."""
+    value = exc.headers.get("Retry-After", "") if exc.headers else ""
+    try:
+        return min(MAX_BACKOFF_S, max(0.0, float(value)))
+    except ValueError:
+        return 0.0
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    """The server's error message: OpenAI's `{"error": {"message"}}`, else the start of the body."""
+    try:
+        text = exc.read().decode(errors="replace")
+    except OSError:
+        return exc.reason or ""
+    try:
+        return json.loads(text)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return text[:300]

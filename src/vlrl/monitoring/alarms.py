@@ -1,0 +1,236 @@
+"""Alarms: rules over the recent metrics history that flag an unhealthy run while it trains.
+
+Every rule has one signature, `rule(history, cfg) -> message | None`: `history` is the metrics of
+the last `cfg.window` logged steps (oldest first), and a message means the rule fires. Rules
+compare the "early" level (mean of the first third of the window) with the "late" one (mean of
+the last third), which is steadier than the first and last step of a noisy RL run.
+
+`AlarmMonitor` reports an alarm once when its rule starts firing and again only after the rule
+stopped firing for a step: a condition that lasts a hundred steps is one alarm, not a hundred.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vlrl.config.sections import MonitorSection
+from vlrl.training.metrics import read_metrics
+
+logger = logging.getLogger(__name__)
+
+ALARMS_FILE = "alarms.jsonl"
+FORMAT_KEYS = ("reward/format/mean", "reward/caption_format/mean")
+ACCURACY_KEYS = ("acc", "reward/accuracy/mean")
+
+Pick = Callable[[dict], float | None]
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """One alarm: the step it started at, the rule's name, what it saw, and how bad it is."""
+
+    step: int
+    name: str
+    message: str
+    severity: str  # "warning": worth a look; "critical": the run is likely wasting compute
+
+    def __str__(self) -> str:
+        return f"alarm [{self.severity}] step {self.step} {self.name}: {self.message}"
+
+
+def _finite(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def first_of(*keys: str) -> Pick:
+    """A picker returning the first of `keys` that a record holds as a finite number."""
+
+    def pick(record: dict) -> float | None:
+        for key in keys:
+            value = _finite(record.get(key))
+            if value is not None:
+                return value
+        return None
+
+    return pick
+
+
+def eval_accuracy(record: dict) -> float | None:
+    """Mean of the record's `eval/<set>/acc` values, or None on steps without evaluation."""
+    values = [
+        v
+        for k, v in record.items()
+        if k.startswith("eval/") and k.endswith("/acc") and _finite(v) is not None
+    ]
+    return sum(values) / len(values) if values else None
+
+
+def series(history: list[dict], pick: Pick) -> list[float]:
+    """The picked values of the records that have one, oldest first."""
+    return [v for v in map(pick, history) if v is not None]
+
+
+def early(values: list[float]) -> float:
+    """Mean of the first third of `values` (at least one value)."""
+    return statistics.fmean(values[: max(1, len(values) // 3)])
+
+
+def late(values: list[float]) -> float:
+    """Mean of the last third of `values` (at least one value)."""
+    return statistics.fmean(values[-max(1, len(values) // 3) :])
+
+
+def format_without_accuracy(history: list[dict], cfg: MonitorSection) -> str | None:
+    """The format reward climbs while accuracy does not: the policy is learning the template, not
+    the task (a reward that pays for format alone, or an accuracy reward that never fires)."""
+    fmt = series(history, first_of(*FORMAT_KEYS))
+    if len(fmt) < cfg.min_steps or late(fmt) - early(fmt) <= cfg.format_rise:
+        return None
+    rose = f"format reward rose {early(fmt):.2f} -> {late(fmt):.2f} over {len(fmt)} steps"
+    acc = series(history, first_of(*ACCURACY_KEYS)) or series(history, eval_accuracy)
+    if len(acc) < 2:
+        return f"{rose} and no accuracy is logged: does a reward pay for the format only?"
+    if late(acc) - early(acc) >= cfg.format_acc_min_rise:
+        return None
+    return (
+        f"{rose} while accuracy went {early(acc):.2f} -> {late(acc):.2f}: format is learnt, the task is not"
+    )
+
+
+def empty_answers(history: list[dict], cfg: MonitorSection) -> str | None:
+    """Many answers are empty or noise (punctuation, one word looped)."""
+
+    def bad(record: dict) -> float | None:
+        empty = _finite(record.get("answers/empty_frac"))
+        degenerate = _finite(record.get("answers/degenerate_frac"))
+        return None if empty is None and degenerate is None else (empty or 0.0) + (degenerate or 0.0)
+
+    share = series(history, bad)
+    if len(share) < cfg.min_steps or late(share) <= cfg.empty_answers_max:
+        return None
+    return f"{late(share):.0%} of recent answers are empty or degenerate (alarm above {cfg.empty_answers_max:.0%})"
+
+
+def length_collapse(history: list[dict], cfg: MonitorSection) -> str | None:
+    """Responses shrink fast: often the policy found that saying little avoids penalties."""
+    lengths = series(history, first_of("response_length/mean"))
+    if len(lengths) < cfg.min_steps or late(lengths) >= cfg.length_collapse_ratio * early(lengths):
+        return None
+    return f"mean response length fell {early(lengths):.1f} -> {late(lengths):.1f} tokens"
+
+
+def length_blowup(history: list[dict], cfg: MonitorSection) -> str | None:
+    """Responses grow fast: rambling or loops running into the token limit."""
+    lengths = series(history, first_of("response_length/mean"))
+    if len(lengths) < cfg.min_steps or late(lengths) <= cfg.length_blowup_ratio * early(lengths):
+        return None
+    return f"mean response length rose {early(lengths):.1f} -> {late(lengths):.1f} tokens"
+
+
+def repetition(history: list[dict], cfg: MonitorSection) -> str | None:
+    """Completions repeat themselves: the repetition reward where logged (it is minus the share of
+    repeated n-grams), else the trainer's own `answers/repetition`."""
+
+    def share(record: dict) -> float | None:
+        reward = _finite(record.get("reward/repetition/mean"))
+        return -reward if reward is not None else _finite(record.get("answers/repetition"))
+
+    values = series(history, share)
+    if len(values) < cfg.min_steps or late(values) <= cfg.repetition_max:
+        return None
+    return f"{late(values):.0%} of recent word n-grams are repeats (alarm above {cfg.repetition_max:.0%})"
+
+
+def zero_std_groups_rising(history: list[dict], cfg: MonitorSection) -> str | None:
+    """More and more groups score all G completions alike, so GRPO advantages are zero and those
+    prompts teach nothing (the problem DAPO's dynamic sampling addresses, arXiv 2503.14476)."""
+    frac = series(history, first_of("frac_zero_std_groups"))
+    if len(frac) < cfg.min_steps:
+        return None
+    if late(frac) <= cfg.zero_std_max or late(frac) - early(frac) <= cfg.zero_std_min_rise:
+        return None
+    return (
+        f"groups with equal rewards rose {early(frac):.0%} -> {late(frac):.0%}: little learning signal left"
+    )
+
+
+def _spike(history: list[dict], cfg: MonitorSection, key: str, factor: float, floor: float) -> str | None:
+    """The latest `key` above `factor` x the median of the values before it and above `floor`."""
+    values = series(history, first_of(key))
+    if len(values) < cfg.min_steps:
+        return None
+    median = statistics.median(values[:-1])
+    if values[-1] <= factor * median or values[-1] <= floor:
+        return None
+    return f"{key} {values[-1]:.3g} is {values[-1] / max(median, 1e-12):.1f}x its recent median {median:.3g}"
+
+
+def kl_spike(history: list[dict], cfg: MonitorSection) -> str | None:
+    """The KL to the reference jumps: an update moved the policy far in one step."""
+    return _spike(history, cfg, "kl", cfg.kl_spike_factor, cfg.kl_spike_floor)
+
+
+def clip_spike(history: list[dict], cfg: MonitorSection) -> str | None:
+    """Many more tokens hit the PPO clip: the policy moved far from the one that sampled."""
+    return _spike(history, cfg, "clip_frac", cfg.clip_spike_factor, cfg.clip_spike_floor)
+
+
+Rule = Callable[[list[dict], MonitorSection], str | None]
+# name -> (rule, severity). "critical" marks conditions a run rarely recovers from.
+RULES: dict[str, tuple[Rule, str]] = {
+    "format_without_accuracy": (format_without_accuracy, "warning"),
+    "empty_answers": (empty_answers, "critical"),
+    "length_collapse": (length_collapse, "critical"),
+    "length_blowup": (length_blowup, "warning"),
+    "repetition": (repetition, "warning"),
+    "zero_std_groups_rising": (zero_std_groups_rising, "warning"),
+    "kl_spike": (kl_spike, "critical"),
+    "clip_spike": (clip_spike, "warning"),
+}
+
+
+class AlarmMonitor:
+    """Feeds each logged step to every rule; returns the alarms that start at that step."""
+
+    def __init__(self, cfg: MonitorSection):
+        self.cfg = cfg
+        self.history: deque[dict] = deque(maxlen=cfg.window)
+        self.active: set[str] = set()  # rules firing at the last step, not to be reported again
+
+    def update(self, step: int, metrics: dict) -> list[Alarm]:
+        """Add the metrics of `step`; the alarms whose rule fires now and did not at the last step."""
+        if not self.cfg.enabled:
+            return []
+        self.history.append({"step": step, **metrics})
+        history = list(self.history)
+        alarms = []
+        for name, (rule, severity) in RULES.items():
+            message = rule(history, self.cfg)
+            if message is None:
+                self.active.discard(name)
+            elif name not in self.active:
+                self.active.add(name)
+                alarms.append(Alarm(step, name, message, severity))
+                logger.warning("%s", alarms[-1])
+        return alarms
+
+
+def append_alarms(path: str | Path, alarms: list[Alarm]) -> None:
+    """Append `alarms` to an alarms.jsonl file, one flushed JSON object per alarm."""
+    if alarms:
+        with Path(path).open("a") as f:
+            f.writelines(json.dumps(asdict(a)) + "\n" for a in alarms)
+
+
+def read_alarms(path: str | Path) -> list[Alarm]:
+    """The alarms of an alarms.jsonl file; [] when there is none (the run raised no alarm)."""
+    path = Path(path)
+    # metrics.jsonl's reader: the same line rules (a killed run's partial last line is skipped).
+    return [Alarm(**record) for record in read_metrics(path)] if path.is_file() else []

@@ -1,0 +1,89 @@
+"""`build_report(run_dir)`: one self-contained HTML page about a run folder.
+
+The page reads what the trainer wrote, all optional: metrics.jsonl (plots), alarms.jsonl (a
+table), rollouts.jsonl (the viewer) and config.yaml. It loads nothing from the network, and its
+Content-Security-Policy allows only its own script (by hash), so even text that escaped escaping
+could not run or fetch anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from html import escape
+from pathlib import Path
+
+from vlrl.monitoring.alarms import ALARMS_FILE, Alarm, read_alarms
+from vlrl.monitoring.rollouts import ROLLOUTS_FILE, read_rollouts
+from vlrl.report.assets import CSS, JS
+from vlrl.report.plots import plots_html
+from vlrl.report.viewer import viewer_html
+from vlrl.training.metrics import METRICS_FILE, read_metrics
+
+REPORT_FILE = "report.html"
+
+
+def alarms_html(alarms: list[Alarm]) -> str:
+    """The alarms as a table, oldest first, or a note when there are none."""
+    if not alarms:
+        return '<p class="empty">No alarms (alarms.jsonl is absent or empty).</p>'
+    rows = "".join(
+        f'<tr class="{escape(a.severity)}"><td>{a.step}</td><td>{escape(a.severity)}</td>'
+        f"<td>{escape(a.name)}</td><td>{escape(a.message)}</td></tr>"
+        for a in sorted(alarms, key=lambda a: a.step)
+    )
+    return f'<table class="alarms"><tr><th>step</th><th>severity</th><th>alarm</th><th>what was seen</th></tr>{rows}</table>'
+
+
+def config_html(path: Path) -> str:
+    """The run's config.yaml, folded."""
+    if not path.is_file():
+        return '<p class="empty">No config.yaml in the run folder.</p>'
+    return f"<details><summary>config.yaml</summary><pre>{escape(path.read_text())}</pre></details>"
+
+
+def summary_html(run_dir: Path, metrics: list[dict], alarms: list[Alarm], rollouts: list[dict]) -> str:
+    """One line on what the folder holds."""
+    steps = f"steps {metrics[0]['step']}–{metrics[-1]['step']}" if metrics else "no metrics"
+    return (
+        f"<p>{escape(str(run_dir.resolve()))} · {len(metrics)} logged steps ({steps}) · "
+        f"{len(alarms)} alarms · {len(rollouts)} dumped prompt groups</p>"
+    )
+
+
+def _csp(script: str) -> str:
+    """No network, no plugins, and no script but ours (its SHA-256 hash)."""
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    return f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'"
+
+
+def build_report(run_dir: str | Path, max_rollout_steps: int = 50) -> str:
+    """The HTML page for `run_dir`; the viewer keeps at most `max_rollout_steps` dumped steps."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    metrics_path = run_dir / METRICS_FILE
+    metrics = read_metrics(metrics_path) if metrics_path.is_file() else []
+    alarms = read_alarms(run_dir / ALARMS_FILE)
+    rollouts = read_rollouts(run_dir / ROLLOUTS_FILE)
+    title = f"vlrl report: {run_dir.resolve().name}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_csp(JS)}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)}</title><style>{CSS}</style></head>
+<body><header><h1>{escape(title)}</h1>{summary_html(run_dir, metrics, alarms, rollouts)}
+<nav><a href="#alarms">Alarms</a><a href="#plots">Metrics</a><a href="#rollouts">Rollouts</a><a href="#config">Config</a></nav></header>
+<section id="alarms"><h2>Alarms</h2>{alarms_html(alarms)}</section>
+<section id="plots"><h2>Metrics</h2>{plots_html(metrics)}</section>
+<section id="rollouts"><h2>Rollouts</h2>{viewer_html(rollouts, max_rollout_steps)}</section>
+<section id="config"><h2>Config</h2>{config_html(run_dir / "config.yaml")}</section>
+<script>{JS}</script></body></html>
+"""
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, max_rollout_steps: int = 50) -> Path:
+    """Write the page to `out` (default `<run_dir>/report.html`) and return its path."""
+    path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
+    path.write_text(build_report(run_dir, max_rollout_steps), encoding="utf-8")
+    return path

@@ -1,0 +1,24 @@
+"""An OpenAI-compatible chat server over the HF rollout backend (`vlrl serve`).
+
+    server = make_server(model_dir, "127.0.0.1", 8000)
+    server.serve_forever()
+
+`encode_chat` turns chat messages with images into model inputs the way the adapter encodes
+data samples; `ChatEngine` answers parsed requests without HTTP.
+"""
+
+from vlrl.serving.engine import ChatEngine, encode_chat, load_engine
+from vlrl.serving.errors import RequestError
+from vlrl.serving.protocol import ChatRequest, parse_chat_request
+from vlrl.serving.server import ChatServer, make_server
+
+__all__ = [
+    "ChatEngine",
+    "ChatRequest",
+    "ChatServer",
+    "RequestError",
+    "encode_chat",
+    "load_engine",
+    "make_server",
+    "parse_chat_request",
+]

@@ -1,0 +1,108 @@
+"""Supervised fine-tuning (cold start): learn each sample's `solution` given its prompt.
+
+The same run machinery as RL (`TrainingRun`: loading, LoRA / freezing, precision, checkpoints,
+resume, logging); the step is cross-entropy on the response tokens only, averaged over all
+response tokens of the batch (micro-batches share that denominator, so accumulation is exact).
+Its checkpoints are what `vlrl train` starts from.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from vlrl.config import SFTConfig
+from vlrl.data import DataError, Sample
+from vlrl.training.logprobs import response_logprobs, token_budget_batches
+from vlrl.rollout import make_backend
+from vlrl.training.evaluation import evaluate
+from vlrl.training.run import TrainingRun
+
+
+class SFTTrainer(TrainingRun):
+    def __init__(self, cfg: SFTConfig):
+        super().__init__(
+            cfg, lambda n: min(cfg.train.steps, math.ceil(cfg.sft.epochs * n / cfg.sft.batch_size))
+        )
+        self.targets = [self._target(s) for s in self.train_samples]
+
+    def _target(self, sample: Sample) -> str:
+        value = sample.fields().get(self.cfg.sft.target_field)
+        if not isinstance(value, str) or not value:
+            raise DataError(
+                str(sample.id),
+                None,
+                self.cfg.sft.target_field,
+                f"sample has no text target for SFT (sft.target_field='{self.cfg.sft.target_field}')",
+            )
+        return value
+
+    def train(self, until: int | None = None) -> list[dict]:
+        history = []
+        self.begin()
+        while self.step < min(until or self.total_steps, self.total_steps):
+            t0 = time.perf_counter()
+            with self.precision():
+                metrics = self.sft_step()
+            self.step += 1
+            metrics["timing_s/step"] = time.perf_counter() - t0
+            metrics["perf/throughput"] = metrics.pop("tokens") / metrics["timing_s/step"]
+            if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
+                metrics |= self.evaluate()
+            if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
+                self.logger.log(self.step, metrics)
+            history.append({"step": self.step, **metrics})
+            if self.should_save():
+                self.save()
+        self.logger.close()
+        return history
+
+    def sft_step(self) -> dict[str, float]:
+        """One optimizer step over `sft.batch_size` samples: mean token cross-entropy of the targets."""
+        idx = self.sampler.next_batch(self.cfg.sft.batch_size)
+        seqs = [
+            self.adapter.encode(self.train_samples[i], self.template, response=self.targets[i]) for i in idx
+        ]
+        lengths = [s.length - s.prompt_length for s in seqs]
+        total_tokens = sum(lengths)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for rows in token_budget_batches([s.length for s in seqs], self.cfg.train.micro_batch_tokens):
+            logp, _ = response_logprobs(
+                self.model,
+                [seqs[i] for i in rows],
+                [lengths[i] for i in rows],
+                self.pad_id,
+                1.0,
+                self.blocked_ids,
+            )
+            mask = (
+                torch.arange(logp.shape[1], device=logp.device)[None, :]
+                < torch.tensor([lengths[i] for i in rows], device=logp.device)[:, None]
+            )
+            loss = -(logp * mask).sum() / total_tokens
+            loss.backward()
+            loss_sum += loss.item()
+        grad_norm = self.clip_gradients()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {
+            "loss": loss_sum,
+            "grad_norm": grad_norm,
+            "lr": self.scheduler.get_last_lr()[0],
+            "response_length/mean": total_tokens / len(seqs),
+            "tokens": float(sum(s.length for s in seqs)),
+            "epoch": self.step * self.cfg.sft.batch_size / len(self.train_samples),
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        out = {}
+        backend = make_backend("hf", self.model, self.adapter)
+        for name, samples in self.eval_sets.items():
+            scores = evaluate(backend, self.adapter, self.template, samples, self.cfg.sft.eval_max_new_tokens)
+            for key, value in scores.items():
+                out[f"eval/{name}/{key}"] = value
+        return out

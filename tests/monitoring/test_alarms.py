@@ -1,0 +1,162 @@
+"""Alarm rules on crafted metric histories: each fires on its failure and stays quiet on a healthy
+run; the monitor reports an alarm once per episode and writes alarms.jsonl."""
+
+import logging
+
+import pytest
+
+from vlrl.config.sections import MonitorSection
+from vlrl.monitoring.alarms import RULES, Alarm, AlarmMonitor, append_alarms, read_alarms
+
+CFG = MonitorSection()
+
+
+def wobble(step: int) -> float:
+    """Deterministic noise in [-0.02, 0.02], so that healthy curves are not perfectly smooth."""
+    return ((step * 7) % 5 - 2) / 100
+
+
+def healthy(step: int) -> dict:
+    """A run that learns: accuracy and format rise together, everything else steady."""
+    return {
+        "reward/format/mean": min(0.9, 0.3 + 0.02 * step) + wobble(step),
+        "acc": min(0.7, 0.1 + 0.015 * step) + wobble(step + 1),
+        "reward/repetition/mean": -0.05 + wobble(step) / 2,
+        "response_length/mean": 120 + 100 * wobble(step),
+        "answers/empty_frac": 0.02,
+        "answers/degenerate_frac": 0.0,
+        "frac_zero_std_groups": 0.2 + wobble(step),
+        "kl": 0.01 + wobble(step) / 10,
+        "clip_frac": 0.02 + wobble(step) / 10,
+    }
+
+
+def feed(records: list[dict], cfg: MonitorSection = CFG) -> list[Alarm]:
+    monitor = AlarmMonitor(cfg)
+    return [a for step, r in enumerate(records, start=1) for a in monitor.update(step, r)]
+
+
+def changed(steps: int, **curves) -> list[dict]:
+    """A healthy run of `steps` steps with some metrics replaced by `curve(step)`."""
+    return [healthy(s) | {k: f(s) for k, f in curves.items()} for s in range(1, steps + 1)]
+
+
+# rule -> a history on which it must fire (and only it)
+FAILING = {
+    "format_without_accuracy": changed(
+        20, **{"reward/format/mean": lambda s: 0.9 * (s - 1) / 19, "acc": lambda s: 0.1}
+    ),
+    "empty_answers": changed(
+        20, **{"answers/empty_frac": lambda s: 0.2, "answers/degenerate_frac": lambda s: 0.25}
+    ),
+    "length_collapse": changed(20, **{"response_length/mean": lambda s: 200 - 8 * s}),
+    "length_blowup": changed(20, **{"response_length/mean": lambda s: 100 + 20 * s}),
+    "repetition": changed(20, **{"reward/repetition/mean": lambda s: -0.7}),
+    "zero_std_groups_rising": changed(20, frac_zero_std_groups=lambda s: 0.2 + 0.04 * s),
+    "kl_spike": changed(20, kl=lambda s: 0.6 if s == 20 else 0.01),
+    "clip_spike": changed(20, clip_frac=lambda s: 0.4 if s == 20 else 0.02),
+}
+
+
+def test_every_rule_has_a_failing_history():
+    assert set(FAILING) == set(RULES)
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_rule_fires_on_its_failure_only(name):
+    fired = {a.name for a in feed(FAILING[name])}
+    assert fired == {name}
+
+
+def test_a_healthy_run_raises_nothing():
+    assert feed(changed(100)) == []
+
+
+def test_format_only_reward_fires_and_not_when_accuracy_rises_too():
+    # The acceptance case: format 0 -> 0.9 over 20 steps while accuracy stays at 0.1.
+    format_rises = {"reward/format/mean": lambda s: 0.9 * (s - 1) / 19}
+    alarms = feed(changed(20, **format_rises, acc=lambda s: 0.1))
+    assert [a.name for a in alarms] == ["format_without_accuracy"]
+    assert "accuracy went 0.10 -> 0.10" in alarms[0].message
+    assert feed(changed(20, **format_rises, acc=lambda s: 0.1 + 0.03 * s)) == []
+
+
+def test_format_only_reward_without_any_accuracy_metric_fires():
+    # A reward list of [format] logs no accuracy at all: that is the case to warn about.
+    records = [{"reward/format/mean": 0.9 * (s - 1) / 19} for s in range(1, 21)]
+    (alarm,) = feed(records)
+    assert alarm.name == "format_without_accuracy" and "no accuracy is logged" in alarm.message
+
+
+def test_other_format_and_accuracy_keys_are_read():
+    records = [
+        {"reward/caption_format/mean": 0.9 * (s - 1) / 19, "reward/accuracy/mean": 0.1 + 0.03 * s}
+        for s in range(1, 21)
+    ]
+    assert feed(records) == []
+    # With only evaluation accuracy, every 5 steps, rising with the format: quiet too.
+    records = [
+        {"reward/format/mean": 0.9 * (s - 1) / 19}
+        | ({"eval/heldout/acc": 0.1 + 0.03 * s} if s % 5 == 0 else {})
+        for s in range(1, 21)
+    ]
+    assert feed(records) == []
+
+
+def test_repetition_falls_back_to_the_trainers_own_metric():
+    records = changed(20, **{"answers/repetition": lambda s: 0.8})
+    assert feed(records) == []  # the repetition reward (healthy) is preferred when logged
+    for r in records:
+        del r["reward/repetition/mean"]
+    assert [a.name for a in feed(records)] == ["repetition"]
+
+
+def test_zero_std_groups_must_be_high_and_rising():
+    assert feed(changed(30, frac_zero_std_groups=lambda s: 0.9)) == []  # high but steady
+    assert feed(changed(30, frac_zero_std_groups=lambda s: 0.01 * s)) == []  # rising but low
+
+
+def test_spikes_need_the_absolute_floor():
+    # 8x the median, but a KL of 0.08 (below the 0.1 floor) is not worth an alarm.
+    assert feed(changed(20, kl=lambda s: 0.08 if s == 20 else 0.01)) == []
+
+
+def test_no_alarm_before_min_steps():
+    short = FAILING["length_collapse"][: CFG.min_steps - 1]
+    assert feed(short) == []
+
+
+def test_an_alarm_fires_once_and_again_only_after_it_cleared():
+    # Collapsed length from step 1 to 40: one alarm; back to normal for a while, then again.
+    lengths = lambda s: 200 if s <= 10 else 40 if s <= 40 else 200 if s <= 80 else 40  # noqa: E731
+    alarms = feed(changed(120, **{"response_length/mean": lengths}))
+    assert [a.name for a in alarms] == ["length_collapse", "length_blowup", "length_collapse"]
+    first, _, second = alarms
+    assert 10 < first.step < 20 and 80 < second.step < 90
+
+
+def test_disabled_monitor_is_silent():
+    assert feed(FAILING["kl_spike"], MonitorSection(enabled=False)) == []
+
+
+def test_alarms_are_logged(caplog):
+    with caplog.at_level(logging.WARNING, logger="vlrl.monitoring.alarms"):
+        (alarm,) = feed(FAILING["kl_spike"])
+    assert alarm.severity == "critical" and alarm.step == 20
+    assert str(alarm) in caplog.text
+
+
+def test_alarms_jsonl_round_trip(tmp_path):
+    path = tmp_path / "alarms.jsonl"
+    assert read_alarms(path) == []
+    first = [Alarm(3, "kl_spike", "kl 0.6 is 60x", "critical")]
+    second = [Alarm(9, "repetition", "70% repeats", "warning")]
+    append_alarms(path, first)
+    append_alarms(path, [])
+    append_alarms(path, second)
+    assert read_alarms(path) == first + second
+
+
+def test_min_steps_cannot_exceed_the_window():
+    with pytest.raises(ValueError, match="min_steps"):
+        MonitorSection(window=5, min_steps=8)
