@@ -2,7 +2,7 @@
 
 >>> from vlrl.synth import TASKS, generate_dataset
 >>> sorted(TASKS)
-['colour_mcq', 'compare_two', 'counting', 'digit_sum', 'grounding', 'spatial']
+['colour_mcq', 'compare_two', 'counting', 'detection', 'digit_sum', 'grounding', 'referring', 'spatial']
 
 `generate_dataset(task, n, out_dir, seed)` writes `train.jsonl`, `heldout.jsonl` and `images/`.
 Each row keeps its structured `scene` (shapes, colours, exact pixel boxes), a plain-English
