@@ -9,6 +9,7 @@ import sys
 # name -> (module under vlrl.cli, one-line help). Modules are imported only when their command
 # runs, so `vlrl --help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "the CPU demo: tiny model, cold-start SFT, GRPO, before/after table and report"),
     "tiny-model": ("tiny_model", "build a tiny random VLM (model, tokenizer, processor) offline"),
     "synth": ("synth", "write a synthetic visual-reasoning dataset (PIL images, JSONL)"),
     "sft": ("sft", "supervised fine-tuning on chain-of-thought targets (the cold start before RL)"),

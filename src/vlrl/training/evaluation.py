@@ -12,7 +12,7 @@ from vlrl.models.adapters import ModelAdapter
 from vlrl.rewards import REWARDS
 from vlrl.rollout.base import RolloutBackend, SamplingParams
 
-EVAL_BATCH = 32
+EVAL_BATCH = 128
 
 
 def evaluate(

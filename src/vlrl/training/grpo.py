@@ -94,8 +94,9 @@ class GRPOTrainer(TrainingRun):
         return ref
 
     # ---- the loop ---------------------------------------------------------------------------
-    def train(self, until: int | None = None) -> list[dict]:
-        """Run to step `until` (default: the end); returns the metrics of every step run here.
+    def train(self, until: int | None = None, deadline: float | None = None) -> list[dict]:
+        """Run to step `until` (default: the end), or until `time.perf_counter()` passes
+        `deadline`; returns the metrics of every step run here.
 
         Stopping early leaves the schedule untouched: the run continues from a checkpoint exactly
         as if it had never stopped.
@@ -121,6 +122,10 @@ class GRPOTrainer(TrainingRun):
             history.append({"step": self.step, **metrics})
             if self.should_save():
                 self.save()
+            if deadline is not None and time.perf_counter() > deadline:
+                if self.step < self.total_steps:
+                    self.save()
+                break
         self.logger.close()
         return history
 

@@ -1,0 +1,166 @@
+"""`vlrl demo`: the whole recipe on a laptop CPU, from nothing to a measured RL gain.
+
+1. build a tiny Qwen2-VL-architecture model (random weights, BPE tokenizer trained on the task);
+2. synthesise a counting task with a large held-out set;
+3. cold-start SFT on the generator's chain-of-thought solutions, stopped early on purpose so the
+   model is right only part of the time (Vision-R1: RL alone cannot teach the format);
+4. evaluate, run GRPO with the hard format-result reward (1 only for the right format, the right
+   answer and a proper end of turn), evaluating along the way;
+5. print the before/after table and write the HTML report.
+
+Settings follow what was measured to work on 2 cores: 32 prompts x 8 samples at temperature 1,
+lr 1e-4, one on-policy update, no KL. Smaller batches or larger learning rates were noisier and
+could collapse the format.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlrl.config import SFTConfig, TrainConfig, load_config
+from vlrl.models.tiny.factory import build_tiny_model
+from vlrl.synth import generate_dataset
+
+SYSTEM_PROMPT = "Think step by step inside <think> </think>, then give the final answer inside <answer> </answer>."
+EVAL_KEYS = ("acc", "format", "response_length")
+
+
+@dataclass
+class DemoSettings:
+    out: Path = Path("runs/demo")
+    seed: int = 0
+    family: str = "qwen2_vl"
+    n_train: int = 4000
+    n_heldout: int = 1000
+    sft_steps: int = 240
+    rl_steps: int = 40
+    eval_every: int = 10
+    minutes: float | None = None  # wall-clock cap on the RL phase
+    progress: bool = True
+
+
+def _common(s: DemoSettings, data: dict[str, Path]) -> list[str]:
+    return [
+        f"data.train={data['train']}",
+        f"data.eval={{heldout: {data['heldout']}}}",
+        f"data.system_prompt={SYSTEM_PROMPT!r}",
+        "data.max_prompt_length=256",
+        "train.device=cpu",
+        f"train.seed={s.seed}",
+        f"logging.progress={str(s.progress).lower()}",
+    ]
+
+
+def sft_config(s: DemoSettings, model: Path, data: dict[str, Path]) -> SFTConfig:
+    return load_config(
+        None,
+        [
+            *_common(s, data),
+            f"model.path={model}",
+            f"train.steps={s.sft_steps}",
+            "train.lr=2e-3",
+            "train.lr_schedule=cosine",
+            "train.warmup_steps=5",
+            "train.micro_batch_tokens=8192",
+            f"train.output_dir={s.out / 'sft'}",
+            "sft.batch_size=32",
+            "sft.epochs=100",
+            "sft.eval_max_new_tokens=128",
+        ],
+        schema=SFTConfig,
+    )
+
+
+def rl_config(s: DemoSettings, model: Path, data: dict[str, Path]) -> TrainConfig:
+    return load_config(
+        None,
+        [
+            *_common(s, data),
+            f"model.path={model}",
+            "rollout.group_size=8",
+            "rollout.prompts_per_step=32",
+            "rollout.max_new_tokens=128",
+            "rollout.temperature=1.0",
+            "reward.functions=[hfrrf, no_eos]",
+            "algo.advantage=grpo",
+            "algo.kl_beta=0.0",
+            f"train.steps={s.rl_steps}",
+            "train.lr=1e-4",
+            "train.lr_schedule=constant",
+            "train.micro_batch_tokens=16384",
+            f"train.eval_every={s.eval_every}",
+            f"train.output_dir={s.out / 'grpo'}",
+        ],
+        schema=TrainConfig,
+    )
+
+
+def run_demo(s: DemoSettings) -> dict:
+    """Run all phases; returns {"before": {...}, "after": {...}, "minutes": ..., "report": path}."""
+    from vlrl.training.grpo import GRPOTrainer
+    from vlrl.training.sft import SFTTrainer
+
+    t0 = time.perf_counter()
+    _phase(1, "tiny model and synthetic counting task")
+    model = build_tiny_model(s.family, s.out / "model", size="tiny", seed=s.seed)
+    data = generate_dataset("counting", s.n_train + s.n_heldout, s.out / "data", seed=s.seed, heldout=s.n_heldout)
+
+    _phase(2, f"cold-start SFT, {s.sft_steps} steps (stopped early on purpose)")
+    sft = SFTTrainer(sft_config(s, model, data))
+    sft.train()
+    cold_start = sft.out / "checkpoints" / f"step_{sft.step:06d}"
+
+    _phase(3, "evaluate the cold-start checkpoint")
+    rl = GRPOTrainer(rl_config(s, cold_start, data))
+    before = {k.rsplit("/", 1)[-1]: v for k, v in rl.evaluate().items()}
+    _print_eval("cold start", before)
+
+    _phase(4, f"GRPO, {s.rl_steps} steps of 32 prompts x 8 samples")
+    deadline = None if s.minutes is None else time.perf_counter() + 60 * s.minutes
+    history = rl.train(deadline=deadline)
+    evals = [h for h in history if "eval/heldout/acc" in h]
+    if not evals or evals[-1]["step"] != rl.step:
+        evals.append({"step": rl.step, **rl.evaluate()})
+    last = evals[-3:]
+    after = {k: sum(h[f"eval/heldout/{k}"] for h in last) / len(last) for k in EVAL_KEYS}
+
+    _phase(5, "report")
+    report = _write_report(rl.out)
+    minutes = (time.perf_counter() - t0) / 60
+    print(_table(before, after, len(last), s.n_heldout))
+    print(f"total time {minutes:.1f} min; run directories: {s.out}/sft, {s.out}/grpo; report: {report}")
+    return {"before": before, "after": after, "minutes": minutes, "report": report, "evals": evals}
+
+
+def _write_report(run_dir: Path) -> Path | None:
+    try:
+        from vlrl.report import write_report
+    except ImportError:
+        return None
+    return write_report(run_dir)
+
+
+def _phase(i: int, text: str) -> None:
+    print(f"\n[{i}/5] {text}", flush=True)
+
+
+def _print_eval(label: str, scores: dict) -> None:
+    print(f"{label}: " + ", ".join(f"{k} {scores[k]:.3f}" for k in EVAL_KEYS), flush=True)
+
+
+def _table(before: dict, after: dict, n_evals: int, n_items: int) -> str:
+    rows = [
+        ("held-out accuracy", before["acc"], after["acc"], "{:.1%}"),
+        ("format validity", before["format"], after["format"], "{:.1%}"),
+        ("mean response length", before["response_length"], after["response_length"], "{:.1f}"),
+    ]
+    lines = [
+        f"\nheld-out: {n_items} items; after = mean of the last {n_evals} evaluations",
+        f"{'':24}{'cold start':>12}{'after GRPO':>12}{'change':>10}",
+    ]
+    for name, b, a, fmt in rows:
+        change = f"{(a - b) * 100:+.1f} pt" if "%" in fmt else f"{a - b:+.1f}"
+        lines.append(f"{name:24}{fmt.format(b):>12}{fmt.format(a):>12}{change:>10}")
+    return "\n".join(lines)
