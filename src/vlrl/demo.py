@@ -23,7 +23,9 @@ from vlrl.config import SFTConfig, TrainConfig, load_config
 from vlrl.models.tiny.factory import build_tiny_model
 from vlrl.synth import generate_dataset
 
-SYSTEM_PROMPT = "Think step by step inside <think> </think>, then give the final answer inside <answer> </answer>."
+SYSTEM_PROMPT = (
+    "Think step by step inside <think> </think>, then give the final answer inside <answer> </answer>."
+)
 EVAL_KEYS = ("acc", "format", "response_length")
 
 
@@ -34,9 +36,9 @@ class DemoSettings:
     family: str = "qwen2_vl"
     n_train: int = 4000
     n_heldout: int = 1000
-    sft_steps: int = 240
-    rl_steps: int = 40
-    eval_every: int = 10
+    sft_steps: int = 250
+    rl_steps: int = 60
+    eval_every: int = 15
     minutes: float | None = None  # wall-clock cap on the RL phase
     progress: bool = True
 
@@ -105,7 +107,9 @@ def run_demo(s: DemoSettings) -> dict:
     t0 = time.perf_counter()
     _phase(1, "tiny model and synthetic counting task")
     model = build_tiny_model(s.family, s.out / "model", size="tiny", seed=s.seed)
-    data = generate_dataset("counting", s.n_train + s.n_heldout, s.out / "data", seed=s.seed, heldout=s.n_heldout)
+    data = generate_dataset(
+        "counting", s.n_train + s.n_heldout, s.out / "data", seed=s.seed, heldout=s.n_heldout
+    )
 
     _phase(2, f"cold-start SFT, {s.sft_steps} steps (stopped early on purpose)")
     sft = SFTTrainer(sft_config(s, model, data))

@@ -269,3 +269,27 @@ def test_gradient_checkpointing_bf16_and_vision_lr(workspace, tmp_path, precisio
     assert next(trainer.model.parameters()).dtype == expected
     changed = sum(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
     assert changed == len(before)
+
+
+def test_staged_run_switches_length_and_group_size_at_the_boundaries(workspace, tmp_path):
+    stages = (
+        "stages=[{name: short, steps: 3, rollout.max_new_tokens: 3, rollout.group_size: 6},"
+        " {name: long, steps: 2, rollout.max_new_tokens: 8, rollout.group_size: 2}]"
+    )
+    trainer = GRPOTrainer(make_config(workspace, tmp_path, stages, "train.save_every=3"))
+    assert trainer.total_steps == 5
+    trainer.train(until=3)
+    resumed = GRPOTrainer(make_config(workspace, tmp_path, stages, "train.resume=auto"))
+    resumed.train()
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in logged] == [0, 0, 0, 1, 1]
+    assert [r["rollout/group_size"] for r in logged] == [6, 6, 6, 2, 2]
+    assert [r["rollout/max_new_tokens"] for r in logged] == [3, 3, 3, 8, 8]
+    assert all(r["response_length/mean"] <= 3 for r in logged[:3])
+
+
+def test_a_stage_cannot_change_the_model(workspace, tmp_path):
+    from vlrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stages\[0\].model.path: a stage cannot change this"):
+        GRPOTrainer(make_config(workspace, tmp_path, "stages=[{steps: 2, model.path: elsewhere}]"))

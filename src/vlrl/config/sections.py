@@ -256,6 +256,27 @@ class TrainSection(Section):
         None, description="Resume from a checkpoint folder, or 'auto' for the latest in output_dir."
     )
     eval_every: int = Field(0, ge=0, description="Evaluate on data.eval every this many steps; 0 never.")
+    eval_benchmark: str = Field(
+        "math_verify",
+        description="Scoring convention of in-training evaluation (vlrl.evaluation.BENCHMARKS); "
+        "math_verify is the accuracy reward's own extractor.",
+    )
+    eval_samples: int = Field(
+        1,
+        ge=1,
+        description="Completions per held-out question for pass@k (sampled at temperature 1); 1 = greedy only.",
+    )
+    eval_pass_k: list[int] = Field([1], description="k values of the pass@k logged when eval_samples > 1.")
+    eval_batch_size: int = Field(128, ge=1, description="Rows generated at once during evaluation.")
+
+    @model_validator(mode="after")
+    def _pass_k_within_samples(self) -> TrainSection:
+        bad = [k for k in self.eval_pass_k if not 1 <= k <= self.eval_samples]
+        if self.eval_samples > 1 and bad:
+            message = f"k values {bad} must lie in 1..train.eval_samples ({self.eval_samples})"
+            raise field_error("train", "eval_pass_k", message, self.eval_pass_k)
+        return self
+
     log_every: int = Field(1, ge=1, description="Log metrics every this many steps.")
 
 

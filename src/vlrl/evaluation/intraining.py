@@ -1,6 +1,6 @@
 """Evaluation during training: greedy accuracy, pass@k from samples, and per-sample records.
 
-The successor of `vlrl.training.evaluation.evaluate`. `acc` keeps its meaning there: greedy
+`acc` is greedy
 answers scored with the training accuracy reward's own extractor and matcher (the "math_verify"
 benchmark), so "accuracy" is the same thing in training curves and in evaluation. With n > 1,
 n answers per question are also sampled at temperature 1.0 (the policy's own distribution)

@@ -11,6 +11,7 @@ Every entry has the signature `fn(box, original_size, model_size) -> box` where 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 Box = list[float]
@@ -48,3 +49,20 @@ BOX_CONVENTIONS: dict[str, tuple[BoxFn, BoxFn]] = {
     "norm1000": (norm1000_to_pixels, norm1000_from_pixels),
     "resized_abs": (resized_to_pixels, resized_from_pixels),
 }
+
+_BOX_TEXT = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\]")
+
+
+def rewrite_boxes(text: str, convert: Callable[[list[float]], list[float]]) -> str:
+    """Every `[x1, y1, x2, y2]` written in `text`, passed through `convert` (e.g. pixels -> the
+    model's convention), formatted as integers.
+
+    >>> rewrite_boxes("box [10, 20, 30, 40].", lambda b: [v * 2 for v in b])
+    'box [20, 40, 60, 80].'
+    """
+
+    def one(match: re.Match) -> str:
+        box = convert([float(v) for v in match.groups()])
+        return "[" + ", ".join(str(round(v)) for v in box) + "]"
+
+    return _BOX_TEXT.sub(one, text)

@@ -65,7 +65,7 @@ def write_example(task: str, sample_id: str, item: Item, out_dir: Path, image_si
     images = [f"images/{sample_id}_{k}.png" for k in range(len(item.scenes))]
     for scene, rel in zip(item.scenes, images, strict=True):
         render(scene, image_size).save(out_dir / rel, format="PNG", optimize=False, compress_level=6)
-    caption = captions(item.scenes, image_size)
+    caption = captions(item.scenes, image_size, item.positions)
     solution = solution_text(item, caption)
     return {
         "id": sample_id,
@@ -95,7 +95,7 @@ def task_texts(n_per_task: int, seed: int, image_size: int = 112) -> list[str]:
             item = TASKS[name](rng, image_size)
             texts.append(item.question)
             texts.extend(f"{chr(65 + i)}. {c}" for i, c in enumerate(item.extra.get("choices", [])))
-            texts.append(solution_text(item, captions(item.scenes, image_size)))
+            texts.append(solution_text(item, captions(item.scenes, image_size, item.positions)))
     return texts
 
 

@@ -137,8 +137,8 @@ def join_words(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
-def caption(scene: Scene, image_size: int) -> str:
-    """One sentence naming every object and where it is.
+def caption(scene: Scene, image_size: int, positions: bool = True) -> str:
+    """One sentence naming every object and, with `positions`, where it is.
 
     >>> caption([{"shape": "circle", "colour": "red", "box": [4, 4, 30, 30]}], 112)
     'There is 1 shape: a red circle at the top left.'
@@ -147,12 +147,13 @@ def caption(scene: Scene, image_size: int) -> str:
     if not scene:
         return f"There are no {noun}s."
     verb = "is" if len(scene) == 1 else "are"
-    parts = [f"a {describe(o)} at the {position(o['box'], image_size)}" for o in scene]
+    where = (lambda o: f" at the {position(o['box'], image_size)}") if positions else (lambda o: "")
+    parts = [f"a {describe(o)}{where(o)}" for o in scene]
     return f"There {verb} {count_phrase(len(scene), noun)}: {join_words(parts)}."
 
 
-def captions(scenes: list[Scene], image_size: int) -> str:
+def captions(scenes: list[Scene], image_size: int, positions: bool = True) -> str:
     """The caption of one image, or "Image 1: ... Image 2: ..." for several."""
     if len(scenes) == 1:
-        return caption(scenes[0], image_size)
-    return " ".join(f"Image {i}: {caption(s, image_size)}" for i, s in enumerate(scenes, 1))
+        return caption(scenes[0], image_size, positions)
+    return " ".join(f"Image {i}: {caption(s, image_size, positions)}" for i, s in enumerate(scenes, 1))

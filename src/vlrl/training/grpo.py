@@ -34,13 +34,16 @@ from vlrl.algos import (
 from vlrl.config import TrainConfig
 from vlrl.data import Sample
 from vlrl.models.batching import Encoded
+from vlrl.monitoring.alarms import ALARMS_FILE, AlarmMonitor, append_alarms
+from vlrl.monitoring.answers import answer_health
+from vlrl.monitoring.dynamics import dynamics_metrics
+from vlrl.monitoring.rollouts import ROLLOUTS_FILE, rollout_record, write_rollouts
 from vlrl.rollout import make_backend
 from vlrl.rollout.base import Completion, SamplingParams
-from vlrl.training.evaluation import evaluate
 from vlrl.training.logprobs import response_logprobs, token_budget_batches
-from vlrl.training.run import TrainingRun
+from vlrl.training.run import TrainingRun, truncate_jsonl
 from vlrl.training.scoring import RewardScorer
-from vlrl.training.stages import stage_config, stage_index, total_steps
+from vlrl.training.stages import check_stages, stage_config, stage_index, total_steps
 
 
 @dataclass
@@ -53,8 +56,6 @@ class GroupBatch:
     rewards: torch.Tensor = None  # [P, G]
     reward_scores: dict[str, list[float | None]] = field(default_factory=dict)
     advantages: torch.Tensor = None  # [B]
-    old_logp: list[torch.Tensor] = field(default_factory=list)  # per micro-batch [b, T]
-    ref_logp: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def flat(self) -> list[Completion]:
@@ -72,12 +73,17 @@ class GroupBatch:
 class GRPOTrainer(TrainingRun):
     def __init__(self, cfg: TrainConfig):
         self.base_cfg = cfg
+        check_stages(cfg)  # before loading anything: a bad stage is a config error
         super().__init__(cfg, lambda _: total_steps(cfg))
         self.cfg = stage_config(cfg, self.step)
         self.backend = make_backend(cfg.rollout.backend, self.model, self.adapter)
-        self.scorer = RewardScorer(cfg.reward)
+        self.scorer = RewardScorer(cfg.reward, self.adapter)
         self.reference = self._reference_model()
         self.reuse_vision = cfg.model.freeze_vision and cfg.model.freeze_connector
+        self.monitor = AlarmMonitor(cfg.monitor)
+        if self.step:  # resumed: steps after the checkpoint are redone, drop their old records
+            for name in (ALARMS_FILE, ROLLOUTS_FILE):
+                truncate_jsonl(self.out / name, self.step)
 
     def _reference_model(self):
         """A frozen copy of the starting policy for the KL term; None when kl_beta is 0.
@@ -117,6 +123,7 @@ class GRPOTrainer(TrainingRun):
             metrics |= self.batch_metrics(batch, timing)
             if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
                 metrics |= self.evaluate()
+            self.observe(batch, metrics)
             if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
                 self.logger.log(self.step, metrics)
             history.append({"step": self.step, **metrics})
@@ -136,7 +143,7 @@ class GRPOTrainer(TrainingRun):
             return
         self.stage = index
         self.cfg = stage_config(self.base_cfg, self.step)
-        self.scorer = RewardScorer(self.cfg.reward)
+        self.scorer = RewardScorer(self.cfg.reward, self.adapter)
         name = self.base_cfg.stages[index].get("name", str(index))
         r = self.cfg.rollout
         print(
@@ -352,14 +359,47 @@ class GRPOTrainer(TrainingRun):
         return m
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy accuracy on each held-out set, with the training accuracy reward."""
-        out = {}
-        for name, samples in self.eval_sets.items():
-            for key, value in evaluate(
-                self.backend, self.adapter, self.template, samples, self.cfg.rollout.max_new_tokens
-            ).items():
-                out[f"eval/{name}/{key}"] = value
-        return out
+        return self.evaluate_sets(
+            self.backend, self.cfg.rollout.max_new_tokens, self.cfg.monitor.reflection_words
+        )
+
+    def observe(self, batch: GroupBatch, metrics: dict[str, float]) -> None:
+        """Training dynamics and answer health into `metrics`, alarms raised, rollouts dumped."""
+        texts = [c.text for c in batch.flat]
+        accuracy = batch.reward_scores.get("accuracy")
+        correct = [None if a is None else a >= 1.0 for a in accuracy] if accuracy else [None] * len(texts)
+        lengths = [c.token_ids.numel() for c in batch.flat]
+        metrics |= dynamics_metrics(texts, correct, lengths, self.cfg.monitor.reflection_words)
+        metrics |= answer_health(texts)
+        alarms = self.monitor.update(self.step, metrics)
+        for alarm in alarms:
+            print(alarm, flush=True)
+        append_alarms(self.out / ALARMS_FILE, alarms)
+        every = self.cfg.logging.rollouts_every
+        if every and self.step % every == 0:
+            write_rollouts(self.out / ROLLOUTS_FILE, self.rollout_records(batch))
+
+    def rollout_records(self, batch: GroupBatch) -> list[dict]:
+        G = batch.rewards.shape[1]
+        records = []
+        for p in range(min(self.cfg.logging.rollouts_per_step, len(batch.samples))):
+            sample, group, rows = batch.samples[p], batch.completions[p], range(p * G, (p + 1) * G)
+            records.append(
+                rollout_record(
+                    step=self.step,
+                    sample_id=sample.id,
+                    images=[str(i) for i in sample.images],
+                    prompt=sample.question,
+                    answer=sample.answer,
+                    texts=[c.text for c in group],
+                    rewards={n: [s[i] for i in rows] for n, s in batch.reward_scores.items()},
+                    totals=batch.rewards[p].tolist(),
+                    advantages=batch.advantages[list(rows)].tolist(),
+                    lengths=[c.token_ids.numel() for c in group],
+                    finish_reasons=[c.finish_reason for c in group],
+                )
+            )
+        return records
 
 
 def _response_mask(lengths: list[int]) -> torch.Tensor:

@@ -9,11 +9,14 @@ exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import torch
 
 from vlrl.config import dump_config
+from vlrl.evaluation.intraining import evaluate_during_training
+from vlrl.monitoring.dynamics import dynamics_metrics
 from vlrl.training.checkpoint import load_trainer_state, resolve_resume, save_checkpoint
 from vlrl.training.metrics import MetricsLogger
 from vlrl.training.sampler import PromptSampler
@@ -92,6 +95,34 @@ class TrainingRun:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm)
         )
 
+    def evaluate_sets(self, backend, max_new_tokens: int, reflection_words: list[str]) -> dict[str, float]:
+        """In-training evaluation of every data.eval set, with the accuracy reward's extractor:
+        greedy acc / format / length, pass@k when train.eval_samples > 1, and MAYE's dynamics
+        (length and reflection split by correctness) under eval/<set>/..."""
+        t = self.cfg.train
+        out: dict[str, float] = {}
+        for name, samples in self.eval_sets.items():
+            result = evaluate_during_training(
+                backend,
+                self.adapter,
+                self.template,
+                samples,
+                max_new_tokens,
+                n=t.eval_samples,
+                k_list=t.eval_pass_k,
+                benchmark=t.eval_benchmark,
+                batch_size=t.eval_batch_size,
+            )
+            records = result.pop("records")
+            dynamics = dynamics_metrics(
+                [r["text"] for r in records],
+                [r["correct"] for r in records],
+                [r["length"] for r in records],
+                reflection_words,
+            )
+            out |= {f"eval/{name}/{k}": float(v) for k, v in (result | dynamics).items()}
+        return out
+
     def should_save(self) -> bool:
         every = self.cfg.train.save_every
         return self.step == self.total_steps or (every > 0 and self.step % every == 0)
@@ -101,3 +132,13 @@ class TrainingRun:
         state = {"step": self.step, "sampler": self.sampler.state_dict(), "config": dump_config(self.cfg)}
         save_checkpoint(step_dir, self.model, self.lm.processor, self.optimizer, self.scheduler, state)
         return step_dir
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep only the lines of a step-keyed JSONL file with "step" <= `step` (resume redoes the rest)."""
+    if not path.is_file():
+        return
+    kept = [
+        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
+    ]
+    path.write_text("".join(line + "\n" for line in kept))

@@ -9,6 +9,7 @@ import torch
 
 from vlrl.config.sections import RewardSection
 from vlrl.data import Sample
+from vlrl.models.adapters import ModelAdapter
 from vlrl.rewards import call_reward, combine, load_reward
 from vlrl.rollout.base import Completion
 
@@ -16,18 +17,20 @@ from vlrl.rollout.base import Completion
 class RewardScorer:
     """Loads the reward functions once; `score` runs them on P x G completions."""
 
-    def __init__(self, cfg: RewardSection):
+    def __init__(self, cfg: RewardSection, adapter: ModelAdapter):
         self.cfg = cfg
+        self.adapter = adapter
         self.functions = {spec: load_reward(spec) for spec in cfg.functions}
         self.weights = dict(zip(cfg.functions, cfg.weights, strict=True)) if cfg.weights else None
         self.failures: Counter[str] = Counter()  # reward name -> samples that got the fallback, whole run
 
     def fields(self, samples: list[Sample], groups: list[list[Completion]], max_new_tokens: int) -> dict:
         """Per-completion reward fields: the samples' data fields, repeated per completion, plus
-        what the rollout knows (finish reason, length) and the reward settings."""
+        what the rollout knows (finish reason, length), the model's box convention and the reward
+        settings."""
         rows: list[dict[str, Any]] = []
         for sample, group in zip(samples, groups, strict=True):
-            base = sample.fields()
+            base = sample.fields() | self.adapter.box_fields(sample)
             for c in group:
                 rows.append(
                     {

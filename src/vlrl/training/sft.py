@@ -14,10 +14,10 @@ import time
 import torch
 
 from vlrl.config import SFTConfig
+from vlrl.config.sections import REFLECTION_WORDS
 from vlrl.data import DataError, Sample
-from vlrl.training.logprobs import response_logprobs, token_budget_batches
 from vlrl.rollout import make_backend
-from vlrl.training.evaluation import evaluate
+from vlrl.training.logprobs import response_logprobs, token_budget_batches
 from vlrl.training.run import TrainingRun
 
 
@@ -37,7 +37,7 @@ class SFTTrainer(TrainingRun):
                 self.cfg.sft.target_field,
                 f"sample has no text target for SFT (sft.target_field='{self.cfg.sft.target_field}')",
             )
-        return value
+        return self.adapter.render_target(sample, value)
 
     def train(self, until: int | None = None) -> list[dict]:
         history = []
@@ -99,10 +99,5 @@ class SFTTrainer(TrainingRun):
         }
 
     def evaluate(self) -> dict[str, float]:
-        out = {}
         backend = make_backend("hf", self.model, self.adapter)
-        for name, samples in self.eval_sets.items():
-            scores = evaluate(backend, self.adapter, self.template, samples, self.cfg.sft.eval_max_new_tokens)
-            for key, value in scores.items():
-                out[f"eval/{name}/{key}"] = value
-        return out
+        return self.evaluate_sets(backend, self.cfg.sft.eval_max_new_tokens, REFLECTION_WORDS)

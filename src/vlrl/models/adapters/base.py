@@ -7,6 +7,7 @@ tokens are vision placeholders (never to be sampled), and how the family writes 
 
 from __future__ import annotations
 
+import functools
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -19,7 +20,7 @@ from torch import nn
 from vlrl.data.prompts import Template, build_messages
 from vlrl.data.sample import Sample
 from vlrl.models.batching import Encoded
-from vlrl.models.boxes import BOX_CONVENTIONS
+from vlrl.models.boxes import BOX_CONVENTIONS, rewrite_boxes
 
 MODULE_GROUPS = ("vision", "connector", "language")
 
@@ -34,6 +35,13 @@ def load_image(path: str | Path) -> Image.Image:
             return im.convert("RGB")
     except (OSError, ValueError) as exc:
         raise ImageError(f"cannot read image '{path}': {exc}") from exc
+
+
+@functools.lru_cache(maxsize=65536)
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels."""
+    with Image.open(path) as im:
+        return im.size
 
 
 class ModelAdapter(ABC):
@@ -163,6 +171,29 @@ class ModelAdapter(ABC):
         return "|".join(f"(?:{a})" for a in alternatives)
 
     # ---- boxes --------------------------------------------------------------------------
+    def box_fields(self, sample: Sample) -> dict:
+        """Reward fields that let box rewards read this family's boxes (see rewards.perception)."""
+        if not sample.images:
+            return {"box_convention": "pixels", "image_size": None, "model_image_size": None}
+        size = image_size(sample.images[0])
+        return {
+            "box_convention": self.box_convention,
+            "image_size": list(size),
+            "model_image_size": list(self.model_image_size(size)),
+        }
+
+    def render_target(self, sample: Sample, text: str) -> str:
+        """An SFT target with its pixel boxes written in this family's convention.
+
+        Only samples whose ground truth is boxes are touched (their targets hold boxes in the
+        original image's pixels, as data files do); other text is returned unchanged.
+        """
+        truth = sample.extra.get("boxes", sample.answer)
+        if not (sample.images and isinstance(truth, list)):
+            return text
+        size = image_size(sample.images[0])
+        return rewrite_boxes(text, lambda box: self.box_from_pixels(box, size))
+
     def box_to_pixels(self, box, original_size: tuple[int, int]) -> list[float]:
         """A box as the model writes it -> original-image pixels."""
         to_px, _ = BOX_CONVENTIONS[self.box_convention]

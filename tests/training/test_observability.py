@@ -1,0 +1,87 @@
+"""A real tiny run wires dynamics, alarms, rollout dumps and the report together.
+
+The model is first taught the answer format a little by SFT, then RL pays for format only: the
+format reward rises while nothing measures accuracy, which is exactly the reward hacking the
+`format_without_accuracy` alarm exists for.
+"""
+
+from __future__ import annotations
+
+import json
+
+from vlrl.config import SFTConfig, TrainConfig, load_config
+from vlrl.monitoring.alarms import ALARMS_FILE
+from vlrl.monitoring.rollouts import ROLLOUTS_FILE
+from vlrl.report import write_report
+from vlrl.synth import generate_dataset
+from vlrl.training.grpo import GRPOTrainer
+from vlrl.training.sft import SFTTrainer
+
+
+def test_format_only_reward_raises_the_alarm_and_the_run_reports(tiny_models, tmp_path):
+    data = generate_dataset("counting", 48, tmp_path / "data", seed=0, heldout=8)
+    # A short target, so that a few SFT steps teach the format only partly.
+    rows = [json.loads(line) for line in data["train"].read_text().splitlines()]
+    for row in rows:
+        row["solution"] = f"<think>I count.</think><answer>{row['answer']}</answer>"
+    data["train"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = [
+        f"data.train={data['train']}",
+        "data.system_prompt=Answer.",
+        "train.device=cpu",
+        "logging.progress=false",
+    ]
+    sft = SFTTrainer(
+        load_config(
+            None,
+            [
+                *common,
+                f"model.path={tiny_models['qwen2_vl']}",
+                "train.steps=30",  # format right ~10% of the time at temperature 1
+                "train.lr=1e-2",
+                "train.lr_schedule=constant",
+                "sft.batch_size=16",
+                "sft.epochs=100",
+                f"train.output_dir={tmp_path / 'sft'}",
+            ],
+            schema=SFTConfig,
+        )
+    )
+    sft.train()
+    rl_cfg = load_config(
+        None,
+        [
+            *common,
+            f"model.path={tmp_path / 'sft' / 'checkpoints' / 'step_000030'}",
+            f"data.eval={{heldout: {data['heldout']}}}",
+            "reward.functions=[format]",
+            "rollout.group_size=4",
+            "rollout.prompts_per_step=4",
+            "rollout.max_new_tokens=48",
+            "train.steps=24",
+            "train.lr=1e-3",
+            "train.lr_schedule=constant",
+            "train.eval_every=12",
+            "monitor.window=12",
+            "monitor.format_rise=0.2",
+            "monitor.min_steps=6",
+            "logging.rollouts_every=4",
+            f"train.output_dir={tmp_path / 'rl'}",
+        ],
+        schema=TrainConfig,
+    )
+    history = GRPOTrainer(rl_cfg).train()
+    fmt = [h["reward/format/mean"] for h in history]
+    assert sum(fmt[-4:]) / 4 > sum(fmt[:4]) / 4, fmt  # the hack pays
+    assert [h["step"] for h in history if "eval/heldout/acc" in h] == [12, 24]
+    assert "reflection/ratio" in history[-1] and "answers/empty_frac" in history[-1]
+
+    run = tmp_path / "rl"
+    alarms = [json.loads(line) for line in (run / ALARMS_FILE).read_text().splitlines()]
+    assert "format_without_accuracy" in {a["name"] for a in alarms}, (fmt, alarms)
+    rollouts = [json.loads(line) for line in (run / ROLLOUTS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in rollouts][::2] == [4, 8, 12, 16, 20, 24]
+    assert len(rollouts[0]["responses"]) == 4 and "format" in rollouts[0]["responses"][0]["rewards"]
+
+    html = write_report(run).read_text()
+    assert "<svg" in html and "data:image/" in html and "format_without_accuracy" in html
