@@ -36,7 +36,7 @@ class DemoSettings:
     family: str = "qwen2_vl"
     n_train: int = 4000
     n_heldout: int = 1000
-    sft_steps: int = 250
+    sft_steps: int = 450
     rl_steps: int = 60
     eval_every: int = 15
     minutes: float | None = None  # wall-clock cap on the RL phase

@@ -50,7 +50,9 @@ BOX_CONVENTIONS: dict[str, tuple[BoxFn, BoxFn]] = {
     "resized_abs": (resized_to_pixels, resized_from_pixels),
 }
 
-_BOX_TEXT = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\]")
+_BOX_TEXT = re.compile(
+    r"\[\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*\]"
+)
 
 
 def rewrite_boxes(text: str, convert: Callable[[list[float]], list[float]]) -> str:
