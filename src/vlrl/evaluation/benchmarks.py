@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlrl.data.sample import Sample
-from vlrl.evaluation import mathverse, mathvista, mmmu
+from vlrl.evaluation import mathverse, mathvista, mmmu, perception
 from vlrl.evaluation.records import Record, by_fields
 from vlrl.rewards.matching import answers_match
 from vlrl.rewards.tags import last_answer
@@ -89,6 +89,28 @@ BENCHMARKS: dict[str, Benchmark] = {
         layout="mathverse",
         source="MathVerse (arXiv 2403.14624) with exact match + math-verify in place of GPT-4",
         metrics=by_fields("problem_version"),
+    ),
+    "rec": Benchmark(
+        "rec",
+        perception.whole_text,
+        perception.rec_score,
+        layout="vlrl",
+        source="referring expression comprehension, Acc@IoU0.5 as in VLM-R1 (arXiv 2504.07615)",
+    ),
+    "detection": Benchmark(
+        "detection",
+        perception.whole_text,
+        perception.detection_score,
+        layout="vlrl",
+        source="open-vocabulary detection: per-image s * mAP (VLM-R1) and dataset COCO mAP (pycocotools)",
+        metrics=perception.detection_metrics,
+    ),
+    "count": Benchmark(
+        "count",
+        perception.whole_text,
+        perception.count_score,
+        layout="vlrl",
+        source="counting: exact count match (the `count` reward)",
     ),
 }
 

@@ -112,3 +112,54 @@ def coco_map(
         evaluation.summarize()
     stats = [float(s) for s in evaluation.stats[:3]]
     return {key: None if s < 0 else s for key, s in zip(("map", "map50", "map75"), stats, strict=True)}
+
+
+# ---- benchmark conventions for `vlrl eval` (registered in benchmarks.BENCHMARKS) -------------
+# Samples carry the model family's box fields (`ModelAdapter.box_fields`, added by the runner),
+# so boxes are scored in original-image pixels whatever convention the model writes.
+
+
+def _reward(name: str, text: str | None, sample) -> float | None:
+    from vlrl.rewards import REWARDS
+
+    fields = {k: [v] for k, v in sample.fields().items()}
+    return REWARDS[name]([text or ""], **fields)[0]
+
+
+def whole_text(text: str, sample) -> str:
+    """Box and count parsers read the last <answer> themselves, falling back to the whole text."""
+    return text
+
+
+def rec_score(extracted: str | None, sample) -> float | None:
+    """Acc@IoU0.5 for one sample: 1 when the (Hungarian-matched, mean) IoU reaches 0.5; an
+    absent object (truth []) is right only when the answer gives no box."""
+    iou = _reward("iou", extracted, sample)
+    return None if iou is None else float(iou >= 0.5)
+
+
+def count_score(extracted: str | None, sample) -> float | None:
+    return _reward("count", extracted, sample)
+
+
+def detection_score(extracted: str | None, sample) -> float | None:
+    """Per image: VLM-R1's s * mAP (the `ovd_map` reward); the dataset mAP is in the metrics."""
+    return _reward("ovd_map", extracted, sample)
+
+
+def detection_metrics(records) -> dict[str, float | None]:
+    """COCO mAP over the whole dataset from each question's first completion (pycocotools)."""
+    from vlrl.rewards.boxes import parse_boxes, truth_boxes
+    from vlrl.rewards.perception import to_pixels
+
+    predictions, truths = [], []
+    for record in records:
+        f = record.sample.fields()
+        pred = parse_boxes(record.texts[0]) or []
+        pred = to_pixels(
+            pred, f.get("box_convention", "pixels"), f.get("image_size"), f.get("model_image_size")
+        )
+        n = len(pred)
+        predictions.append([(box, label, 1.0 - i / max(n, 1)) for i, (box, label) in enumerate(pred)])
+        truths.append(truth_boxes(f.get("boxes", f["answer"])) or [])
+    return {f"coco_{k}": v for k, v in coco_map(predictions, truths).items()}

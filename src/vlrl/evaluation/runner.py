@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,14 @@ def generate_records(
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         groups = backend.generate([adapter.encode(s, template) for s in chunk], params)
+        # The family's box convention travels with each sample, so box benchmarks score in pixels.
         records += [
-            score_completions(s, group, benchmark, category_of(s, category_field))
+            score_completions(
+                replace(s, extra=s.extra | adapter.box_fields(s)),
+                group,
+                benchmark,
+                category_of(s, category_field),
+            )
             for s, group in zip(chunk, groups, strict=True)
         ]
         logger.info("%s: %d / %d questions", benchmark.name, len(records), len(samples))

@@ -37,7 +37,7 @@ _COUNT = re.compile(r"\s*\d{1,9}\s*")
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?")
 
 
-def _to_pixels(boxes: list[Labelled], convention: str, image_size, model_image_size) -> list[Labelled]:
+def to_pixels(boxes: list[Labelled], convention: str, image_size, model_image_size) -> list[Labelled]:
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown box_convention {convention!r}; valid: {', '.join(CONVENTIONS)}")
     if convention == "pixels":
@@ -66,7 +66,7 @@ def _pairs(
     ):
         truth = truth_boxes(value)
         pred = None if truth is None else parse_boxes(text)
-        out.append((None if pred is None else _to_pixels(pred, convention, size, model_size), truth))
+        out.append((None if pred is None else to_pixels(pred, convention, size, model_size), truth))
     return out
 
 
