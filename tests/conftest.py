@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,32 @@ def images(tmp_path_factory) -> dict[str, Path]:
     small.save(paths["small"])
     big.save(paths["big"])
     return paths
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """Run headless Chromium on a URL with the closed-network flags (see the platform notes);
+    returns its stdout. Skips the test when Chromium is not installed."""
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.skip("chromium is not on PATH (apt-get install chromium; .ci/run installs it)")
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir(exist_ok=True)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+    ]
+
+    def run(url: str, *args: str) -> str:
+        return subprocess.run(
+            [binary, *flags, *args, url], capture_output=True, text=True, timeout=120, check=True
+        ).stdout
+
+    return run

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,32 +14,11 @@ from PIL import Image
 
 from vlrl.report import write_report
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not on PATH (apt-get install chromium; .ci/run installs it)"
+    shutil.which("chromium") is None,
+    reason="chromium is not on PATH (apt-get install chromium; .ci/run installs it)",
 )
 SCREENSHOT_COPY = Path("/tmp/vlrl_report_screenshot.png")
-
-
-def chromium(url: str, tmp_path: Path, *args: str) -> str:
-    """Run headless Chromium on `url` with the closed-network flags; its stdout."""
-    profile = tmp_path / "profile"
-    profile.mkdir(exist_ok=True)
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        *args,
-        url,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
 
 
 @pytest.fixture
@@ -48,8 +26,8 @@ def report(run_dir: Path, tmp_path: Path) -> Path:
     return write_report(run_dir, tmp_path / "report.html")
 
 
-def test_plots_and_viewer_render(report, tmp_path):
-    dom = chromium(report.as_uri(), tmp_path, "--dump-dom")
+def test_plots_and_viewer_render(report, chromium):
+    dom = chromium(report.as_uri(), "--dump-dom")
     assert dom.count("<svg") >= 15 and "<polyline" in dom
     # The script ran: it wrote the count, and showed only the last step's groups.
     assert "6 of 6 responses shown" in dom  # step 30 only: 4 + 2 responses
@@ -59,9 +37,9 @@ def test_plots_and_viewer_render(report, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
 
 
-def test_viewer_filters_and_sorts(report, tmp_path):
+def test_viewer_filters_and_sorts(report, chromium):
     # All steps, responses with total >= 1, highest first.
-    dom = chromium(report.as_uri() + "#step=all&key=total&op=ge&value=1&sort=desc", tmp_path, "--dump-dom")
+    dom = chromium(report.as_uri() + "#step=all&key=total&op=ge&value=1&sort=desc", "--dump-dom")
     assert "12 of 18 responses shown" in dom  # 3 per count group (totals 2, 1, 1) + 1 per boxes group
     order = re.findall(r'<div class="resp \w+" data-index="(\d)" data-total="([\d.]+)"', dom)
     assert order[:4] == [
@@ -72,9 +50,9 @@ def test_viewer_filters_and_sorts(report, tmp_path):
     ]  # stable, then the hidden one
 
 
-def test_screenshot_is_a_real_picture(report, tmp_path):
+def test_screenshot_is_a_real_picture(report, tmp_path, chromium):
     shot = tmp_path / "report.png"
-    chromium(report.as_uri(), tmp_path, f"--screenshot={shot}", "--window-size=1280,900", "--hide-scrollbars")
+    chromium(report.as_uri(), f"--screenshot={shot}", "--window-size=1280,900", "--hide-scrollbars")
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", data[16:24]) == (1280, 900)  # IHDR width, height
