@@ -10,50 +10,35 @@ from __future__ import annotations
 import json
 import re
 
-from vlrl.config import SFTConfig, TrainConfig, load_config
+from helpers_rl import COMMON, rewrite_targets, short_sft
+
+from vlrl.config import TrainConfig, load_config
 from vlrl.monitoring.alarms import ALARMS_FILE
 from vlrl.monitoring.rollouts import ROLLOUTS_FILE
 from vlrl.report import write_report
 from vlrl.synth import generate_dataset
 from vlrl.training.grpo import GRPOTrainer
-from vlrl.training.sft import SFTTrainer
 
 
 def test_format_only_reward_raises_the_alarm_and_the_run_reports(tiny_models, tmp_path, chromium):
     data = generate_dataset("counting", 48, tmp_path / "data", seed=0, heldout=8)
     # A short target, so that a few SFT steps teach the format only partly.
-    rows = [json.loads(line) for line in data["train"].read_text().splitlines()]
-    for row in rows:
-        row["solution"] = f"<think>I count.</think><answer>{row['answer']}</answer>"
-    data["train"].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = [
-        f"data.train={data['train']}",
-        "data.system_prompt=Answer.",
-        "train.device=cpu",
-        "logging.progress=false",
-    ]
-    sft = SFTTrainer(
-        load_config(
-            None,
-            [
-                *common,
-                f"model.path={tiny_models['qwen2_vl']}",
-                "train.steps=36",  # the format only partly learnt: RL has room to raise it
-                "train.lr=1e-2",
-                "train.lr_schedule=constant",
-                "sft.batch_size=16",
-                "sft.epochs=100",
-                f"train.output_dir={tmp_path / 'sft'}",
-            ],
-            schema=SFTConfig,
-        )
+    rewrite_targets(data["train"], lambda row: f"<think>I count.</think><answer>{row['answer']}</answer>")
+    common = [*COMMON, f"data.train={data['train']}"]
+    # 36 steps: the format only partly learnt, so RL has room to raise it.
+    checkpoint = short_sft(
+        tiny_models["qwen2_vl"],
+        data["train"],
+        tmp_path / "sft",
+        36,
+        "train.lr=1e-2",
+        "train.lr_schedule=constant",
     )
-    sft.train()
     rl_cfg = load_config(
         None,
         [
             *common,
-            f"model.path={tmp_path / 'sft' / 'checkpoints' / 'step_000036'}",
+            f"model.path={checkpoint}",
             f"data.eval={{heldout: {data['heldout']}}}",
             "reward.functions=[format]",
             "rollout.group_size=4",

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 
-from vlrl.config import SFTConfig, TrainConfig, load_config
+from helpers_rl import COMMON, rewrite_targets, short_sft
+
+from vlrl.config import TrainConfig, load_config
 from vlrl.rollout import SamplingParams
 from vlrl.synth import generate_dataset
 from vlrl.training.grpo import GRPOTrainer
-from vlrl.training.sft import SFTTrainer
 
 
 def mean_iou(trainer: GRPOTrainer) -> float:
@@ -27,38 +28,15 @@ def mean_iou(trainer: GRPOTrainer) -> float:
 def test_grpo_on_grounding_raises_mean_iou(tiny_models, tmp_path):
     data = generate_dataset("grounding", 200, tmp_path / "data", seed=0, heldout=8)
     # The answer alone as the SFT target: short enough for a micro model and 32 new tokens.
-    rows = [json.loads(line) for line in data["train"].read_text().splitlines()]
-    for row in rows:
-        row["solution"] = f"<answer>{json.dumps(row['answer'])}</answer>"
-    data["train"].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = [
-        f"data.train={data['train']}",
-        "data.system_prompt=Answer.",
-        "train.device=cpu",
-        "logging.progress=false",
-    ]
-    sft = SFTTrainer(
-        load_config(
-            None,
-            [
-                *common,
-                f"model.path={tiny_models['qwen2_vl']}",
-                "train.steps=150",
-                "train.lr=5e-3",
-                "sft.batch_size=16",
-                "sft.epochs=100",
-                f"train.output_dir={tmp_path / 'sft'}",
-            ],
-            schema=SFTConfig,
-        )
-    )
-    sft.train()
+    rewrite_targets(data["train"], lambda row: f"<answer>{json.dumps(row['answer'])}</answer>")
+    common = [*COMMON, f"data.train={data['train']}"]
+    checkpoint = short_sft(tiny_models["qwen2_vl"], data["train"], tmp_path / "sft", 150, "train.lr=5e-3")
     trainer = GRPOTrainer(
         load_config(
             None,
             [
                 *common,
-                f"model.path={tmp_path / 'sft/checkpoints/step_000150'}",
+                f"model.path={checkpoint}",
                 "reward.functions=[iou]",
                 "rollout.group_size=8",
                 "rollout.prompts_per_step=8",
