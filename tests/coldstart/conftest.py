@@ -26,7 +26,7 @@ from vlrl.coldstart.prompts import reason_messages
 from vlrl.data.sample import Sample
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
-from vlrl.serving import encode_chat, make_server
+from vlrl.serving import make_server
 
 ANSWER_TEXT = "<think>two</think><answer>3</answer>"
 WORDS = [
@@ -93,7 +93,7 @@ def answering_model(tiny_models, tmp_path_factory) -> Path:
     lm.model.train()
     for _ in range(70):
         seqs = [
-            encode_chat(lm.adapter, _random_prompt(rng, lm.adapter.tokenizer), []).with_response(
+            lm.adapter.encode_messages(_random_prompt(rng, lm.adapter.tokenizer), []).with_response(
                 lm.adapter.response_ids(ANSWER_TEXT)
             )
             for _ in range(4)

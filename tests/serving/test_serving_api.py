@@ -11,7 +11,6 @@ import torch
 from vlrl.cli import main
 from vlrl.data.prompts import build_messages, get_template
 from vlrl.data.sample import Sample
-from vlrl.serving import encode_chat
 from vlrl.serving.protocol import parse_messages
 
 CHAT = "/v1/chat/completions"
@@ -92,7 +91,7 @@ def test_a_request_encodes_exactly_like_the_adapter_encodes_the_sample(server, i
         for m in build_messages(sample, template)
     ]
     adapter = server.engine.adapter
-    got = encode_chat(adapter, *parse_messages(openai))
+    got = adapter.encode_messages(*parse_messages(openai))
     want = adapter.encode(sample, template)
     assert got.tokens.keys() == want.tokens.keys() and got.vision.keys() == want.vision.keys()
     for key in want.tokens:

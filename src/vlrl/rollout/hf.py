@@ -148,8 +148,7 @@ class HFRolloutBackend(RolloutBackend):
         for training; untrained (or random tiny) models do give them probability.
         """
         banned = torch.zeros(vocab, dtype=torch.bool, device=device)
-        banned[self.adapter.placeholder_token_ids()] = True
-        banned[len(self.tokenizer) :] = True
+        banned[self.adapter.blocked_token_ids(vocab)] = True
         return banned
 
     def _completion(self, tokens: Tensor, logprobs: Tensor, alive: Tensor) -> Completion:

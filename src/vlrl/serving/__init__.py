@@ -3,11 +3,11 @@
     server = make_server(model_dir, "127.0.0.1", 8000)
     server.serve_forever()
 
-`encode_chat` turns chat messages with images into model inputs the way the adapter encodes
-data samples; `ChatEngine` answers parsed requests without HTTP.
+`ChatEngine` answers parsed requests without HTTP; messages become model inputs through
+`ModelAdapter.encode_messages`, the same path data samples take.
 """
 
-from vlrl.serving.engine import ChatEngine, encode_chat, load_engine
+from vlrl.serving.engine import ChatEngine, load_engine
 from vlrl.serving.errors import RequestError
 from vlrl.serving.protocol import ChatRequest, parse_chat_request
 from vlrl.serving.server import ChatServer, make_server
@@ -17,7 +17,6 @@ __all__ = [
     "ChatRequest",
     "ChatServer",
     "RequestError",
-    "encode_chat",
     "load_engine",
     "make_server",
     "parse_chat_request",

@@ -9,28 +9,10 @@ from bisect import bisect_left
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image
-
-from vlrl.models.adapters import ModelAdapter
-from vlrl.models.batching import TOKEN_KEYS, Encoded
 from vlrl.models.loading import LoadedModel, load_model
 from vlrl.rollout import Completion, make_backend
 from vlrl.serving.errors import RequestError
 from vlrl.serving.protocol import ChatRequest
-
-
-def encode_chat(adapter: ModelAdapter, messages: list[dict], images: list[Image.Image]) -> Encoded:
-    """Model inputs for chat-template `messages` whose image parts are `images`, in order.
-
-    The steps `ModelAdapter.encode` takes for a data sample (the model's chat template, then its
-    processor with the family's image arguments), starting from messages instead of a `Sample`:
-    a request built with `build_messages(sample, template)` encodes to identical tensors.
-    """
-    text = adapter.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    out = adapter.processor(text=[text], images=images or None, return_tensors="pt", **adapter.image_kwargs())
-    tokens = {k: out[k][0] for k in TOKEN_KEYS if k in out}
-    vision = {k: out[k] for k in adapter.vision_keys if k in out}
-    return Encoded(tokens=tokens, vision=vision, prompt_length=int(tokens["input_ids"].shape[0]))
 
 
 def cut_at_stop(
@@ -77,7 +59,7 @@ class ChatEngine:
         self._check_placeholders(request.messages)
         # The tokenizer is used under the lock too: fast tokenizers are not safe to share across threads.
         with self._lock:
-            prompt = encode_chat(self.adapter, request.messages, request.images)
+            prompt = self.adapter.encode_messages(request.messages, request.images)
             self._check_fits(prompt.length, request.params.max_new_tokens)
             group = self.backend.generate([prompt], request.params)[0]
             choices = [self._choice(i, c, request) for i, c in enumerate(group)]

@@ -57,9 +57,8 @@ class TrainingRun:
         )
         self.pad_id = self.adapter.tokenizer.pad_token_id
         vocab = self.model.get_output_embeddings().weight.shape[0]
-        spare = list(range(len(self.adapter.tokenizer), vocab))
-        # Never sampled and never scored: vision placeholders and embedding rows no token maps to.
-        self.blocked_ids = torch.tensor(self.adapter.placeholder_token_ids() + spare, dtype=torch.long)
+        # Scored exactly as the rollout sampled: without the tokens it can never produce.
+        self.blocked_ids = torch.tensor(self.adapter.blocked_token_ids(vocab), dtype=torch.long)
         self.step = 0
         self.logger = MetricsLogger(
             self.out,

@@ -19,7 +19,7 @@ from torch import nn
 
 from vlrl.data.prompts import Template, build_messages
 from vlrl.data.sample import Sample
-from vlrl.models.batching import Encoded
+from vlrl.models.batching import TOKEN_KEYS, Encoded
 from vlrl.models.boxes import BOX_CONVENTIONS, rewrite_boxes
 
 MODULE_GROUPS = ("vision", "connector", "language")
@@ -74,26 +74,23 @@ class ModelAdapter(ABC):
     def model_image_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """(width, height) of an image of `size` as the model sees it after preprocessing."""
 
-    def prompt_text(self, sample: Sample, template: Template) -> str:
-        return self.processor.apply_chat_template(
-            build_messages(sample, template), add_generation_prompt=True, tokenize=False
-        )
-
     def encode(self, sample: Sample, template: Template, response: str | None = None) -> Encoded:
         """Model inputs for `sample`'s prompt, followed by `response` and end-of-turn when given."""
-        images = [load_image(p) for p in sample.images]
-        out = self.processor(
-            text=[self.prompt_text(sample, template)],
-            images=images or None,
-            return_tensors="pt",
-            **self.image_kwargs(),
+        encoded = self.encode_messages(
+            build_messages(sample, template), [load_image(p) for p in sample.images]
         )
-        tokens = {k: out[k][0] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in out}
-        vision = {k: out[k] for k in self.vision_keys if k in out}
-        encoded = Encoded(tokens=tokens, vision=vision, prompt_length=int(tokens["input_ids"].shape[0]))
         if response is None:
             return encoded
         return encoded.with_response(self.response_ids(response))
+
+    def encode_messages(self, messages: list[dict], images: list[Image.Image]) -> Encoded:
+        """Prompt inputs for chat `messages` whose `{"type": "image"}` parts are `images`, in order:
+        the model's chat template, then its processor with the family's image arguments."""
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        out = self.processor(text=[text], images=images or None, return_tensors="pt", **self.image_kwargs())
+        tokens = {k: out[k][0] for k in TOKEN_KEYS if k in out}
+        vision = {k: out[k] for k in self.vision_keys if k in out}
+        return Encoded(tokens=tokens, vision=vision, prompt_length=int(tokens["input_ids"].shape[0]))
 
     def response_ids(self, response: str) -> torch.Tensor:
         """Token ids of an assistant answer, closed by the end-of-turn token the model must learn.
@@ -107,6 +104,11 @@ class ModelAdapter(ABC):
     def prompt_length(self, sample: Sample, template: Template) -> int:
         """Prompt tokens including the image tokens the processor expands placeholders into."""
         return self.encode(sample, template).length
+
+    def blocked_token_ids(self, vocab_size: int) -> list[int]:
+        """Ids that must never be sampled or scored: vision placeholders, and the embedding rows
+        beyond the tokenizer (`vocab_size` is the model's) that no token maps to."""
+        return self.placeholder_token_ids() + list(range(len(self.tokenizer), vocab_size))
 
     def placeholder_token_ids(self) -> list[int]:
         """Vision placeholder tokens: never sampled, never allowed into training sequences."""
@@ -212,7 +214,4 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def _strip_peft(name: str) -> str:
     """Parameter names inside a peft model gain wrappers; group them by the original path."""
-    for wrapper in ("base_model.model.",):
-        if name.startswith(wrapper):
-            name = name[len(wrapper) :]
-    return name.replace(".base_layer.", ".")
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
