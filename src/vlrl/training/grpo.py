@@ -41,7 +41,8 @@ from vlrl.monitoring.rollouts import ROLLOUTS_FILE, rollout_record, write_rollou
 from vlrl.rollout import make_backend
 from vlrl.rollout.base import Completion, SamplingParams
 from vlrl.training.logprobs import response_logprobs, token_budget_batches
-from vlrl.training.run import TrainingRun, truncate_jsonl
+from vlrl.training.metrics import truncate_jsonl
+from vlrl.training.run import TrainingRun
 from vlrl.training.scoring import RewardScorer
 from vlrl.training.stages import check_stages, stage_config, stage_index, total_steps
 

@@ -51,6 +51,20 @@ def read_metrics(path: str | Path) -> list[dict]:
     return records
 
 
+def rewrite_jsonl(path: Path, records: list[dict]) -> None:
+    """Replace a JSONL file's contents by `records` (via a renamed temporary file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep only the records of a step-keyed JSONL file with "step" <= `step`: the steps a
+    resumed run redoes must not appear twice. A missing file is left missing."""
+    if path.is_file():
+        rewrite_jsonl(path, [r for r in read_metrics(path) if r["step"] <= step])
+
+
 class JsonlSink:
     """Appends to metrics.jsonl, one flushed line per `log`."""
 
@@ -58,14 +72,8 @@ class JsonlSink:
         self.path = path
         text = path.read_text() if path.is_file() else ""
         if text and not text.endswith("\n"):
-            self._rewrite(read_metrics(path))  # drop a killed run's partial line before appending
+            rewrite_jsonl(path, read_metrics(path))  # drop a killed run's partial line before appending
         self._file = path.open("a")
-
-    def _rewrite(self, records: list[dict]) -> None:
-        """Replace the file's contents by `records` (via a renamed temporary file)."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
-        os.replace(tmp, self.path)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **{k: finite_or_none(v) for k, v in metrics.items()}}
@@ -74,7 +82,7 @@ class JsonlSink:
 
     def truncate_after(self, step: int) -> None:
         self._file.close()
-        self._rewrite([r for r in read_metrics(self.path) if r["step"] <= step])
+        truncate_jsonl(self.path, step)
         self._file = self.path.open("a")
 
     def close(self) -> None:

@@ -9,7 +9,6 @@ exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import torch
@@ -131,13 +130,3 @@ class TrainingRun:
         state = {"step": self.step, "sampler": self.sampler.state_dict(), "config": dump_config(self.cfg)}
         save_checkpoint(step_dir, self.model, self.lm.processor, self.optimizer, self.scheduler, state)
         return step_dir
-
-
-def truncate_jsonl(path: Path, step: int) -> None:
-    """Keep only the lines of a step-keyed JSONL file with "step" <= `step` (resume redoes the rest)."""
-    if not path.is_file():
-        return
-    kept = [
-        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
