@@ -6,6 +6,8 @@ padding and the M-RoPE decode positions are exercised together.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -229,6 +231,22 @@ def test_max_batch_rows_chunks_prompts_without_changing_results(loaded, samples)
     assert prefill_rows == [2, 1]  # 5 rows // group of 2 = 2 prompts per chunk
     with pytest.raises(ValueError, match="max_batch_rows"):
         HFRolloutBackend(lm.model, lm.adapter, max_batch_rows=1).generate(prompts, greedy)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_prompts_samples_do_not_depend_on_its_batch(loaded, samples, family):
+    """What data parallelism relies on: a rank sampling prompts 1.. of a step alone (first_prompt=1)
+    draws what the whole batch would have drawn for them, and so does a smaller chunk."""
+    lm = loaded[family]
+    prompts = encode_all(lm, samples)
+    params = SamplingParams(4, 12, temperature=1.5, seed=11)
+    whole = HFRolloutBackend(lm.model, lm.adapter).generate(prompts, params)
+    tail = HFRolloutBackend(lm.model, lm.adapter).generate(prompts[1:], replace(params, first_prompt=1))
+    chunked = HFRolloutBackend(lm.model, lm.adapter, max_batch_rows=4).generate(prompts, params)
+    assert _ids(tail) == _ids(whole)[1:]
+    assert _ids(chunked) == _ids(whole)
+    # Without first_prompt the same prompts get prompt 0's and 1's streams: other samples.
+    assert _ids(HFRolloutBackend(lm.model, lm.adapter).generate(prompts[1:], params)) != _ids(whole)[1:]
 
 
 def test_train_mode_is_restored(loaded, samples):

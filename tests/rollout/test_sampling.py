@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vlrl.rollout import SamplingParams, sampling
-from vlrl.rollout.sampling import sample_next, top_k_filter, top_p_filter
+from vlrl.rollout.sampling import row_uniforms, sample_next, top_k_filter, top_p_filter
 
 INF = float("-inf")
 
@@ -55,10 +55,34 @@ def test_logprob_is_tempered_and_taken_before_truncation():
 def test_banned_tokens_are_never_sampled_even_when_likely():
     logits = torch.tensor([[10.0, 0.0, 0.0]]).repeat(1000, 1)
     banned = torch.tensor([True, False, False])
-    gen = torch.Generator().manual_seed(0)
-    tokens, _ = sample_next(logits, banned, SamplingParams(1, 1, temperature=5.0), gen)
+    uniforms = row_uniforms(0, torch.arange(1000), 0)
+    tokens, _ = sample_next(logits, banned, SamplingParams(1, 1, temperature=5.0), uniforms)
     assert 0 not in tokens.tolist()
     assert set(tokens.tolist()) == {1, 2}
+
+
+def test_inverse_cdf_draws_follow_the_distribution():
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    logits = probs.log()[None].repeat(20000, 1)
+    uniforms = row_uniforms(7, torch.arange(20000), 3)
+    tokens, _ = sample_next(logits, torch.zeros(4, dtype=torch.bool), SamplingParams(1, 1), uniforms)
+    freq = torch.bincount(tokens, minlength=4).double() / 20000
+    # 4 standard errors of a frequency near 0.5 with n = 20000 is about 0.014.
+    torch.testing.assert_close(freq, probs.double(), atol=0.015, rtol=0)
+    assert freq[1] == 0  # a zero-probability token is never drawn
+
+
+def test_row_uniforms_depend_only_on_seed_row_and_step():
+    rows = torch.arange(64)
+    u = row_uniforms(5, rows, 2)
+    assert u.dtype == torch.float64 and bool(((u >= 0) & (u < 1)).all())
+    # The same row gives the same draw in any batch, at any position in it.
+    torch.testing.assert_close(row_uniforms(5, rows[40:48].flip(0), 2), u[40:48].flip(0))
+    assert not torch.equal(row_uniforms(5, rows, 3), u)
+    assert not torch.equal(row_uniforms(6, rows, 2), u)
+    assert len(set(u.tolist())) == 64
+    # Roughly uniform: mean 0.5 within 4 standard errors (sqrt(1/12 / 4096) ~ 0.0045).
+    assert abs(row_uniforms(1, torch.arange(4096), 0).mean().item() - 0.5) < 0.018
 
 
 @pytest.mark.parametrize(

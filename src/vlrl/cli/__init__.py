@@ -40,10 +40,17 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # vlrl shows its own progress; per-shard bars are noise
     module = importlib.import_module(f"vlrl.cli.{args._module}")
+    from vlrl.distributed import CollectiveTimeout, shutdown
+
     try:
         return module.run(args) or 0
+    except CollectiveTimeout as exc:
+        print(f"vlrl {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as exc:
         # User errors (bad config key, bad data row, missing folder) already name the culprit;
         # a traceback from deep inside a library would only hide it.
         print(f"vlrl {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()  # a torchrun job leaves its process group cleanly

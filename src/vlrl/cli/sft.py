@@ -17,9 +17,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides, schema=SFTConfig)
     trainer = SFTTrainer(cfg)
-    for line in trainer.load_reports:
+    main = trainer.world.is_main  # one report per job, not one per rank
+    for line in trainer.load_reports if main else ():
         print(line)
     history = trainer.train()
+    if not main:
+        return 0
     if history:
         last = history[-1]
         print(f"final step {last['step']}: loss={last['loss']:.4f}")

@@ -21,6 +21,7 @@ from vlrl.config.schema import SFTConfig, TrainConfig
 from vlrl.config.sections import (
     AlgoSection,
     DataSection,
+    DistributedSection,
     LoggingSection,
     LoraSection,
     ModelSection,
@@ -34,6 +35,7 @@ __all__ = [
     "AlgoSection",
     "ConfigError",
     "DataSection",
+    "DistributedSection",
     "LoggingSection",
     "LoraSection",
     "ModelSection",

@@ -9,6 +9,7 @@ from pydantic import Field
 from vlrl.config.sections import (
     AlgoSection,
     DataSection,
+    DistributedSection,
     LoggingSection,
     ModelSection,
     MonitorSection,
@@ -29,6 +30,9 @@ class TrainConfig(Section):
     reward: RewardSection = Field(default_factory=RewardSection, description="Scoring completions.")
     algo: AlgoSection = Field(default_factory=AlgoSection, description="Advantages, policy loss and KL.")
     train: TrainSection = Field(default_factory=TrainSection, description="Optimizer, schedule, checkpoints.")
+    distributed: DistributedSection = Field(
+        default_factory=DistributedSection, description="torchrun data parallelism (FSDP2)."
+    )
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Where metrics go.")
     monitor: MonitorSection = Field(
         default_factory=MonitorSection, description="Training-dynamics metrics and alarms."
@@ -47,5 +51,8 @@ class SFTConfig(Section):
     model: ModelSection = Field(description="The model and which parts of it train.")
     data: DataSection = Field(description="Training and evaluation data, and how prompts are built.")
     train: TrainSection = Field(default_factory=TrainSection, description="Optimizer, schedule, checkpoints.")
+    distributed: DistributedSection = Field(
+        default_factory=DistributedSection, description="torchrun data parallelism (FSDP2)."
+    )
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Where metrics go.")
     sft: SFTSection = Field(default_factory=SFTSection, description="Epochs, batch size and target field.")

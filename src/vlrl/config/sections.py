@@ -280,6 +280,27 @@ class TrainSection(Section):
     log_every: int = Field(1, ge=1, description="Log metrics every this many steps.")
 
 
+class DistributedSection(Section):
+    """Data parallelism under torchrun (FSDP2); ignored by a run started without torchrun."""
+
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="Process-group backend: auto picks nccl on CUDA devices, gloo on CPU."
+    )
+    timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Collectives waiting longer than this fail, so a dead or hung rank stops the job "
+        "instead of hanging it. Keep it above the longest evaluation (other ranks wait for rank 0's).",
+    )
+    param_dtype: Literal["bfloat16", "float16", "float32"] | None = Field(
+        None, description="FSDP2 compute dtype of the gathered weights; None keeps model.dtype."
+    )
+    reduce_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="FSDP2 dtype of the gradient reduction across ranks."
+    )
+    cpu_offload: bool = Field(False, description="Keep parameter shards and optimizer state on the CPU.")
+
+
 class LoggingSection(Section):
     """Where metrics go."""
 

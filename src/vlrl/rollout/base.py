@@ -30,8 +30,9 @@ class SamplingParams:
     """How each prompt's group is sampled.
 
     `temperature` 0 means greedy decoding; `top_k` 0 and `top_p` 1 switch those filters off.
-    With `seed` set, a backend draws from its own seeded generator, so a rerun of the same call
-    gives the same samples (on the same device and batching).
+    With `seed` set, the draws of completion g of prompt p depend only on (seed, `first_prompt`
+    + p, g): a rerun gives the same samples, and so does a data-parallel rank that generates
+    prompts first_prompt.. of the same step's global batch.
     """
 
     group_size: int
@@ -40,6 +41,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    first_prompt: int = 0
 
     def __post_init__(self):
         checks = {

@@ -26,7 +26,7 @@ from transformers import DynamicCache
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded, collate
 from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams
-from vlrl.rollout.sampling import sample_next
+from vlrl.rollout.sampling import row_uniforms, sample_next
 
 
 class HFRolloutBackend(RolloutBackend):
@@ -59,7 +59,13 @@ class HFRolloutBackend(RolloutBackend):
         )
 
     def sync_weights(self, model: nn.Module) -> None:
-        """Nothing to do: the backend samples from the trainer's own module."""
+        """Nothing to do when sampling from the trainer's own module; a replica of an FSDP2-sharded
+        policy gets its gathered weights (a collective: every rank calls this)."""
+        if model is self.model:
+            return
+        from vlrl.distributed.fsdp import full_state_dict
+
+        self.model.load_state_dict(full_state_dict(model))
 
     def generate(self, prompts: list[Encoded], params: SamplingParams) -> list[list[Completion]]:
         """`params.group_size` completions per prompt, result[p][g]."""
@@ -71,19 +77,14 @@ class HFRolloutBackend(RolloutBackend):
                     "a group's rows share one prefill and cannot be split"
                 )
             per_chunk = self.max_batch_rows // params.group_size
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.model.device).manual_seed(params.seed)
         out: list[list[Completion]] = []
         with torch.no_grad(), _eval_mode(self.model):
             for start in range(0, len(prompts), per_chunk):
-                out += self._generate_chunk(prompts[start : start + per_chunk], params, generator)
+                out += self._generate_chunk(prompts[start : start + per_chunk], params, params.first_prompt + start)
         return out
 
-    def _generate_chunk(
-        self, prompts: list[Encoded], params: SamplingParams, generator: torch.Generator | None
-    ) -> list[list[Completion]]:
-        """Prefill `prompts` once, expand to P*G rows, decode; result[p][g]."""
+    def _generate_chunk(self, prompts: list[Encoded], params: SamplingParams, first: int) -> list[list[Completion]]:
+        """Prefill `prompts` (global indices first..) once, expand to P*G rows, decode; result[p][g]."""
         G = params.group_size
         batch = {
             k: v.to(self.model.device) for k, v in collate(prompts, self.pad_id, padding_side="left").items()
@@ -96,8 +97,9 @@ class HFRolloutBackend(RolloutBackend):
         cache.batch_repeat_interleave(G)
         last_position = positions[..., -1:].repeat_interleave(G, dim=-2)  # [3, P*G, 1] or [P*G, 1]
         attention_mask = batch["attention_mask"].repeat_interleave(G, dim=0)  # [P*G, L]
+        row_ids = torch.arange(first * G, (first + len(prompts)) * G, device=self.model.device)
         tokens, logprobs, alive = self._decode(
-            logits.repeat_interleave(G, dim=0), cache, attention_mask, last_position, params, generator
+            logits.repeat_interleave(G, dim=0), cache, attention_mask, last_position, params, row_ids
         )
         completions = [self._completion(t, lp, a) for t, lp, a in zip(tokens, logprobs, alive, strict=True)]
         return [completions[p * G : (p + 1) * G] for p in range(len(prompts))]
@@ -109,11 +111,12 @@ class HFRolloutBackend(RolloutBackend):
         attention_mask: Tensor,
         last_position: Tensor,
         params: SamplingParams,
-        generator: torch.Generator | None,
+        row_ids: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Sample up to `max_new_tokens` per row from the prefilled state.
 
-        logits [R, V] (next-token logits after the prompt), attention_mask [R, L] ->
+        logits [R, V] (next-token logits after the prompt), attention_mask [R, L], row_ids [R]
+        (each row's global id, keying its draws when `params.seed` is set) ->
         tokens [R, T] long, logprobs [R, T] float32, alive [R, T] bool (real response tokens).
         """
         device = logits.device
@@ -122,7 +125,8 @@ class HFRolloutBackend(RolloutBackend):
         done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
         tokens, logprobs, alive = [], [], []
         for t in range(params.max_new_tokens):
-            token, logprob = sample_next(logits, banned, params, generator)
+            uniforms = None if params.seed is None else row_uniforms(params.seed, row_ids, t)
+            token, logprob = sample_next(logits, banned, params, uniforms)
             token = token.masked_fill(done, self.pad_id)
             tokens.append(token)
             logprobs.append(logprob)

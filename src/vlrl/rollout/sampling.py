@@ -8,6 +8,11 @@ top-k / top-p truncation. That is the quantity the trainer recomputes from its o
 (log_softmax(logits / temperature)), so on-policy ratios start at exactly 1; the truncated
 distribution the token was really drawn from differs only by the renormalisation over the kept
 tokens, which the usual GRPO implementations (TRL, verl) ignore in the same way.
+
+Draws are by inverse CDF from `row_uniforms`, a counter-based generator: the uniform of row r at
+decode step t depends only on (seed, r, t), not on which other rows share the batch. A prompt's
+group is therefore sampled the same whether its rank decodes 32 prompts or 16 (data parallelism),
+or in another chunk, up to float rounding of the logits themselves.
 """
 
 from __future__ import annotations
@@ -44,13 +49,53 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+_U64 = (1 << 64) - 1
+
+
+def _signed(x: int) -> int:
+    """A 64-bit pattern as the int64 value torch stores."""
+    x &= _U64
+    return x - (1 << 64) if x >> 63 else x
+
+
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MIX1 = _signed(0xBF58476D1CE4E5B9)
+_MIX2 = _signed(0x94D049BB133111EB)
+
+
+def _shr(x: Tensor, s: int) -> Tensor:
+    """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _splitmix64(x: Tensor) -> Tensor:
+    """SplitMix64's finaliser (Steele et al., 2014) on int64 tensors; products wrap mod 2^64."""
+    x = x + _GOLDEN
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def row_uniforms(seed: int, rows: Tensor, step: int) -> Tensor:
+    """Uniforms in [0, 1), float64 [R], one per row id in `rows` ([R] int64) at decode `step`.
+
+    A pure function of (seed, row id, step): the counter-based draw that makes sampling
+    independent of batch composition.
+    """
+    base = _splitmix64(torch.tensor([_signed(seed * 0x100000001B3 + step)], dtype=torch.int64))
+    bits = _splitmix64(_splitmix64(base.to(rows.device) + rows * _GOLDEN))
+    return _shr(bits, 11).double() * 2.0**-53
+
+
 def sample_next(
-    logits: Tensor, banned: Tensor, params: SamplingParams, generator: torch.Generator | None = None
+    logits: Tensor, banned: Tensor, params: SamplingParams, uniforms: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Draw one token per row: logits [R, V], banned [V] bool -> (tokens [R] long, logprobs [R] float32).
 
-    Temperature 0 is greedy decoding; its log-prob is then that of the untempered distribution
-    (a greedy run is for evaluation; its "policy" would put probability 1 on the token).
+    `uniforms` [R] in [0, 1) pick each row's token by inverse CDF (see `row_uniforms`); None
+    draws them from torch's global generator. Temperature 0 is greedy decoding; its log-prob is
+    then that of the untempered distribution (a greedy run is for evaluation; its "policy" would
+    put probability 1 on the token).
     """
     logits = logits.float().masked_fill(banned, float("-inf"))
     if params.temperature == 0:
@@ -58,7 +103,13 @@ def sample_next(
         return tokens, _picked_logprobs(logits, tokens)
     scaled = logits / params.temperature
     truncated = top_p_filter(top_k_filter(scaled, params.top_k), params.top_p)
-    tokens = torch.multinomial(truncated.softmax(-1), 1, generator=generator).squeeze(-1)
+    if uniforms is None:
+        uniforms = torch.rand(logits.shape[0], dtype=torch.float64, device=logits.device)
+    cdf = truncated.double().softmax(-1).cumsum(-1)  # [R, V]
+    # The first token whose CDF exceeds u: a zero-probability token never is (its CDF equals its
+    # predecessor's), and u * total guards against a total rounded below 1.
+    target = (uniforms.to(cdf.device) * cdf[:, -1])[:, None]
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
     return tokens, _picked_logprobs(scaled, tokens)
 
 

@@ -5,6 +5,12 @@ weights, or for a peft model only the adapter), the processor, and `trainer_stat
 optimizer, scheduler and RNG states and the trainer's own state (step, sampler position, ...).
 A checkpoint is written into `step_000010.tmp/` and renamed when complete, so a run killed while
 saving leaves a `.tmp` folder that `latest_checkpoint` never picks.
+
+A torchrun job (FSDP2) writes the same folder: the Hugging Face files hold the consolidated
+weights (gathered to rank 0, so transformers and vLLM load them as they are), `sharded/` holds
+every rank's model and optimizer shards (torch.distributed.checkpoint) for a fast resume at the
+same world size, and `rng_rank<r>.pt` each rank's generator states; `trainer_state.pt` then has
+no optimizer entry.
 """
 
 from __future__ import annotations
@@ -106,21 +112,85 @@ def save_checkpoint(step_dir: Path, model, processor, optimizer, scheduler, trai
     tmp.rename(step_dir)
 
 
-def load_trainer_state(step_dir: Path, optimizer, scheduler) -> dict:
+def save_sharded_checkpoint(
+    step_dir: Path, model, processor, optimizer, scheduler, trainer_state: dict, rank: int, world_size: int
+) -> None:
+    """`save_checkpoint` for a torchrun job; every rank calls it (see the module docstring)."""
+    from vlrl.distributed import barrier
+    from vlrl.distributed.fsdp import full_state_dict, save_sharded
+
+    step_dir = Path(step_dir)
+    check_plain(trainer_state)
+    rng = rng_states()
+    full = full_state_dict(model, rank0_only=True)
+    tmp = step_dir.with_name(step_dir.name + ".tmp")
+    if rank == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    barrier("checkpoint folder")
+    save_sharded(tmp, model, optimizer)
+    torch.save(rng, tmp / f"rng_rank{rank}.pt")
+    if rank == 0:
+        model.save_pretrained(tmp, state_dict=full)
+        processor.save_pretrained(tmp)
+        state = {
+            "optimizer": None,
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+            "trainer": trainer_state,
+            "world_size": world_size,
+        }
+        torch.save(state, tmp / STATE_FILE)
+    barrier("checkpoint written")
+    if rank == 0:
+        if step_dir.exists():
+            shutil.rmtree(step_dir)
+        tmp.rename(step_dir)
+    barrier("checkpoint renamed")
+
+
+def load_trainer_state(
+    step_dir: Path, optimizer, scheduler, model=None, rank: int = 0, world_size: int | None = None
+) -> dict:
     """Restore optimizer, scheduler and RNG states from `step_dir`; return the saved trainer_state.
 
     Model weights are not touched here: the trainer loads them from `step_dir` itself, with
     `vlrl.models.loading.load_model(step_dir)` after full fine-tuning, or for LoRA by loading the
     base model and `peft.PeftModel.from_pretrained(base, step_dir, is_trainable=True)`. Build the
     optimizer over those parameters before calling this.
+
+    `world_size` is None in a single process; a torchrun job passes its (sharded) `model`, rank
+    and size, and restores the model and optimizer shards from the folder (same world size only).
     """
-    path = Path(step_dir) / STATE_FILE
+    step_dir = Path(step_dir)
+    path = step_dir / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"'{path}' not found: '{step_dir}' is not a complete vlrl checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])  # moves state tensors to the parameters' device
+    saved_world = state.get("world_size")
+    if world_size is None:
+        if state["optimizer"] is None:
+            raise ValueError(
+                f"'{step_dir}' was saved by a {saved_world}-process torchrun job and its optimizer state is "
+                f"sharded: resume it with torchrun --nproc_per_node {saved_world} (its weights alone load "
+                "with model.path)"
+            )
+        optimizer.load_state_dict(state["optimizer"])  # moves state tensors to the parameters' device
+        rng = state["rng"]
+    else:
+        if saved_world != world_size:
+            saved = "a single process" if saved_world is None else f"{saved_world} processes"
+            raise ValueError(
+                f"'{step_dir}' was saved by {saved} and this job has {world_size}: resume at the same "
+                "world size (or start a new run from its weights with model.path)"
+            )
+        from vlrl.distributed.fsdp import load_sharded
+
+        load_sharded(step_dir, model, optimizer)
+        rng = torch.load(step_dir / f"rng_rank{rank}.pt", map_location="cpu", weights_only=True)
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_states(state["rng"])
+    set_rng_states(rng)
     return state["trainer"]
 
 

@@ -12,6 +12,12 @@ Departures from the textbook algorithm, all deliberate:
 - With `algo.ppo_epochs == 1` the update is on-policy and the old log-probs are the current ones
   detached (ratio 1, as in DeepSeekMath's mu = 1 case) — one forward pass saved per micro-batch.
 - The vision placeholders are masked out of the distribution in rollout and update alike.
+
+Data parallel (torchrun): the step's P prompts are the same on every rank; rank r samples its
+contiguous block of them (each group whole on one rank, with the draws it would have in one
+process) and the completions are gathered, so every rank scores the whole batch and computes the
+same advantages; each then updates on its own block's rows with the global loss denominators,
+and the loss metrics are summed over ranks.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ from vlrl.algos import (
 )
 from vlrl.config import TrainConfig
 from vlrl.data import Sample
+from vlrl.distributed import all_gather_objects, all_reduce_sums, shard_range
 from vlrl.models.batching import Encoded
+from vlrl.distributed.fsdp import shard_model
 from vlrl.monitoring.alarms import ALARMS_FILE, AlarmMonitor, append_alarms
 from vlrl.monitoring.answers import answer_health
 from vlrl.monitoring.dynamics import dynamics_metrics
@@ -77,12 +85,14 @@ class GRPOTrainer(TrainingRun):
         check_stages(cfg)  # before loading anything: a bad stage is a config error
         super().__init__(cfg, lambda _: total_steps(cfg))
         self.cfg = stage_config(cfg, self.step)
-        self.backend = make_backend(cfg.rollout.backend, self.model, self.adapter)
+        self.backend = make_backend(cfg.rollout.backend, self.rollout_model, self.adapter)
         self.scorer = RewardScorer(cfg.reward, self.adapter)
         self.reference = self._reference_model()
-        self.reuse_vision = cfg.model.freeze_vision and cfg.model.freeze_connector
+        # Sharded, the policy's vision tower cannot run outside the model's own forward.
+        frozen = cfg.model.freeze_vision and cfg.model.freeze_connector
+        self.reuse_vision = frozen and not self.world.distributed
         self.monitor = AlarmMonitor(cfg.monitor)
-        if self.step:  # resumed: steps after the checkpoint are redone, drop their old records
+        if self.step and self.world.is_main:  # resumed: steps after the checkpoint are redone, drop their old records
             for name in (ALARMS_FILE, ROLLOUTS_FILE):
                 truncate_jsonl(self.out / name, self.step)
 
@@ -98,6 +108,9 @@ class GRPOTrainer(TrainingRun):
 
         ref = load_model(self.cfg.model.path, dtype=self.cfg.model.dtype, device=self.device).model
         ref.eval().requires_grad_(False)
+        if self.world.distributed:
+            d = self.cfg.distributed
+            shard_model(ref, d.param_dtype, d.reduce_dtype, d.cpu_offload)
         return ref
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -147,19 +160,22 @@ class GRPOTrainer(TrainingRun):
         self.scorer = RewardScorer(self.cfg.reward, self.adapter)
         name = self.base_cfg.stages[index].get("name", str(index))
         r = self.cfg.rollout
-        print(
+        if self.world.is_main:
+            print(
             f"stage {index + 1}/{len(self.base_cfg.stages)} '{name}' from step {self.step + 1}: "
             f"group_size={r.group_size} max_new_tokens={r.max_new_tokens} prompts_per_step={r.prompts_per_step}"
         )
 
     # ---- phases -----------------------------------------------------------------------------
     def rollout(self, n_prompts: int | None = None, round_: int = 0) -> tuple[GroupBatch, dict]:
-        """Phase 1: draw P prompts and sample G completions each (shared prompt prefix)."""
+        """Phase 1: draw P prompts and sample G completions each (shared prompt prefix); data
+        parallel, each rank samples its block of prompts and every rank receives all groups."""
         t0 = time.perf_counter()
         r = self.cfg.rollout
         idx = self.sampler.next_batch(n_prompts or r.prompts_per_step)
         samples = [self.train_samples[i] for i in idx]
         prompts = [self.adapter.encode(s, self.template) for s in samples]
+        mine = shard_range(len(prompts), self.world.size, self.world.rank)
         params = SamplingParams(
             group_size=r.group_size,
             max_new_tokens=r.max_new_tokens,
@@ -167,8 +183,10 @@ class GRPOTrainer(TrainingRun):
             top_p=r.top_p,
             top_k=r.top_k,
             seed=(self.cfg.train.seed * 1_000_003 + self.step) * 16 + round_,
+            first_prompt=mine.start,
         )
-        completions = self.backend.generate(prompts, params)
+        local = self.backend.generate(prompts[mine.start : mine.stop], params)
+        completions = [group for part in all_gather_objects(local, "rollout") for group in part]
         return GroupBatch(samples, prompts, completions), {"gen": time.perf_counter() - t0}
 
     def score_and_filter(self, batch: GroupBatch, timing: dict) -> GroupBatch:
@@ -219,8 +237,8 @@ class GRPOTrainer(TrainingRun):
         a = self.cfg.algo
         seqs = batch.sequences()
         lengths = [c.token_ids.numel() for c in batch.flat]
-        mask_all = _response_mask(lengths)
-        micro = token_budget_batches([s.length for s in seqs], self.cfg.train.micro_batch_tokens)
+        mask_all = _response_mask(lengths)  # the whole batch's: global loss denominators
+        micro, weights = self._micro_batches(batch, seqs)
         denom = aggregation_denominator(mask_all, a.loss_agg)
         loss_fn = get(POLICY_LOSSES, a.policy_loss, "policy loss")
         loss_cfg = LossConfig(clip_low=a.clip_low, clip_high=a.clip_high)
@@ -236,7 +254,7 @@ class GRPOTrainer(TrainingRun):
         sums: dict[str, float] = {}
         for _ in range(a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
-            for k, rows in enumerate(micro):
+            for k, (rows, w) in enumerate(zip(micro, weights, strict=True)):
                 logp, entropy = self._logprobs(
                     [seqs[i] for i in rows], [lengths[i] for i in rows], True, features=features[k]
                 )
@@ -253,22 +271,31 @@ class GRPOTrainer(TrainingRun):
                 loss = aggregate(
                     loss_mat, mask, a.loss_agg, norm_length=self.cfg.rollout.max_new_tokens, denominator=denom
                 )
-                loss.backward()
+                (loss * (w * self.loss_scale)).backward()
                 m["entropy"] = masked_mean(entropy.detach(), mask)
                 m["loss"] = loss.detach()
-                weight = len(rows) / len(seqs)
+                weight = w * len(rows) / len(seqs)
                 for key, value in m.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * (1.0 if key == "loss" else weight)
+                    sums[key] = sums.get(key, 0.0) + float(value) * (w if key == "loss" else weight)
             grad_norm = self.clip_gradients()
             self.optimizer.step()
         self.scheduler.step()
         timing["update"] = time.perf_counter() - t0
-        metrics = {k: v / a.ppo_epochs for k, v in sums.items()}
+        metrics = {k: v / a.ppo_epochs for k, v in all_reduce_sums(sums, "loss metrics").items()}
         metrics["grad_norm"] = float(grad_norm)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
     # ---- helpers ----------------------------------------------------------------------------
+    def _micro_batches(self, batch: GroupBatch, seqs: list[Encoded]) -> tuple[list[list[int]], list[float]]:
+        """This rank's rows (its block of prompts, whole groups) in token-budget micro-batches of
+        global row indices, padded to the same count on every rank (`lockstep`)."""
+        G = len(batch.completions[0]) if batch.completions else 1
+        mine = shard_range(len(batch.samples), self.world.size, self.world.rank)
+        rows = list(range(mine.start * G, mine.stop * G))
+        micro = token_budget_batches([seqs[i].length for i in rows], self.cfg.train.micro_batch_tokens)
+        return self.lockstep([[rows[i] for i in m] for m in micro])
+
     def _logprobs(self, seqs, lengths, with_entropy=False, model=None, features=None):
         return response_logprobs(
             model or self.model,
@@ -320,18 +347,24 @@ class GRPOTrainer(TrainingRun):
             return self._frozen_logprobs(self.model, seqs, lengths, micro, features)
 
     def _sequence_kl(self, batch: GroupBatch) -> torch.Tensor:
+        """[B] summed KL(policy || reference) of every completion; each rank scores its rows."""
         seqs = batch.sequences()
         lengths = [c.token_ids.numel() for c in batch.flat]
-        micro = token_budget_batches([s.length for s in seqs], self.cfg.train.micro_batch_tokens)
+        micro, weights = self._micro_batches(batch, seqs)
         features = self._image_features(batch, micro)
         pol = self._frozen_logprobs(self.model, seqs, lengths, micro, features)
         ref = self._reference_logprobs(seqs, lengths, micro, features)
         kl_fn = get(KL_ESTIMATORS, self.cfg.algo.kl_estimator, "KL estimator")
-        out = torch.zeros(len(seqs))
         mask_all = _response_mask(lengths)
-        for rows, p, r in zip(micro, pol, ref, strict=True):
-            mask = mask_all[rows][:, : p.shape[1]].to(p.device)
-            out[rows] = (kl_fn(p, r) * mask).sum(-1).cpu()
+        mine = {}
+        for rows, w, p, r in zip(micro, weights, pol, ref, strict=True):
+            if w:
+                mask = mask_all[rows][:, : p.shape[1]].to(p.device)
+                mine |= dict(zip(rows, (kl_fn(p, r) * mask).sum(-1).cpu().tolist(), strict=True))
+        out = torch.zeros(len(seqs))
+        for part in all_gather_objects(mine, "sequence KL"):
+            for row, value in part.items():
+                out[row] = value
         return out
 
     def batch_metrics(self, batch: GroupBatch, timing: dict) -> dict[str, float]:
@@ -373,6 +406,8 @@ class GRPOTrainer(TrainingRun):
         metrics |= dynamics_metrics(texts, correct, lengths, self.cfg.monitor.reflection_words)
         metrics |= answer_health(texts)
         alarms = self.monitor.update(self.step, metrics)
+        if not self.world.is_main:
+            return
         for alarm in alarms:
             print(alarm, flush=True)
         append_alarms(self.out / ALARMS_FILE, alarms)

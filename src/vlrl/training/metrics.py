@@ -209,7 +209,8 @@ class MetricsLogger:
 
     Call `truncate_after(last_done_step)` before the first `log` of a run: the resumed
     checkpoint's step, or 0 for a fresh run in a used output_dir (steps count from 1), so that
-    the files hold one record per step.
+    the files hold one record per step. A logger that is not `enabled` (the ranks other than 0
+    of a torchrun job) has no sinks and writes nothing.
     """
 
     def __init__(
@@ -222,10 +223,13 @@ class MetricsLogger:
         config: dict | None = None,
         progress: bool = True,
         total_steps: int | None = None,
+        enabled: bool = True,
     ):
         self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         self.sinks: list = []
+        if not enabled:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         try:
             if jsonl:
                 self.sinks.append(JsonlSink(self.output_dir / METRICS_FILE))

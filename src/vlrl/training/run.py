@@ -4,19 +4,34 @@
 logging); `GRPOTrainer` and `SFTTrainer` add only their own step. A checkpoint holds the model in
 Hugging Face format plus optimizer, scheduler, RNG and data position, so a resumed run continues
 exactly where it stopped.
+
+Under torchrun the same run is data parallel (`vlrl.distributed`): the policy is sharded with
+FSDP2, each rank takes a contiguous block of every global batch, losses keep their global
+denominators, and rank 0 alone writes logs and evaluates. Sampling and evaluation use
+`rollout_model`, a plain replica of the policy that receives the gathered weights after each
+update (generation is a long sequence of small forwards whose per-layer all-gathers would
+otherwise keep every rank in lockstep); in one process it is the policy itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 
 import torch
 
 from vlrl.config import dump_config
+from vlrl.distributed import all_reduce_max, broadcast_object, init_world
+from vlrl.distributed.fsdp import shard_model
 from vlrl.evaluation.intraining import evaluate_during_training
 from vlrl.monitoring.dynamics import dynamics_metrics
-from vlrl.training.checkpoint import load_trainer_state, resolve_resume, save_checkpoint
+from vlrl.training.checkpoint import (
+    load_trainer_state,
+    resolve_resume,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from vlrl.training.metrics import MetricsLogger
 from vlrl.training.sampler import PromptSampler
 from vlrl.training.schedule import build_scheduler
@@ -37,10 +52,21 @@ class TrainingRun:
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
         self.device = pick_device(cfg.train.device)
+        d = cfg.distributed
+        self.world = init_world(self.device, d.backend, d.timeout_s)
+        if self.world.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)
         seed_everything(cfg.train.seed)
         resume_dir = resolve_resume(cfg.train.resume, self.out)
         self.lm = load_policy(cfg.model, cfg.data, self.device, path=resume_dir)
         self.model, self.adapter = self.lm.model, self.lm.adapter
+        self.rollout_model = self.model
+        # FSDP2 averages gradients over ranks; the losses already carry global denominators.
+        self.loss_scale = 1.0
+        if self.world.distributed:
+            self.rollout_model = copy.deepcopy(self.model).requires_grad_(False)
+            shard_model(self.model, d.param_dtype, d.reduce_dtype, d.cpu_offload)
+            self.loss_scale = float(self.world.size)
         self.template = template_for(cfg.data)
         self.train_samples, reports = load_data(cfg.data.train, cfg.data, self.adapter, self.template)
         self.eval_sets = {
@@ -68,17 +94,38 @@ class TrainingRun:
             config=cfg.model_dump(),
             progress=cfg.logging.progress,
             total_steps=self.total_steps,
+            enabled=self.world.is_main,
         )
         if resume_dir is not None:
-            state = load_trainer_state(resume_dir, self.optimizer, self.scheduler)
+            state = load_trainer_state(
+                resume_dir,
+                self.optimizer,
+                self.scheduler,
+                model=self.model,
+                rank=self.world.rank,
+                world_size=self.world.size if self.world.distributed else None,
+            )
             self.step = state["step"]
             self.sampler.load_state_dict(state["sampler"])
         # A fresh run in a used folder, or a resumed one, must not keep metrics of steps it redoes.
-        self.logger.truncate_after(self.step)
+        if self.world.is_main:
+            self.logger.truncate_after(self.step)
 
     def begin(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_config(self.cfg))
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(dump_config(self.cfg))
+
+    def lockstep(self, micro: list[list[int]]) -> tuple[list[list[int]], list[float]]:
+        """Micro-batches padded to the same count on every rank, with their loss weights.
+
+        Each FSDP2 forward and backward is a collective, so every rank must run as many as the
+        busiest one; the padding repeats a real micro-batch (row 0 when a rank has none) with
+        weight 0, which adds nothing to loss, gradients or metrics.
+        """
+        n = all_reduce_max(len(micro), "micro-batch count")
+        filler = micro[0] if micro else [0]
+        return micro + [filler] * (n - len(micro)), [1.0] * len(micro) + [0.0] * (n - len(micro))
 
     def precision(self):
         """Mixed-precision context for forward passes (train.autocast), or nothing."""
@@ -99,7 +146,8 @@ class TrainingRun:
         (length and reflection split by correctness) under eval/<set>/..."""
         t = self.cfg.train
         out: dict[str, float] = {}
-        for name, samples in self.eval_sets.items():
+        # Rank 0 evaluates alone (with the replica: no collectives); the others wait for its numbers.
+        for name, samples in self.eval_sets.items() if self.world.is_main else ():
             result = evaluate_during_training(
                 backend,
                 self.adapter,
@@ -119,7 +167,7 @@ class TrainingRun:
                 reflection_words,
             )
             out |= {f"eval/{name}/{k}": float(v) for k, v in (result | dynamics).items()}
-        return out
+        return broadcast_object(out, what="evaluation")
 
     def should_save(self) -> bool:
         every = self.cfg.train.save_every
@@ -128,5 +176,9 @@ class TrainingRun:
     def save(self) -> Path:
         step_dir = self.out / "checkpoints" / f"step_{self.step:06d}"
         state = {"step": self.step, "sampler": self.sampler.state_dict(), "config": dump_config(self.cfg)}
-        save_checkpoint(step_dir, self.model, self.lm.processor, self.optimizer, self.scheduler, state)
+        parts = (step_dir, self.model, self.lm.processor, self.optimizer, self.scheduler, state)
+        if self.world.distributed:
+            save_sharded_checkpoint(*parts, rank=self.world.rank, world_size=self.world.size)
+        else:
+            save_checkpoint(*parts)
         return step_dir

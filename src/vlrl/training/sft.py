@@ -3,7 +3,9 @@
 The same run machinery as RL (`TrainingRun`: loading, LoRA / freezing, precision, checkpoints,
 resume, logging); the step is cross-entropy on the response tokens only, averaged over all
 response tokens of the batch (micro-batches share that denominator, so accumulation is exact).
-Its checkpoints are what `vlrl train` starts from.
+Its checkpoints are what `vlrl train` starts from. Data parallel (torchrun), each rank takes a
+contiguous block of the batch and the token count is summed over ranks first, so the loss is
+the same mean as in one process.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from vlrl.config import SFTConfig
 from vlrl.config.sections import REFLECTION_WORDS
 from vlrl.data import DataError, Sample
+from vlrl.distributed import all_reduce_sums, shard_range
 from vlrl.rollout import make_backend
 from vlrl.training.logprobs import response_logprobs, token_budget_batches
 from vlrl.training.run import TrainingRun
@@ -27,6 +30,11 @@ class SFTTrainer(TrainingRun):
             cfg, lambda n: min(cfg.train.steps, math.ceil(cfg.sft.epochs * n / cfg.sft.batch_size))
         )
         self.targets = [self._target(s) for s in self.train_samples]
+        if cfg.sft.batch_size < self.world.size:
+            raise ValueError(
+                f"sft.batch_size ({cfg.sft.batch_size}) is smaller than the number of processes "
+                f"({self.world.size}): every rank needs at least one sample per step"
+            )
 
     def _target(self, sample: Sample) -> str:
         value = sample.fields().get(self.cfg.sft.target_field)
@@ -62,15 +70,20 @@ class SFTTrainer(TrainingRun):
     def sft_step(self) -> dict[str, float]:
         """One optimizer step over `sft.batch_size` samples: mean token cross-entropy of the targets."""
         idx = self.sampler.next_batch(self.cfg.sft.batch_size)
+        mine = shard_range(len(idx), self.world.size, self.world.rank)
         seqs = [
-            self.adapter.encode(self.train_samples[i], self.template, response=self.targets[i]) for i in idx
+            self.adapter.encode(self.train_samples[i], self.template, response=self.targets[i])
+            for i in idx[mine.start : mine.stop]
         ]
         lengths = [s.length - s.prompt_length for s in seqs]
-        total_tokens = sum(lengths)
+        counts = {"targets": sum(lengths), "tokens": sum(s.length for s in seqs)}
+        counts = all_reduce_sums(counts, "token counts")
+        total_tokens = counts["targets"]
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for rows in token_budget_batches([s.length for s in seqs], self.cfg.train.micro_batch_tokens):
+        micro = token_budget_batches([s.length for s in seqs], self.cfg.train.micro_batch_tokens)
+        for rows, w in zip(*self.lockstep(micro), strict=True):
             logp, _ = response_logprobs(
                 self.model,
                 [seqs[i] for i in rows],
@@ -84,8 +97,9 @@ class SFTTrainer(TrainingRun):
                 < torch.tensor([lengths[i] for i in rows], device=logp.device)[:, None]
             )
             loss = -(logp * mask).sum() / total_tokens
-            loss.backward()
-            loss_sum += loss.item()
+            (loss * (w * self.loss_scale)).backward()
+            loss_sum += loss.item() * w
+        loss_sum = all_reduce_sums({"loss": loss_sum}, "loss")["loss"]
         grad_norm = self.clip_gradients()
         self.optimizer.step()
         self.scheduler.step()
@@ -93,11 +107,12 @@ class SFTTrainer(TrainingRun):
             "loss": loss_sum,
             "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],
-            "response_length/mean": total_tokens / len(seqs),
-            "tokens": float(sum(s.length for s in seqs)),
+            "response_length/mean": total_tokens / len(idx),
+            "tokens": counts["tokens"],
             "epoch": self.step * self.cfg.sft.batch_size / len(self.train_samples),
         }
 
     def evaluate(self) -> dict[str, float]:
-        backend = make_backend("hf", self.model, self.adapter)
+        backend = make_backend("hf", self.rollout_model, self.adapter)
+        backend.sync_weights(self.model)
         return self.evaluate_sets(backend, self.cfg.sft.eval_max_new_tokens, REFLECTION_WORDS)

@@ -1,0 +1,97 @@
+"""FSDP2 (`torch.distributed.fsdp.fully_shard`): sharding, full weights, sharded checkpoints.
+
+Sharding units are the blocks the model itself declares unsplittable (transformers'
+`_no_split_modules`: decoder layers and vision blocks), then the root for what is left
+(embeddings, norms, the connector). Each unit's parameters are all-gathered for its forward and
+backward and freed after, so peak memory is one unit's full weights plus the shards.
+
+Gradients: FSDP2 averages them over ranks, but vlrl's losses are already normalised by the
+global batch (token counts and sequence counts gathered from every rank), so the trainers scale
+each rank's loss by the world size to get the sum. (Gloo cannot reduce with a divide factor of
+1, which would be the other way.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+
+SHARDED_DIR = "sharded"
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules to shard one by one: instances of every `_no_split_modules` class of the model
+    and its sub-models (a VLM lists its decoder layer and its vision block)."""
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def shard_model(
+    model: nn.Module, param_dtype: str | None = None, reduce_dtype: str = "float32", cpu_offload: bool = False
+) -> nn.Module:
+    """Apply FSDP2 to every unit, then to the root; returns the (same, now sharded) model.
+
+    `param_dtype` is the dtype of the gathered weights used in compute (None: the stored dtype);
+    `reduce_dtype` that of the gradient reduction.
+    """
+    policy = MixedPrecisionPolicy(
+        param_dtype=getattr(torch, param_dtype) if param_dtype else None,
+        reduce_dtype=getattr(torch, reduce_dtype),
+    )
+    kwargs = {"mp_policy": policy}
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    units = shard_units(model)
+    if not units:
+        raise ValueError(
+            f"{type(model).__name__} declares no _no_split_modules: vlrl cannot tell its layers apart to shard them"
+        )
+    for unit in units:
+        fully_shard(unit, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+def full_state_dict(model: nn.Module, rank0_only: bool = False) -> dict[str, torch.Tensor]:
+    """The unsharded weights under the model's own parameter names (a collective: every rank calls).
+
+    With `rank0_only` the other ranks get an empty dict and rank 0 gets CPU tensors, for export.
+    """
+    options = StateDictOptions(full_state_dict=True, cpu_offload=rank0_only)
+    return get_model_state_dict(model, options=options)
+
+
+def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Each rank writes its shards of the model and optimizer state (torch.distributed.checkpoint)."""
+    import torch.distributed.checkpoint as dcp
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(Path(folder) / SHARDED_DIR))
+
+
+def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Restore what `save_sharded` wrote, at the same world size, into the sharded model and optimizer."""
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(folder) / SHARDED_DIR
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"'{path}' not found: '{folder}' was not saved by a torchrun job, so its optimizer state is not sharded"
+        )
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
