@@ -114,7 +114,17 @@ COUNT_TARGETS = (_count_all, _count_colour, _count_kind)
 
 def counting(rng: random.Random, image_size: int) -> Item:
     """How many (red / circle / any) shapes among 1-6 shapes, answers spread evenly."""
-    noun, specs, match = rng.choice(COUNT_TARGETS)(rng)
+    return _counting_item(rng, image_size, rng.choice(COUNT_TARGETS)(rng))
+
+
+def count_shapes(rng: random.Random, image_size: int) -> Item:
+    """How many shapes, 1-6 of them: counting without having to tell colours or kinds apart,
+    which a tiny model's vision learns first (the CPU demo's task)."""
+    return _counting_item(rng, image_size, _count_all(rng))
+
+
+def _counting_item(rng: random.Random, image_size: int, target: CountTarget) -> Item:
+    noun, specs, match = target
     scene = shape_scene(rng, specs, image_size)
     found = [o for o in scene if match(o)]
     steps = [_tally(f"{noun}s", found), f"So the count is {len(found)}."]
@@ -301,6 +311,7 @@ def detection(rng: random.Random, image_size: int) -> Item:
 
 TASKS: dict[str, Task] = {
     "counting": counting,
+    "count_shapes": count_shapes,
     "colour_mcq": colour_mcq,
     "digit_sum": digit_sum,
     "spatial": spatial,
