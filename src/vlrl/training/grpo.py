@@ -39,7 +39,7 @@ from vlrl.algos import (
 )
 from vlrl.config import TrainConfig
 from vlrl.data import Sample
-from vlrl.distributed import all_gather_objects, all_reduce_sums, shard_range
+from vlrl.distributed import all_gather_objects, all_reduce_sums, broadcast_object, shard_range
 from vlrl.models.batching import Encoded
 from vlrl.distributed.fsdp import shard_model
 from vlrl.monitoring.alarms import ALARMS_FILE, AlarmMonitor, append_alarms
@@ -143,7 +143,8 @@ class GRPOTrainer(TrainingRun):
             history.append({"step": self.step, **metrics})
             if self.should_save():
                 self.save()
-            if deadline is not None and time.perf_counter() > deadline:
+            # Rank 0's clock decides for every rank: ranks that disagreed would hang each other.
+            if deadline is not None and broadcast_object(time.perf_counter() > deadline, what="deadline"):
                 if self.step < self.total_steps:
                     self.save()
                 break

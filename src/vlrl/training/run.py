@@ -64,6 +64,11 @@ class TrainingRun:
         # FSDP2 averages gradients over ranks; the losses already carry global denominators.
         self.loss_scale = 1.0
         if self.world.distributed:
+            if d.cpu_offload and self.device.type == "cpu":
+                raise ValueError(
+                    "distributed.cpu_offload moves GPU shards to the CPU; this run is on the CPU already "
+                    "(train.device=cpu): drop it"
+                )
             self.rollout_model = copy.deepcopy(self.model).requires_grad_(False)
             shard_model(self.model, d.param_dtype, d.reduce_dtype, d.cpu_offload)
             self.loss_scale = float(self.world.size)
