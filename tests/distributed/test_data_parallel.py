@@ -83,6 +83,7 @@ def rl_args(ws, out: Path, *extra: str) -> list[str]:
         "train.eval_every=2",
         "train.lr=3e-3",
         "train.lr_schedule=constant",
+        "algo.kl_beta=0.05",  # a reference model, sharded like the policy (with LoRA: adapters off)
         "train.micro_batch_tokens=300",  # several micro-batches, different counts per rank
         "train.device=cpu",
         "logging.progress=false",
@@ -92,7 +93,7 @@ def rl_args(ws, out: Path, *extra: str) -> list[str]:
 
 
 RL_EXACT = ("reward/total/mean", "response_length/mean", "eval/heldout/acc", "eval/heldout/response_length/mean")
-RL_CLOSE = ("loss", "grad_norm", "entropy")
+RL_CLOSE = ("loss", "grad_norm", "entropy", "kl")
 
 
 @pytest.fixture(scope="module")
