@@ -24,7 +24,9 @@ from vlrl.distributed import shard_range
 from vlrl.synth import generate_dataset
 from vlrl.training.checkpoint import load_trainer_state
 
-REWARD_FILE = 'def has_e(completions, **fields):\n    return [1.0 if "e" in c else 0.0 for c in completions]\n'
+REWARD_FILE = (
+    'def has_e(completions, **fields):\n    return [1.0 if "e" in c else 0.0 for c in completions]\n'
+)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 RTOL, ATOL = 1e-4, 1e-6
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +36,16 @@ def launch(args: list[str], nproc: int | None) -> list[str]:
     """`python -m vlrl ...` in one plain process, or under torchrun with `nproc` processes."""
     if nproc is None:
         return [sys.executable, "-m", "vlrl", *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "vlrl", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "vlrl",
+        *args,
+    ]
 
 
 def run(args: list[str], nproc: int | None = None) -> subprocess.CompletedProcess:
@@ -92,7 +103,12 @@ def rl_args(ws, out: Path, *extra: str) -> list[str]:
     ]
 
 
-RL_EXACT = ("reward/total/mean", "response_length/mean", "eval/heldout/acc", "eval/heldout/response_length/mean")
+RL_EXACT = (
+    "reward/total/mean",
+    "response_length/mean",
+    "eval/heldout/acc",
+    "eval/heldout/response_length/mean",
+)
 RL_CLOSE = ("loss", "grad_norm", "entropy", "kl")
 
 
@@ -125,7 +141,13 @@ def test_rl_two_processes_match_one(rl_runs):
 
 def test_lora_under_fsdp2_matches_one_process(ws):
     # LoRA dropout draws from each process's generator, which a split batch consumes differently.
-    extra = ("model.lora.enabled=true", "model.lora.r=4", "model.lora.dropout=0", "train.steps=3", "train.eval_every=0")
+    extra = (
+        "model.lora.enabled=true",
+        "model.lora.r=4",
+        "model.lora.dropout=0",
+        "train.steps=3",
+        "train.eval_every=0",
+    )
     one, two = ws["root"] / "lora_one", ws["root"] / "lora_two"
     run(rl_args(ws, one, *extra))
     run(rl_args(ws, two, *extra), nproc=2)
@@ -162,7 +184,12 @@ def test_killed_two_process_run_resumes_to_the_same_steps(ws, rl_runs):
     out = ws["root"] / "rl_killed"
     args = rl_args(ws, out, "train.steps=4")
     proc = subprocess.Popen(
-        launch(args, 2), env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        launch(args, 2),
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     checkpoint = out / "checkpoints" / "step_000002" / "trainer_state.pt"
     deadline = time.time() + 300

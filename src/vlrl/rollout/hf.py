@@ -80,10 +80,14 @@ class HFRolloutBackend(RolloutBackend):
         out: list[list[Completion]] = []
         with torch.no_grad(), _eval_mode(self.model):
             for start in range(0, len(prompts), per_chunk):
-                out += self._generate_chunk(prompts[start : start + per_chunk], params, params.first_prompt + start)
+                out += self._generate_chunk(
+                    prompts[start : start + per_chunk], params, params.first_prompt + start
+                )
         return out
 
-    def _generate_chunk(self, prompts: list[Encoded], params: SamplingParams, first: int) -> list[list[Completion]]:
+    def _generate_chunk(
+        self, prompts: list[Encoded], params: SamplingParams, first: int
+    ) -> list[list[Completion]]:
         """Prefill `prompts` (global indices first..) once, expand to P*G rows, decode; result[p][g]."""
         G = params.group_size
         batch = {

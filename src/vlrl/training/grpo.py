@@ -40,8 +40,8 @@ from vlrl.algos import (
 from vlrl.config import TrainConfig
 from vlrl.data import Sample
 from vlrl.distributed import all_gather_objects, all_reduce_sums, broadcast_object, shard_range
-from vlrl.models.batching import Encoded
 from vlrl.distributed.fsdp import shard_model
+from vlrl.models.batching import Encoded
 from vlrl.monitoring.alarms import ALARMS_FILE, AlarmMonitor, append_alarms
 from vlrl.monitoring.answers import answer_health
 from vlrl.monitoring.dynamics import dynamics_metrics
@@ -92,7 +92,9 @@ class GRPOTrainer(TrainingRun):
         frozen = cfg.model.freeze_vision and cfg.model.freeze_connector
         self.reuse_vision = frozen and not self.world.distributed
         self.monitor = AlarmMonitor(cfg.monitor)
-        if self.step and self.world.is_main:  # resumed: steps after the checkpoint are redone, drop their old records
+        if (
+            self.step and self.world.is_main
+        ):  # resumed: steps after the checkpoint are redone, drop their old records
             for name in (ALARMS_FILE, ROLLOUTS_FILE):
                 truncate_jsonl(self.out / name, self.step)
 
@@ -163,9 +165,9 @@ class GRPOTrainer(TrainingRun):
         r = self.cfg.rollout
         if self.world.is_main:
             print(
-            f"stage {index + 1}/{len(self.base_cfg.stages)} '{name}' from step {self.step + 1}: "
-            f"group_size={r.group_size} max_new_tokens={r.max_new_tokens} prompts_per_step={r.prompts_per_step}"
-        )
+                f"stage {index + 1}/{len(self.base_cfg.stages)} '{name}' from step {self.step + 1}: "
+                f"group_size={r.group_size} max_new_tokens={r.max_new_tokens} prompts_per_step={r.prompts_per_step}"
+            )
 
     # ---- phases -----------------------------------------------------------------------------
     def rollout(self, n_prompts: int | None = None, round_: int = 0) -> tuple[GroupBatch, dict]:
