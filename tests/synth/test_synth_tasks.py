@@ -100,6 +100,15 @@ def test_counting(generated):
     assert "shapes" in questions and len(questions) > 3  # all three variants occur
 
 
+def test_count_shapes(generated):
+    rows = rows_of(generated, "count_shapes")
+    for row in rows:
+        assert row["question"] == "How many shapes are in the image?"
+        assert row["answer"] == str(len(row["scene"])) and 1 <= len(row["scene"]) <= 6
+        assert row["solution"].endswith(f"So the count is {row['answer']}.</think><answer>{row['answer']}</answer>")
+    assert {r["answer"] for r in rows} == {str(n) for n in range(1, 7)}
+
+
 def test_colour_mcq(generated):
     for row in rows_of(generated, "colour_mcq"):
         counts = Counter(o["colour"] for o in row["scene"]).most_common()
