@@ -161,8 +161,11 @@ def test_sft_two_processes_match_one(ws):
         "configs/sft_tiny.yaml",
         f"model.path={ws['model']}",
         f"data.train={ws['data']['train']}",
+        f"data.eval={{heldout: {ws['data']['heldout']}}}",
         "data.system_prompt=Answer.",
         "sft.batch_size=7",  # 4 + 3 samples
+        "sft.eval_max_new_tokens=12",
+        "train.eval_every=2",
         "train.steps=4",
         "train.warmup_steps=0",
         "train.lr=1e-3",
@@ -175,7 +178,8 @@ def test_sft_two_processes_match_one(ws):
     run(args(one))
     run(args(two), nproc=2)
     a, b = metrics(one), metrics(two)
-    assert_same_steps(a, b, ("response_length/mean",), ("loss", "grad_norm"))
+    assert "eval/heldout/acc" in a[1]
+    assert_same_steps(a, b, ("response_length/mean", "eval/heldout/response_length/mean"), ("loss", "grad_norm"))
     assert a[-1]["loss"] < a[0]["loss"]
 
 
