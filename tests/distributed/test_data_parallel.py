@@ -179,7 +179,9 @@ def test_sft_two_processes_match_one(ws):
     run(args(two), nproc=2)
     a, b = metrics(one), metrics(two)
     assert "eval/heldout/acc" in a[1]
-    assert_same_steps(a, b, ("response_length/mean", "eval/heldout/response_length/mean"), ("loss", "grad_norm"))
+    assert_same_steps(
+        a, b, ("response_length/mean", "eval/heldout/response_length/mean"), ("loss", "grad_norm")
+    )
     assert a[-1]["loss"] < a[0]["loss"]
 
 
