@@ -40,12 +40,22 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # vlrl shows its own progress; per-shard bars are noise
     module = importlib.import_module(f"vlrl.cli.{args._module}")
+    import torch
+
     from vlrl.distributed import CollectiveTimeout, shutdown
 
     try:
         return module.run(args) or 0
     except CollectiveTimeout as exc:
         print(f"vlrl {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except torch.distributed.DistError as exc:
+        # A collective inside FSDP2's own forward or backward: the same cause, a lost peer rank.
+        print(
+            f"vlrl {args.command}: error: a distributed collective failed ({exc}). Another rank probably "
+            "died or hangs (see its log); resume from the last checkpoint with train.resume=auto.",
+            file=sys.stderr,
+        )
         return 1
     except (ValueError, FileNotFoundError) as exc:
         # User errors (bad config key, bad data row, missing folder) already name the culprit;
