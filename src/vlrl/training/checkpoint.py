@@ -100,13 +100,24 @@ def save_checkpoint(step_dir: Path, model, processor, optimizer, scheduler, trai
         "rng": rng_states(),
         "trainer": trainer_state,
     }
+    tmp = _fresh_tmp(step_dir)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    torch.save(state, tmp / STATE_FILE)
+    _publish(tmp, step_dir)
+
+
+def _fresh_tmp(step_dir: Path) -> Path:
+    """An empty `<step_dir>.tmp` to write the checkpoint into."""
     tmp = step_dir.with_name(step_dir.name + ".tmp")
     if tmp.exists():  # left by a run killed while saving this step
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    torch.save(state, tmp / STATE_FILE)
+    return tmp
+
+
+def _publish(tmp: Path, step_dir: Path) -> None:
+    """Rename the finished `tmp` folder to `step_dir`, the step that makes the checkpoint visible."""
     if step_dir.exists():  # the same step saved again, e.g. the final save of a resumed run
         shutil.rmtree(step_dir)
     tmp.rename(step_dir)
@@ -125,28 +136,23 @@ def save_sharded_checkpoint(
     full = full_state_dict(model, rank0_only=True)
     tmp = step_dir.with_name(step_dir.name + ".tmp")
     if rank == 0:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        _fresh_tmp(step_dir)
     barrier("checkpoint folder")
     save_sharded(tmp, model, optimizer)
-    torch.save(rng, tmp / f"rng_rank{rank}.pt")
+    torch.save(rng, tmp / f"rng_rank{rank}.pt")  # each rank's generators, read back on resume
     if rank == 0:
         model.save_pretrained(tmp, state_dict=full)
         processor.save_pretrained(tmp)
         state = {
             "optimizer": None,
             "scheduler": scheduler.state_dict(),
-            "rng": rng,
             "trainer": trainer_state,
             "world_size": world_size,
         }
         torch.save(state, tmp / STATE_FILE)
     barrier("checkpoint written")
     if rank == 0:
-        if step_dir.exists():
-            shutil.rmtree(step_dir)
-        tmp.rename(step_dir)
+        _publish(tmp, step_dir)
     barrier("checkpoint renamed")
 
 
