@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 # name -> (module under vlrl.cli, one-line help). Modules are imported only when their command
 # runs, so `vlrl --help` stays fast.
@@ -22,6 +23,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "coldstart": ("coldstart", "build cold-start SFT data by Vision-R1 modality bridging (VLM + reasoner)"),
     "report": ("report", "write a run folder's metrics, alarms and rollouts as one offline HTML page"),
 }
+
+
+def train_and_report(trainer, output_dir: str, final: Callable[[dict], str]) -> int:
+    """Run an SFT or RL trainer as `vlrl sft` / `vlrl train` do: rank 0 alone prints the data
+    load reports, then `final(last step's metrics)` and where the run is (one report per job)."""
+    main = trainer.world.is_main
+    for line in trainer.load_reports if main else ():
+        print(line)
+    history = trainer.train()
+    if not main:
+        return 0
+    if history:
+        print(f"final step {history[-1]['step']}: {final(history[-1])}")
+    print(f"run directory: {output_dir} (checkpoints: {output_dir}/checkpoints)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from vlrl.cli import train_and_report
 from vlrl.config import SFTConfig, load_config
 
 
@@ -16,15 +17,4 @@ def run(args: argparse.Namespace) -> int:
     from vlrl.training.sft import SFTTrainer
 
     cfg = load_config(args.config, args.overrides, schema=SFTConfig)
-    trainer = SFTTrainer(cfg)
-    main = trainer.world.is_main  # one report per job, not one per rank
-    for line in trainer.load_reports if main else ():
-        print(line)
-    history = trainer.train()
-    if not main:
-        return 0
-    if history:
-        last = history[-1]
-        print(f"final step {last['step']}: loss={last['loss']:.4f}")
-    print(f"run directory: {cfg.train.output_dir} (checkpoints: {cfg.train.output_dir}/checkpoints)")
-    return 0
+    return train_and_report(SFTTrainer(cfg), cfg.train.output_dir, lambda last: f"loss={last['loss']:.4f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from vlrl.cli import train_and_report
 from vlrl.config import TrainConfig, load_config
 
 
@@ -16,21 +17,9 @@ def run(args: argparse.Namespace) -> int:
     from vlrl.training.grpo import GRPOTrainer
 
     cfg = load_config(args.config, args.overrides, schema=TrainConfig)
-    trainer = GRPOTrainer(cfg)
-    main = trainer.world.is_main  # one report per job, not one per rank
-    for line in trainer.load_reports if main else ():
-        print(line)
-    history = trainer.train()
-    if not main:
-        return 0
-    if history:
-        last = history[-1]
-        keys = ("reward/total/mean", "acc", "response_length/mean", "timing_s/step")
-        print(
-            "final step "
-            + str(last["step"])
-            + ": "
-            + ", ".join(f"{k}={last[k]:.3f}" for k in keys if k in last)
-        )
-    print(f"run directory: {cfg.train.output_dir}")
-    return 0
+    keys = ("reward/total/mean", "acc", "response_length/mean", "timing_s/step")
+    return train_and_report(
+        GRPOTrainer(cfg),
+        cfg.train.output_dir,
+        lambda last: ", ".join(f"{k}={last[k]:.3f}" for k in keys if k in last),
+    )
