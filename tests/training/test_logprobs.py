@@ -8,7 +8,7 @@ import torch
 from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
 from vlrl.models.loading import load_model
-from vlrl.training.logprobs import response_logprobs, token_budget_batches
+from vlrl.training.logprobs import grouped_response_logprobs, response_logprobs, token_budget_batches
 
 
 def test_token_budget_batches_pack_consecutive_rows_within_budget():
@@ -52,3 +52,58 @@ def test_cached_image_features_give_the_same_logprobs(tiny_models, images, famil
     start = prompts[0].length
     expected = torch.log_softmax(logits[start - 1 : start + 2], -1).gather(1, responses[0][:, None])[:, 0]
     torch.testing.assert_close(plain[0], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "internvl"])
+def test_grouped_logprobs_match_full_passes_in_value_and_gradient(tiny_models, images, family):
+    """One pass per prompt + cached continuations == one prompt + response pass per row.
+
+    Rows are out of prompt order and prompt 0 has three rows (a group), prompts of different
+    lengths exercise the left padding; responses of different lengths the right padding.
+    """
+    lm = load_model(tiny_models[family])
+    a = lm.adapter
+    samples = [
+        Sample(id="a", question="How many?", answer="1", images=[images["small"]]),
+        Sample(
+            id="b",
+            question="Image 1: <image> Image 2: <image> count all",
+            answer="1",
+            images=[images["big"], images["small"]],
+        ),
+    ]
+    prompts = [a.encode(s, TEMPLATES["answer_only"]) for s in samples]
+    row_prompt = [0, 1, 0, 0]
+    responses = [
+        torch.tensor([5, 6, 7]),
+        torch.tensor([8, 9]),
+        torch.tensor([10]),
+        torch.tensor([11, 12, 13, 14]),
+    ]
+    lengths = [r.numel() for r in responses]
+    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
+    blocked = torch.tensor(a.blocked_token_ids(lm.model.get_input_embeddings().num_embeddings))
+    pad = a.tokenizer.pad_token_id
+    weights = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+
+    def run(grouped: bool):
+        lm.model.zero_grad()
+        if grouped:
+            logp, ent = grouped_response_logprobs(
+                lm.model, prompts, row_prompt, responses, pad, 0.7, blocked, with_entropy=True, adapter=a
+            )
+        else:
+            seqs = [prompts[p].with_response(r) for p, r in zip(row_prompt, responses, strict=True)]
+            logp, ent = response_logprobs(lm.model, seqs, lengths, pad, 0.7, blocked, with_entropy=True)
+        ((logp + ent) * weights * mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
+        return logp * mask, ent * mask, grads
+
+    full, grouped = run(False), run(True)
+    torch.testing.assert_close(grouped[0], full[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grouped[1], full[1], atol=1e-5, rtol=1e-4)
+    assert grouped[2].keys() == full[2].keys()
+    vision = [n for n in full[2] if "visual" in n or "vision" in n]
+    assert vision, "the vision tower must get gradient through the shared prompt"
+    for name, g in full[2].items():
+        torch.testing.assert_close(grouped[2][name], g, atol=1e-5, rtol=1e-3, msg=name)

@@ -6,13 +6,11 @@ identical inputs. This loop instead:
 
 1. left-pads the P prompts into one batch and prefills it once ([P, L] rows, one vision pass);
 2. repeats the KV cache, attention mask and last logits G times along the batch
-   (`DynamicCache.batch_repeat_interleave`: rows p*G .. p*G+G-1 belong to prompt p);
+   (rows p*G .. p*G+G-1 belong to prompt p);
 3. decodes the P*G rows one token per step with explicit position ids, so no model-specific
    position logic (Qwen's M-RoPE `rope_deltas` state) is recomputed from the decode inputs.
 
-The decode position of step t is the prompt's last position + 1 + t on every axis: after the
-prompt's final text token all M-RoPE axes coincide, so this is the same rule for [3, B, L]
-M-RoPE positions as for plain [B, L] ones.
+Steps 1-2 and the position rule are `vlrl.models.prefix`, which the policy update shares.
 """
 
 from __future__ import annotations
@@ -21,10 +19,10 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache
 
 from vlrl.models.adapters import ModelAdapter
-from vlrl.models.batching import Encoded, collate
+from vlrl.models.batching import Encoded
+from vlrl.models.prefix import Prefix, prefill
 from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams
 from vlrl.rollout.sampling import row_uniforms, sample_next
 
@@ -90,39 +88,23 @@ class HFRolloutBackend(RolloutBackend):
     ) -> list[list[Completion]]:
         """Prefill `prompts` (global indices first..) once, expand to P*G rows, decode; result[p][g]."""
         G = params.group_size
-        batch = {
-            k: v.to(self.model.device) for k, v in collate(prompts, self.pad_id, padding_side="left").items()
-        }
-        positions = self.adapter.position_ids(self.model, batch)  # [3, P, L] (M-RoPE) or [P, L]
-        cache = DynamicCache(config=self.model.config)
-        logits = self.model(
-            **batch, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
-        ).logits[:, -1]  # [P, V]
-        cache.batch_repeat_interleave(G)
-        last_position = positions[..., -1:].repeat_interleave(G, dim=-2)  # [3, P*G, 1] or [P*G, 1]
-        attention_mask = batch["attention_mask"].repeat_interleave(G, dim=0)  # [P*G, L]
-        row_ids = torch.arange(first * G, (first + len(prompts)) * G, device=self.model.device)
-        tokens, logprobs, alive = self._decode(
-            logits.repeat_interleave(G, dim=0), cache, attention_mask, last_position, params, row_ids
-        )
+        prefix = prefill(self.model, self.adapter, prompts, self.pad_id)
+        # Rows p*G .. p*G+G-1 continue prompt p.
+        rows = prefix.select(torch.arange(len(prompts), device=prefix.logits.device).repeat_interleave(G))
+        row_ids = torch.arange(first * G, (first + len(prompts)) * G, device=prefix.logits.device)
+        tokens, logprobs, alive = self._decode(rows, params, row_ids)
         completions = [self._completion(t, lp, a) for t, lp, a in zip(tokens, logprobs, alive, strict=True)]
         return [completions[p * G : (p + 1) * G] for p in range(len(prompts))]
 
     def _decode(
-        self,
-        logits: Tensor,
-        cache: DynamicCache,
-        attention_mask: Tensor,
-        last_position: Tensor,
-        params: SamplingParams,
-        row_ids: Tensor,
+        self, prefix: Prefix, params: SamplingParams, row_ids: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample up to `max_new_tokens` per row from the prefilled state.
+        """Sample up to `max_new_tokens` per row from the prefilled state (R rows).
 
-        logits [R, V] (next-token logits after the prompt), attention_mask [R, L], row_ids [R]
-        (each row's global id, keying its draws when `params.seed` is set) ->
+        row_ids [R]: each row's global id, keying its draws when `params.seed` is set ->
         tokens [R, T] long, logprobs [R, T] float32, alive [R, T] bool (real response tokens).
         """
+        logits, attention_mask = prefix.logits, prefix.attention_mask
         device = logits.device
         banned = self._banned_tokens(logits.shape[-1], device)
         stop_ids = torch.tensor(self.stop_token_ids, device=device)
@@ -143,8 +125,8 @@ class HFRolloutBackend(RolloutBackend):
             logits = self.model(
                 input_ids=token[:, None],
                 attention_mask=attention_mask,
-                position_ids=last_position + 1 + t,
-                past_key_values=cache,
+                position_ids=prefix.positions(1, offset=t),
+                past_key_values=prefix.cache,
                 use_cache=True,
             ).logits[:, -1]
         return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(alive, 1)

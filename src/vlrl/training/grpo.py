@@ -48,7 +48,7 @@ from vlrl.monitoring.dynamics import dynamics_metrics
 from vlrl.monitoring.rollouts import ROLLOUTS_FILE, rollout_record, write_rollouts
 from vlrl.rollout import make_backend
 from vlrl.rollout.base import Completion, SamplingParams
-from vlrl.training.logprobs import response_logprobs, token_budget_batches
+from vlrl.training.logprobs import grouped_response_logprobs, response_logprobs, token_budget_batches
 from vlrl.training.metrics import truncate_jsonl
 from vlrl.training.run import TrainingRun
 from vlrl.training.scoring import RewardScorer
@@ -70,13 +70,9 @@ class GroupBatch:
     def flat(self) -> list[Completion]:
         return [c for group in self.completions for c in group]
 
-    def sequences(self) -> list[Encoded]:
-        """Prompt + response for every completion (B entries)."""
-        return [
-            p.with_response(c.token_ids)
-            for p, group in zip(self.prompts, self.completions, strict=True)
-            for c in group
-        ]
+    @property
+    def group_size(self) -> int:
+        return len(self.completions[0]) if self.completions else 1
 
 
 class GRPOTrainer(TrainingRun):
@@ -91,6 +87,8 @@ class GRPOTrainer(TrainingRun):
         # Sharded, the policy's vision tower cannot run outside the model's own forward.
         frozen = cfg.model.freeze_vision and cfg.model.freeze_connector
         self.reuse_vision = frozen and not self.world.distributed
+        # Gradient checkpointing recomputes layers and cannot keep the prompt's KV cache.
+        self.shared_prefix = not cfg.model.gradient_checkpointing
         self.monitor = AlarmMonitor(cfg.monitor)
         if (
             self.step and self.world.is_main
@@ -238,19 +236,18 @@ class GRPOTrainer(TrainingRun):
     def policy_update(self, batch: GroupBatch, timing: dict) -> dict[str, float]:
         """Phase 4: algo.ppo_epochs passes over token-budget micro-batches, one optimizer step each."""
         a = self.cfg.algo
-        seqs = batch.sequences()
         lengths = [c.token_ids.numel() for c in batch.flat]
         mask_all = _response_mask(lengths)  # the whole batch's: global loss denominators
-        micro, weights = self._micro_batches(batch, seqs)
+        micro, weights = self._micro_batches(batch)
         denom = aggregation_denominator(mask_all, a.loss_agg)
         loss_fn = get(POLICY_LOSSES, a.policy_loss, "policy loss")
         loss_cfg = LossConfig(clip_low=a.clip_low, clip_high=a.clip_high)
         need_old = a.ppo_epochs > 1
         t0 = time.perf_counter()
-        features = self._image_features(batch, micro)
-        old = self._frozen_logprobs(self.model, seqs, lengths, micro, features) if need_old else None
+        features = self._image_features(batch)
+        old = self._frozen_logprobs(self.model, batch, micro, features) if need_old else None
         use_ref = a.kl_beta > 0 and not a.kl_in_reward
-        ref = self._reference_logprobs(seqs, lengths, micro, features) if use_ref else None
+        ref = self._reference_logprobs(batch, micro, features) if use_ref else None
         timing["old_ref"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.model.train()
@@ -258,9 +255,7 @@ class GRPOTrainer(TrainingRun):
         for _ in range(a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for k, (rows, w) in enumerate(zip(micro, weights, strict=True)):
-                logp, entropy = self._logprobs(
-                    [seqs[i] for i in rows], [lengths[i] for i in rows], True, features=features[k]
-                )
+                logp, entropy = self._logprobs(batch, rows, True, features=features)
                 mask = mask_all[rows][:, : logp.shape[1]].to(logp.device)
                 adv = batch.advantages[rows].to(logp.device)
                 old_logp = old[k] if need_old else logp.detach()
@@ -277,7 +272,7 @@ class GRPOTrainer(TrainingRun):
                 (loss * (w * self.loss_scale)).backward()
                 m["entropy"] = masked_mean(entropy.detach(), mask)
                 m["loss"] = loss.detach()
-                weight = w * len(rows) / len(seqs)
+                weight = w * len(rows) / len(lengths)
                 for key, value in m.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * (w if key == "loss" else weight)
             grad_norm = self.clip_gradients()
@@ -290,73 +285,83 @@ class GRPOTrainer(TrainingRun):
         return metrics
 
     # ---- helpers ----------------------------------------------------------------------------
-    def _micro_batches(self, batch: GroupBatch, seqs: list[Encoded]) -> tuple[list[list[int]], list[float]]:
+    def _micro_batches(self, batch: GroupBatch) -> tuple[list[list[int]], list[float]]:
         """This rank's rows (its block of prompts, whole groups) in token-budget micro-batches of
         global row indices, padded to the same count on every rank (`lockstep`)."""
-        G = len(batch.completions[0]) if batch.completions else 1
+        G = batch.group_size
         mine = shard_range(len(batch.samples), self.world.size, self.world.rank)
         rows = list(range(mine.start * G, mine.stop * G))
-        micro = token_budget_batches([seqs[i].length for i in rows], self.cfg.train.micro_batch_tokens)
+        flat = batch.flat
+        lengths = [batch.prompts[i // G].length + flat[i].token_ids.numel() for i in rows]
+        micro = token_budget_batches(lengths, self.cfg.train.micro_batch_tokens)
         return self.lockstep([[rows[i] for i in m] for m in micro])
 
-    def _logprobs(self, seqs, lengths, with_entropy=False, model=None, features=None):
-        return response_logprobs(
-            model or self.model,
-            seqs,
-            lengths,
-            self.pad_id,
-            self.cfg.rollout.temperature,
-            self.blocked_ids,
+    def _logprobs(self, batch: GroupBatch, rows: list[int], with_entropy=False, model=None, features=None):
+        """Log-probs [len(rows), T] (and entropies) of the completions in global `rows` of `batch`.
+
+        `features`: per-prompt image features (`_image_features`), or None to run the vision tower.
+        """
+        G, flat, model = batch.group_size, batch.flat, model or self.model
+        common = dict(
+            pad_id=self.pad_id,
+            temperature=self.cfg.rollout.temperature,
+            blocked_ids=self.blocked_ids,
             with_entropy=with_entropy,
             adapter=self.adapter,
-            image_features=features,
+        )
+        if self.shared_prefix:
+            prompts = list(dict.fromkeys(i // G for i in rows))
+            local = {p: k for k, p in enumerate(prompts)}
+            return grouped_response_logprobs(
+                model,
+                [batch.prompts[p] for p in prompts],
+                [local[i // G] for i in rows],
+                [flat[i].token_ids for i in rows],
+                image_features=_concat_features([features[p] for p in prompts] if features else None),
+                **common,
+            )
+        return response_logprobs(
+            model,
+            [batch.prompts[i // G].with_response(flat[i].token_ids) for i in rows],
+            [flat[i].token_ids.numel() for i in rows],
+            image_features=_concat_features([features[i // G] for i in rows] if features else None),
+            **common,
         )
 
     @torch.no_grad()
-    def _image_features(self, batch: GroupBatch, micro: list[list[int]]) -> list[torch.Tensor | None]:
-        """Per micro-batch image features, from one vision-tower pass per prompt — or all None.
+    def _image_features(self, batch: GroupBatch) -> list[torch.Tensor | None] | None:
+        """Image features of each prompt from one vision-tower pass per prompt — or None.
 
         Exact only while vision tower and connector are frozen (their output cannot change
         within a step), so otherwise every pass runs the tower itself.
         """
         if not self.reuse_vision:
-            return [None] * len(micro)
-        per_prompt = [
+            return None
+        return [
             self.adapter.image_features(self.model, {k: v.to(self.device) for k, v in p.vision.items()})
             if p.vision
             else None
             for p in batch.prompts
         ]
-        G = self.cfg.rollout.group_size
-        return [
-            torch.cat(parts)
-            if (parts := [per_prompt[i // G] for i in rows if per_prompt[i // G] is not None])
-            else None
-            for rows in micro
-        ]
 
     @torch.no_grad()
-    def _frozen_logprobs(self, model, seqs, lengths, micro, features) -> list[torch.Tensor]:
+    def _frozen_logprobs(self, model, batch, micro, features) -> list[torch.Tensor]:
         model.eval()
-        return [
-            self._logprobs([seqs[i] for i in r], [lengths[i] for i in r], model=model, features=f)[0]
-            for r, f in zip(micro, features, strict=True)
-        ]
+        return [self._logprobs(batch, rows, model=model, features=features)[0] for rows in micro]
 
-    def _reference_logprobs(self, seqs, lengths, micro, features) -> list[torch.Tensor]:
+    def _reference_logprobs(self, batch, micro, features) -> list[torch.Tensor]:
         if self.reference is not None:
-            return self._frozen_logprobs(self.reference, seqs, lengths, micro, features)
+            return self._frozen_logprobs(self.reference, batch, micro, features)
         with self.model.disable_adapter():  # LoRA: the base weights are the reference
-            return self._frozen_logprobs(self.model, seqs, lengths, micro, features)
+            return self._frozen_logprobs(self.model, batch, micro, features)
 
     def _sequence_kl(self, batch: GroupBatch) -> torch.Tensor:
         """[B] summed KL(policy || reference) of every completion; each rank scores its rows."""
-        seqs = batch.sequences()
         lengths = [c.token_ids.numel() for c in batch.flat]
-        micro, weights = self._micro_batches(batch, seqs)
-        features = self._image_features(batch, micro)
-        pol = self._frozen_logprobs(self.model, seqs, lengths, micro, features)
-        ref = self._reference_logprobs(seqs, lengths, micro, features)
+        micro, weights = self._micro_batches(batch)
+        features = self._image_features(batch)
+        pol = self._frozen_logprobs(self.model, batch, micro, features)
+        ref = self._reference_logprobs(batch, micro, features)
         kl_fn = get(KL_ESTIMATORS, self.cfg.algo.kl_estimator, "KL estimator")
         mask_all = _response_mask(lengths)
         mine = {}
@@ -364,7 +369,7 @@ class GRPOTrainer(TrainingRun):
             if w:
                 mask = mask_all[rows][:, : p.shape[1]].to(p.device)
                 mine |= dict(zip(rows, (kl_fn(p, r) * mask).sum(-1).cpu().tolist(), strict=True))
-        out = torch.zeros(len(seqs))
+        out = torch.zeros(len(lengths))
         for part in all_gather_objects(mine, "sequence KL"):
             for row, value in part.items():
                 out[row] = value
@@ -393,6 +398,9 @@ class GRPOTrainer(TrainingRun):
             m["rollout/group_size"] = float(self.cfg.rollout.group_size)
             m["rollout/max_new_tokens"] = float(self.cfg.rollout.max_new_tokens)
         m["perf/throughput"] = lengths.sum().item() / max(timing["step"], 1e-9)
+        # Prompt + response tokens of the B sequences, as verl's perf/total_num_tokens.
+        prompt_tokens = sum(p.length * len(g) for p, g in zip(batch.prompts, batch.completions, strict=True))
+        m["perf/total_num_tokens"] = float(prompt_tokens) + lengths.sum().item()
         return m
 
     def evaluate(self) -> dict[str, float]:
@@ -439,6 +447,12 @@ class GRPOTrainer(TrainingRun):
                 )
             )
         return records
+
+
+def _concat_features(parts: list[torch.Tensor | None] | None) -> torch.Tensor | None:
+    """Image features of several prompts in order ([N, hidden]); None when none has images."""
+    present = [f for f in parts or () if f is not None]
+    return torch.cat(present) if present else None
 
 
 def _response_mask(lengths: list[int]) -> torch.Tensor:

@@ -1,9 +1,14 @@
 """Log-probabilities of response tokens under a model, and token-budget micro-batches.
 
-The trainer scores sampled responses teacher-forced: prompt + response in one right-padded
-forward pass, then the logits that predict each response token. Logits are divided by the
-sampling temperature and vision placeholders are masked exactly as the rollout did, so the
-recomputed log-probs describe the same distribution the tokens were drawn from.
+The trainer scores sampled responses teacher-forced, then takes the logits that predict each
+response token. Two ways, same numbers:
+- `grouped_response_logprobs`: each distinct prompt runs once (vision tower included) and its
+  rows continue from its KV cache (`vlrl.models.prefix`): a group of G responses costs one
+  prompt pass instead of G;
+- `response_logprobs`: prompt + response in one right-padded pass per row; for gradient
+  checkpointing, which recomputes layers and cannot keep a cache.
+Logits are divided by the sampling temperature and vision placeholders are masked exactly as the
+rollout did, so the recomputed log-probs describe the same distribution the tokens were drawn from.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from torch import nn
 from vlrl.algos import entropy_from_logits, logprobs_from_logits
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded, collate
+from vlrl.models.prefix import prefill
 
 
 def token_budget_batches(lengths: list[int], budget: int) -> list[list[int]]:
@@ -61,10 +67,61 @@ def response_logprobs(
     # Logits at position j predict token j + 1: the response's first token is predicted at prompt_length - 1.
     idx = (starts[:, None] - 1 + torch.arange(T, device=device)).clamp(max=logits.shape[1] - 2)
     picked = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])).float()  # [b, T, V]
-    picked = picked / (temperature if temperature > 0 else 1.0)
-    # A large finite value rather than -inf: the entropy's p * log p must be 0, not 0 * inf = nan.
-    picked[..., blocked_ids.to(device)] = -1e9
     targets = batch["input_ids"].gather(1, idx + 1)  # [b, T]
-    logp = logprobs_from_logits(picked, targets)
-    entropy = entropy_from_logits(picked) if with_entropy else None
+    return _scored(picked, targets, temperature, blocked_ids, with_entropy)
+
+
+def grouped_response_logprobs(
+    model: nn.Module,
+    prompts: list[Encoded],
+    row_prompt: list[int],
+    responses: list[torch.Tensor],
+    pad_id: int,
+    temperature: float,
+    blocked_ids: torch.Tensor,
+    with_entropy: bool = False,
+    adapter: ModelAdapter | None = None,
+    image_features: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs [R, T] (and entropies) of R responses, T = longest response.
+
+    Response r ([T_r] token ids) continues prompt `prompts[row_prompt[r]]`; each prompt runs once.
+    Positions past a response's end are 0 and must be masked by the caller. `image_features`
+    ([N, hidden], the prompts' image tokens in order) skips the vision tower.
+    """
+    prefix = prefill(model, adapter, prompts, pad_id, image_features)
+    device = prefix.logits.device
+    rows = prefix.select(torch.tensor(row_prompt, device=device))
+    T = max(r.numel() for r in responses)
+    ids = torch.full((len(responses), T), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(responses):
+        ids[i, : r.numel()] = r.to(device)
+        mask[i, : r.numel()] = 1
+    logits = model(
+        input_ids=ids,
+        attention_mask=torch.cat([rows.attention_mask, mask.to(rows.attention_mask.dtype)], dim=1),
+        position_ids=rows.positions(T),
+        past_key_values=rows.cache,
+        use_cache=True,
+    ).logits  # [R, T, V]
+    # The prompt's last logits predict response token 0; response position t predicts t + 1.
+    picked = torch.cat([rows.logits[:, None], logits[:, :-1]], dim=1).float()
+    return _scored(picked, ids, temperature, blocked_ids, with_entropy)
+
+
+def _scored(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    blocked_ids: torch.Tensor,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits [b, T, V] predicting targets [b, T] -> log-probs [b, T] (and entropies) under the
+    rollout's distribution: divided by the temperature, blocked ids masked."""
+    logits = logits / (temperature if temperature > 0 else 1.0)
+    # A large finite value rather than -inf: the entropy's p * log p must be 0, not 0 * inf = nan.
+    logits[..., blocked_ids.to(logits.device)] = -1e9
+    logp = logprobs_from_logits(logits, targets)
+    entropy = entropy_from_logits(logits) if with_entropy else None
     return logp, entropy
