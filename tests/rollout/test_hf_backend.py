@@ -280,3 +280,33 @@ def test_backends_table(loaded):
     assert set(BACKENDS) == {"hf"}
     with pytest.raises(ValueError, match="unknown rollout backend 'vllmm'; valid: hf"):
         make_backend("vllmm", lm.model, lm.adapter)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_finished_rows_leave_the_batch_without_disturbing_the_others(loaded, samples, family):
+    """With many stop tokens rows finish early and are dropped from the decode batch (cache,
+    mask and positions re-indexed): what the remaining rows sample must be what the same seed
+    gives with no row ever stopping, up to each row's stop, and their log-probs must still match
+    a teacher-forced pass."""
+    lm = loaded[family]
+    prompts = encode_all(lm, samples)
+    params = SamplingParams(4, 16, temperature=1.5, seed=5)
+    vocab = len(lm.adapter.tokenizer)
+    never = HFRolloutBackend(lm.model, lm.adapter, stop_token_ids=[vocab + 1]).generate(prompts, params)
+    stops = list(range(0, vocab, 6))
+    rows_per_step = []
+    hook = lm.model.register_forward_pre_hook(
+        lambda _m, _a, kw: rows_per_step.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        groups = HFRolloutBackend(lm.model, lm.adapter, stop_token_ids=stops).generate(prompts, params)
+    finally:
+        hook.remove()
+    assert rows_per_step[0] == 3 and min(rows_per_step[1:]) < 12, "no row was dropped"  # 3 prompts x 4
+    for group, free in zip(groups, never, strict=True):
+        for c, f in zip(group, free, strict=True):
+            ids = f.token_ids.tolist()
+            cut = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
+            assert c.token_ids.tolist() == ids[:cut]
+            assert c.finish_reason == ("stop" if cut < len(ids) or ids[-1] in stops else "length")
+            torch.testing.assert_close(c.logprobs, f.logprobs[:cut], atol=1e-4, rtol=0)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded, collate
@@ -52,6 +53,13 @@ class Prefix:
             last_position=self.last_position.index_select(-2, rows),
         )
 
+    def reserve(self, tokens: int) -> None:
+        """Give every plain layer of the cache room for `tokens` more positions (`ReservedLayer`),
+        so that decoding appends in place instead of copying the whole cache at every token."""
+        for i, layer in enumerate(self.cache.layers):
+            if type(layer) is DynamicLayer and layer.is_initialized:
+                self.cache.layers[i] = ReservedLayer(layer, tokens)
+
     def positions(self, steps: int, offset: int = 0) -> Tensor:
         """Positions of continuation tokens offset .. offset + steps - 1: [3, R, steps] or [R, steps]."""
         ahead = torch.arange(offset + 1, offset + 1 + steps, device=self.last_position.device)
@@ -79,3 +87,46 @@ def prefill(
     cache = DynamicCache(config=model.config)
     logits = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     return Prefix(logits, cache, batch["attention_mask"], inputs["position_ids"][..., -1:])
+
+
+class ReservedLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views of buffers with spare positions.
+
+    `DynamicLayer.update` concatenates, copying the layer's whole cache for every decoded token:
+    O(L) memory traffic per token, which dominates a CPU decode step at a few hundred rows. Here a
+    token is written into the spare room; past it, updates fall back to concatenation.
+    """
+
+    def __init__(self, layer: DynamicLayer, tokens: int):
+        super().__init__()
+        self.dtype, self.device, self.is_initialized = layer.dtype, layer.device, True
+        self.length = layer.keys.shape[-2]
+        self.key_buffer = _with_room(layer.keys, tokens)
+        self.value_buffer = _with_room(layer.values, tokens)
+        self.keys = self.key_buffer[..., : self.length, :]
+        self.values = self.value_buffer[..., : self.length, :]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        end = self.length + key_states.shape[-2]
+        if end > self.key_buffer.shape[-2]:
+            return super().update(key_states, value_states)
+        self.key_buffer[..., self.length : end, :] = key_states
+        self.value_buffer[..., self.length : end, :] = value_states
+        self.length = end
+        self.keys = self.key_buffer[..., :end, :]
+        self.values = self.value_buffer[..., :end, :]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self.key_buffer = self.key_buffer[indices, ...]
+        self.value_buffer = self.value_buffer[indices, ...]
+        self.keys = self.key_buffer[..., : self.length, :]
+        self.values = self.value_buffer[..., : self.length, :]
+
+
+def _with_room(states: Tensor, tokens: int) -> Tensor:
+    """[B, H, L, D] -> [B, H, L + tokens, D] with `states` first and the rest uninitialised."""
+    B, H, L, D = states.shape
+    buffer = states.new_empty(B, H, L + tokens, D)
+    buffer[..., :L, :] = states
+    return buffer

@@ -91,6 +91,7 @@ class HFRolloutBackend(RolloutBackend):
         prefix = prefill(self.model, self.adapter, prompts, self.pad_id)
         # Rows p*G .. p*G+G-1 continue prompt p.
         rows = prefix.select(torch.arange(len(prompts), device=prefix.logits.device).repeat_interleave(G))
+        rows.reserve(params.max_new_tokens)
         row_ids = torch.arange(first * G, (first + len(prompts)) * G, device=prefix.logits.device)
         tokens, logprobs, alive = self._decode(rows, params, row_ids)
         completions = [self._completion(t, lp, a) for t, lp, a in zip(tokens, logprobs, alive, strict=True)]
@@ -103,25 +104,39 @@ class HFRolloutBackend(RolloutBackend):
 
         row_ids [R]: each row's global id, keying its draws when `params.seed` is set ->
         tokens [R, T] long, logprobs [R, T] float32, alive [R, T] bool (real response tokens).
+
+        Finished rows keep decoding a masked-out pad until a quarter of the batch has finished;
+        then they are dropped from the batch (cache included). Seeded draws are keyed by row id,
+        so dropping rows never changes what the others sample.
         """
         logits, attention_mask = prefix.logits, prefix.attention_mask
         device = logits.device
+        R, T = logits.shape[0], params.max_new_tokens
         banned = self._banned_tokens(logits.shape[-1], device)
         stop_ids = torch.tensor(self.stop_token_ids, device=device)
-        done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
-        tokens, logprobs, alive = [], [], []
-        for t in range(params.max_new_tokens):
-            uniforms = None if params.seed is None else row_uniforms(params.seed, row_ids, t)
+        tokens = torch.full((R, T), self.pad_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros(R, T, device=device)
+        alive = torch.zeros(R, T, dtype=torch.bool, device=device)
+        rows = torch.arange(R, device=device)  # the output row of each batch row
+        done = torch.zeros(R, dtype=torch.bool, device=device)
+        for t in range(T):
+            uniforms = None if params.seed is None else row_uniforms(params.seed, row_ids[rows], t)
             token, logprob = sample_next(logits, banned, params, uniforms)
-            token = token.masked_fill(done, self.pad_id)
-            tokens.append(token)
-            logprobs.append(logprob)
-            alive.append(~done)
+            live = ~done
+            tokens[rows[live], t] = token[live]
+            logprobs[rows[live], t] = logprob[live].float()
+            alive[rows[live], t] = True
             done = done | torch.isin(token, stop_ids)
-            if t == params.max_new_tokens - 1 or bool(done.all()):
+            if t == T - 1 or bool(done.all()):
                 break
-            # Rows already finished feed a masked-out pad; every row's queries attend only to its own cache.
-            attention_mask = torch.cat([attention_mask, alive[-1][:, None].to(attention_mask.dtype)], dim=1)
+            if 4 * int(done.sum()) >= len(rows):
+                keep = (~done).nonzero().squeeze(1)
+                prefix = prefix.select(keep)
+                rows, done, live, token = rows[keep], done[keep], live[keep], token[keep]
+                attention_mask = attention_mask[keep]
+            # A row that has finished feeds a masked-out pad; every row's queries attend only to its own cache.
+            token = token.masked_fill(~live, self.pad_id)
+            attention_mask = torch.cat([attention_mask, live[:, None].to(attention_mask.dtype)], dim=1)
             logits = self.model(
                 input_ids=token[:, None],
                 attention_mask=attention_mask,
@@ -129,7 +144,7 @@ class HFRolloutBackend(RolloutBackend):
                 past_key_values=prefix.cache,
                 use_cache=True,
             ).logits[:, -1]
-        return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(alive, 1)
+        return tokens, logprobs, alive
 
     def _banned_tokens(self, vocab: int, device: torch.device) -> Tensor:
         """[vocab] bool: vision placeholders and embedding rows beyond the tokenizer, never sampled.
