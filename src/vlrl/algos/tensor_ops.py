@@ -45,8 +45,9 @@ def entropy_from_logits(logits: Tensor, chunk_size: int = 1024) -> Tensor:
     """
     flat = logits.reshape(-1, logits.shape[-1])
     out = []
-    for start in range(0, flat.shape[0], chunk_size):
-        z = flat[start : start + chunk_size].float()
+    # split, not slicing: the backward of each slice would fill a zero gradient of the full size.
+    for chunk in flat.split(chunk_size):
+        z = chunk.float()
         out.append(torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1))
     ent = torch.cat(out) if out else flat.new_zeros(0, dtype=torch.float32)
     return ent.view(logits.shape[:-1])
@@ -62,9 +63,8 @@ def logprobs_from_logits(logits: Tensor, ids: Tensor, chunk_size: int = 1024) ->
     flat = logits.reshape(-1, logits.shape[-1])
     flat_ids = ids.reshape(-1, 1)
     out = []
-    for start in range(0, flat.shape[0], chunk_size):
-        z = flat[start : start + chunk_size].float()
-        picked = z.gather(-1, flat_ids[start : start + chunk_size]).squeeze(-1)
-        out.append(picked - torch.logsumexp(z, -1))
+    for chunk, chunk_ids in zip(flat.split(chunk_size), flat_ids.split(chunk_size), strict=True):
+        z = chunk.float()
+        out.append(z.gather(-1, chunk_ids).squeeze(-1) - torch.logsumexp(z, -1))
     logp = torch.cat(out) if out else flat.new_zeros(0, dtype=torch.float32)
     return logp.view(ids.shape)
