@@ -342,47 +342,12 @@ def floor_device(args, device: torch.device) -> tuple[Device, str]:
 
 
 # ---- TRL ---------------------------------------------------------------------------------------
-def trl_reward(name: str):
-    """vlrl's reward `name` with TRL's convention: conversational completions, dataset columns."""
-    from vlrl.rewards import REWARDS
-
-    def reward(completions, **fields):
-        return REWARDS[name]([c[-1]["content"] for c in completions], **fields)
-
-    reward.__name__ = name
-    return reward
-
-
-def trl_dataset(data: Path):
-    """The workload rows as TRL prompts: vlrl's own messages, every content a list of parts."""
-    from datasets import Dataset
-
-    from vlrl.data.loading import load_samples
-    from vlrl.data.prompts import build_messages, get_template
-
-    template = get_template("think_answer")
-    samples, _ = load_samples(data)
-    rows = []
-    for s in samples:
-        messages = build_messages(s, template)
-        for m in messages:
-            if isinstance(m["content"], str):
-                m["content"] = [{"type": "text", "text": m["content"]}]
-        rows.append(
-            {
-                "prompt": messages,
-                "images": [Image.open(p).convert("RGB") for p in s.images],
-                "answer": s.answer,
-            }
-        )
-    return Dataset.from_list(rows)
-
-
 def run_trl(args, model: Path, data: Path, out: Path, device: torch.device) -> dict:
     """TRL's GRPOTrainer on the same checkpoint, rows and settings (one group per micro-batch, P of
     them accumulated per step); returns the same keys as `run_vlrl` minus the phase timings."""
     import trl
     from transformers import PrinterCallback, TrainerCallback
+    from trl_vs_vlrl import trl_dataset, trl_rewards
 
     from vlrl.models.adapters import adapter_class
     from vlrl.models.loading import load_processor
@@ -436,9 +401,9 @@ def run_trl(args, model: Path, data: Path, out: Path, device: torch.device) -> d
     clock = StepClock()
     trainer = trl.GRPOTrainer(
         model=str(model),
-        reward_funcs=[trl_reward("format"), trl_reward("accuracy")],
+        reward_funcs=trl_rewards(("format", "accuracy")),
         args=settings,
-        train_dataset=trl_dataset(data),
+        train_dataset=trl_dataset(data, system_prompt=None),
         processing_class=processor,
         callbacks=[clock],
     )

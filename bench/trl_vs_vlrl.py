@@ -17,10 +17,11 @@ so that load from other processes hits both alike:
 and vlrl's speed-up over TRL on each.
 
 `--accuracy` adds the time-to-accuracy comparison on the demo task: a short cold-start SFT (vlrl's
-`sft`, the demo's recipe) gives the common starting checkpoint, then each side trains from it with
-the demo's GRPO settings while a callback evaluates held-out accuracy (greedy, vlrl's evaluator on
-both sides so the number means the same) every `--eval-every` steps. Reported: training wall time
-(evaluation excluded) until held-out accuracy first reaches `--threshold`.
+`sft` with the demo's recipe, `--sft-steps`) gives the common starting checkpoint, then each side
+trains `--race-steps` steps from it with the settings above (`--race-prompts`,
+`--race-max-new-tokens`) while held-out accuracy is evaluated every `--eval-every` steps (greedy,
+vlrl's evaluator on both sides so the number means the same). Reported: training wall time
+(evaluation excluded) until held-out accuracy first reaches the cold start's plus `--gain`.
 
     pip install -e ".[bench]"
     python bench/trl_vs_vlrl.py                 # throughput, 3 runs per side
@@ -41,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from vlrl.config import TrainConfig, load_config
+from vlrl.config import SFTConfig, TrainConfig, load_config
 from vlrl.data.loading import load_samples
 from vlrl.data.prompts import build_messages, get_template
 from vlrl.models.loading import load_model
@@ -138,13 +139,14 @@ def run_vlrl(w: Workload, out: Path) -> RunStats:
 
 
 # ---- TRL -------------------------------------------------------------------------------------------
-def trl_dataset(w: Workload):
-    """The train rows as TRL conversational prompts with vlrl's exact messages, plus reward columns."""
+def trl_dataset(train: Path, system_prompt: str | None = SYSTEM_PROMPT):
+    """The rows of `train` as TRL conversational prompts with vlrl's exact messages (the
+    think_answer template, `system_prompt` None keeping its own), plus the reward columns."""
     from datasets import Dataset
     from PIL import Image
 
-    template = get_template("think_answer", system_prompt=SYSTEM_PROMPT)
-    samples, _ = load_samples(w.train)
+    template = get_template("think_answer", system_prompt=system_prompt)
+    samples, _ = load_samples(train)
     rows = []
     for s in samples:
         messages = build_messages(s, template)
@@ -161,7 +163,7 @@ def trl_dataset(w: Workload):
     return Dataset.from_list(rows)
 
 
-def trl_rewards() -> list[Callable]:
+def trl_rewards(names: tuple[str, ...] = REWARD_NAMES) -> list[Callable]:
     """vlrl's reward functions with TRL's calling convention (chat completions + dataset columns)."""
 
     def wrap(name: str) -> Callable:
@@ -172,7 +174,7 @@ def trl_rewards() -> list[Callable]:
         reward.__name__ = name
         return reward
 
-    return [wrap(n) for n in REWARD_NAMES]
+    return [wrap(n) for n in names]
 
 
 def trl_trainer(w: Workload, out: Path, dataset, callbacks=()):
@@ -243,6 +245,131 @@ def run_trl(w: Workload, out: Path, dataset) -> RunStats:
     return RunStats(gen_s=trainer.bench_gen_s[1:], step_s=step_s, tokens=tokens)
 
 
+# ---- time to accuracy ------------------------------------------------------------------------------
+@dataclass
+class Race:
+    """One side's held-out accuracy after `train_s` seconds of training (evaluation excluded)."""
+
+    points: list[tuple[int, float, float]] = field(default_factory=list)  # (step, train_s, acc)
+
+    def time_to(self, threshold: float) -> tuple[int, float] | None:
+        return next(((step, s) for step, s, acc in self.points if acc >= threshold), None)
+
+
+class Evaluator:
+    """Greedy held-out accuracy with vlrl's in-training evaluator, for either side's model."""
+
+    def __init__(self, w: Workload, max_new_tokens: int):
+        from vlrl.evaluation.intraining import evaluate_during_training
+        from vlrl.rollout import HFRolloutBackend
+
+        self.adapter = load_model(w.model).adapter
+        self.template = get_template("think_answer", system_prompt=SYSTEM_PROMPT)
+        self.samples, _ = load_samples(w.heldout)
+        self.max_new_tokens = max_new_tokens
+        self._evaluate, self._backend = evaluate_during_training, HFRolloutBackend
+
+    def __call__(self, model) -> float:
+        backend = self._backend(model, self.adapter)
+        result = self._evaluate(
+            backend, self.adapter, self.template, self.samples, self.max_new_tokens, batch_size=256
+        )
+        return result["acc"]
+
+
+def race_vlrl(w: Workload, out: Path, evaluate: Evaluator, every: int) -> Race:
+    from vlrl.training.grpo import GRPOTrainer
+
+    trainer = GRPOTrainer(vlrl_config(w, out, ["logging.jsonl=false"]))
+    race, train_s = Race(), 0.0
+    for step in range(every, w.steps + 1, every):
+        t0 = time.perf_counter()
+        trainer.train(until=step)
+        train_s += time.perf_counter() - t0
+        race.points.append((step, train_s, evaluate(trainer.model)))
+        print(f"  vlrl step {step}: {train_s:.0f} s, held-out acc {race.points[-1][2]:.3f}", flush=True)
+    return race
+
+
+def race_trl(w: Workload, out: Path, dataset, evaluate: Evaluator, every: int) -> Race:
+    from transformers import TrainerCallback
+
+    race = Race()
+
+    class EvalClock(TrainerCallback):
+        """Evaluates every `every` steps with the training clock stopped."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.train_s, self.t0 = 0.0, time.perf_counter()
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step % every:
+                return
+            self.train_s += time.perf_counter() - self.t0
+            race.points.append((state.global_step, self.train_s, evaluate(model)))
+            print(
+                f"  TRL step {state.global_step}: {self.train_s:.0f} s, held-out acc {race.points[-1][2]:.3f}"
+            )
+            model.train()
+            self.t0 = time.perf_counter()
+
+    trainer, _ = trl_trainer(w, out, dataset, callbacks=[EvalClock()])
+    trainer.train()
+    return race
+
+
+def cold_start(w: Workload, out: Path, steps: int) -> Path:
+    """The demo's cold-start SFT, `steps` steps: the checkpoint both sides start RL from."""
+    from vlrl.training.sft import SFTTrainer
+
+    cfg = load_config(
+        None,
+        [
+            f"model.path={w.model}",
+            f"data.train={w.train}",
+            f"data.system_prompt={SYSTEM_PROMPT!r}",
+            f"train.steps={steps}",
+            "train.lr=2e-3",
+            "train.lr_schedule=cosine",
+            "train.warmup_steps=5",
+            "train.micro_batch_tokens=8192",
+            "train.device=cpu",
+            f"train.output_dir={out}",
+            "sft.batch_size=32",
+            "sft.epochs=100",
+            "logging.progress=false",
+        ],
+        schema=SFTConfig,
+    )
+    sft = SFTTrainer(cfg)
+    sft.train()
+    return sft.out / "checkpoints" / f"step_{sft.step:06d}"
+
+
+def time_to_accuracy(w: Workload, tmp: Path, sft_steps: int, every: int, gain: float) -> dict:
+    """Cold start, then both sides race from it to cold-start accuracy + `gain`."""
+    print(f"\ncold-start SFT, {sft_steps} steps", flush=True)
+    start = cold_start(w, tmp / "sft", sft_steps)
+    w = Workload(**{**w.__dict__, "model": start})
+    evaluate = Evaluator(w, w.max_new_tokens)
+    base = evaluate(load_model(start).model)
+    threshold = base + gain
+    print(f"cold start: held-out acc {base:.3f}; threshold {threshold:.3f}", flush=True)
+    races = {
+        "TRL GRPOTrainer": race_trl(w, tmp / "trl_race", trl_dataset(w.train), evaluate, every),
+        "vlrl": race_vlrl(w, tmp / "vlrl_race", evaluate, every),
+    }
+    print(f"\ntime to held-out accuracy {threshold:.3f} (cold start {base:.3f}), training time only:")
+    result = {"cold_start": base, "threshold": threshold}
+    for name, race in races.items():
+        hit = race.time_to(threshold)
+        best = max(acc for _, _, acc in race.points)
+        result[name] = None if hit is None else hit[1]
+        reached = f"step {hit[0]}, {hit[1]:.0f} s" if hit else f"not reached in {w.steps} steps"
+        print(f"  {name:18} {reached} (best {best:.3f})")
+    return result
+
+
 # ---- reporting -------------------------------------------------------------------------------------
 def versions() -> str:
     import transformers
@@ -277,7 +404,7 @@ def print_throughput(w: Workload, results: dict[str, list[dict[str, float]]]) ->
 
 # ---- main ------------------------------------------------------------------------------------------
 def throughput(w: Workload, runs: int, tmp: Path) -> dict[str, float]:
-    dataset = trl_dataset(w)
+    dataset = trl_dataset(w.train)
     results: dict[str, list[dict[str, float]]] = {"trl": [], "vlrl": []}
     for r in range(runs):
         trl_stats = run_trl(w, tmp / f"trl_{r}", dataset)
@@ -296,9 +423,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=3, help="throughput runs per side (0: skip)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, help="keep the runs here instead of a temporary folder")
+    p.add_argument("--accuracy", action="store_true", help="also race both sides to a held-out accuracy")
+    p.add_argument("--sft-steps", type=int, default=150, help="cold-start SFT steps before the race")
+    p.add_argument("--race-steps", type=int, default=40, help="GRPO steps per side in the race")
+    p.add_argument("--race-prompts", type=int, default=16)
+    p.add_argument("--race-max-new-tokens", type=int, default=128)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--gain", type=float, default=0.05, help="threshold = cold-start accuracy + this")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -306,7 +440,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = args.out or Path(tmp_name)
         model = args.model or build_tiny_model("qwen2_vl", tmp / "model", size="tiny")
-        data = generate_dataset("counting", 600, tmp / "data", seed=0, heldout=100)
+        data = generate_dataset("counting", 2300, tmp / "data", seed=0, heldout=300)
         w = Workload(
             model=model,
             train=data["train"],
@@ -317,9 +451,21 @@ def main(argv: list[str] | None = None) -> dict:
             lr=args.lr,
             steps=args.steps,
         )
-        ratios = throughput(w, args.runs, tmp)
-    print(json.dumps({"ratios": ratios}))
-    return ratios
+        result = {"ratios": throughput(w, args.runs, tmp)} if args.runs else {}
+        if args.accuracy:
+            race = Workload(
+                **{
+                    **w.__dict__,
+                    "prompts": args.race_prompts,
+                    "max_new_tokens": args.race_max_new_tokens,
+                    "steps": args.race_steps,
+                }
+            )
+            result["time_to_accuracy"] = time_to_accuracy(
+                race, tmp, args.sft_steps, args.eval_every, args.gain
+            )
+    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
