@@ -23,6 +23,9 @@ REWARD_FILE = """
 def has_e(completions, **fields):
     return [1.0 if "e" in c else 0.0 for c in completions]
 
+def constant(completions, **fields):
+    return [1.0 for _ in completions]
+
 def flaky(completions, **fields):
     if any("e" in c for c in completions):
         raise RuntimeError("user bug")
@@ -104,6 +107,18 @@ def test_kl_to_a_reference_model_is_logged_and_grows(workspace, tmp_path):
     history = trainer.train()
     assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first update starts at the reference
     assert history[-1]["kl"] > 0
+
+
+def test_entropy_bonus_alone_moves_the_policy_towards_higher_entropy(workspace, tmp_path):
+    """A constant reward gives zero advantages: only the entropy term can produce a gradient."""
+    reward = f"reward.functions=['{workspace['reward']}:constant']"
+    still = GRPOTrainer(make_config(workspace, tmp_path / "a", reward, "train.steps=2")).train()
+    assert all(h["grad_norm"] == 0 for h in still)
+    bonus = GRPOTrainer(
+        make_config(workspace, tmp_path / "b", reward, "algo.entropy_coef=0.5", "train.steps=6")
+    ).train()
+    assert all(h["grad_norm"] > 0 for h in bonus)
+    assert bonus[-1]["entropy"] > bonus[0]["entropy"]
 
 
 def test_no_reference_model_without_kl(workspace, tmp_path):

@@ -90,16 +90,23 @@ def test_grouped_logprobs_match_full_passes_in_value_and_gradient(tiny_models, i
         lm.model.zero_grad()
         if grouped:
             logp, ent = grouped_response_logprobs(
-                lm.model, prompts, row_prompt, responses, pad, 0.7, blocked, with_entropy=True, adapter=a
+                lm.model, prompts, row_prompt, responses, pad, 0.7, blocked, True, a, entropy_grad=True
             )
         else:
             seqs = [prompts[p].with_response(r) for p, r in zip(row_prompt, responses, strict=True)]
-            logp, ent = response_logprobs(lm.model, seqs, lengths, pad, 0.7, blocked, with_entropy=True)
+            logp, ent = response_logprobs(
+                lm.model, seqs, lengths, pad, 0.7, blocked, with_entropy=True, entropy_grad=True
+            )
         ((logp + ent) * weights * mask).sum().backward()
         grads = {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
         return logp * mask, ent * mask, grads
 
     full, grouped = run(False), run(True)
+    # As a metric only, the entropy carries no graph (its softmax is not kept for backward).
+    _, metric = grouped_response_logprobs(
+        lm.model, prompts, row_prompt, responses, pad, 0.7, blocked, True, a
+    )
+    assert metric.grad_fn is None
     torch.testing.assert_close(grouped[0], full[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(grouped[1], full[1], atol=1e-5, rtol=1e-4)
     assert grouped[2].keys() == full[2].keys()

@@ -255,7 +255,9 @@ class GRPOTrainer(TrainingRun):
         for _ in range(a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for k, (rows, w) in enumerate(zip(micro, weights, strict=True)):
-                logp, entropy = self._logprobs(batch, rows, True, features=features)
+                logp, entropy = self._logprobs(
+                    batch, rows, True, features=features, entropy_grad=bool(a.entropy_coef)
+                )
                 mask = mask_all[rows][:, : logp.shape[1]].to(logp.device)
                 adv = batch.advantages[rows].to(logp.device)
                 old_logp = old[k] if need_old else logp.detach()
@@ -296,7 +298,15 @@ class GRPOTrainer(TrainingRun):
         micro = token_budget_batches(lengths, self.cfg.train.micro_batch_tokens)
         return self.lockstep([[rows[i] for i in m] for m in micro])
 
-    def _logprobs(self, batch: GroupBatch, rows: list[int], with_entropy=False, model=None, features=None):
+    def _logprobs(
+        self,
+        batch: GroupBatch,
+        rows: list[int],
+        with_entropy=False,
+        model=None,
+        features=None,
+        entropy_grad=False,
+    ):
         """Log-probs [len(rows), T] (and entropies) of the completions in global `rows` of `batch`.
 
         `features`: per-prompt image features (`_image_features`), or None to run the vision tower.
@@ -308,6 +318,7 @@ class GRPOTrainer(TrainingRun):
             blocked_ids=self.blocked_ids,
             with_entropy=with_entropy,
             adapter=self.adapter,
+            entropy_grad=entropy_grad,
         )
         if self.shared_prefix:
             prompts = list(dict.fromkeys(i // G for i in rows))

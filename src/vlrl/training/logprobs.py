@@ -51,6 +51,7 @@ def response_logprobs(
     with_entropy: bool = False,
     adapter: ModelAdapter | None = None,
     image_features: torch.Tensor | None = None,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [b, T] (and entropies) of each sequence's response, T = longest response.
 
@@ -68,7 +69,7 @@ def response_logprobs(
     idx = (starts[:, None] - 1 + torch.arange(T, device=device)).clamp(max=logits.shape[1] - 2)
     picked = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])).float()  # [b, T, V]
     targets = batch["input_ids"].gather(1, idx + 1)  # [b, T]
-    return _scored(picked, targets, temperature, blocked_ids, with_entropy)
+    return _scored(picked, targets, temperature, blocked_ids, with_entropy, entropy_grad)
 
 
 def grouped_response_logprobs(
@@ -82,6 +83,7 @@ def grouped_response_logprobs(
     with_entropy: bool = False,
     adapter: ModelAdapter | None = None,
     image_features: torch.Tensor | None = None,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [R, T] (and entropies) of R responses, T = longest response.
 
@@ -107,7 +109,7 @@ def grouped_response_logprobs(
     ).logits  # [R, T, V]
     # The prompt's last logits predict response token 0; response position t predicts t + 1.
     picked = torch.cat([rows.logits[:, None], logits[:, :-1]], dim=1).float()
-    return _scored(picked, ids, temperature, blocked_ids, with_entropy)
+    return _scored(picked, ids, temperature, blocked_ids, with_entropy, entropy_grad)
 
 
 def _scored(
@@ -116,12 +118,20 @@ def _scored(
     temperature: float,
     blocked_ids: torch.Tensor,
     with_entropy: bool,
+    entropy_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """logits [b, T, V] predicting targets [b, T] -> log-probs [b, T] (and entropies) under the
-    rollout's distribution: divided by the temperature, blocked ids masked."""
+    rollout's distribution: divided by the temperature, blocked ids masked.
+
+    The entropy is differentiable only with `entropy_grad`: as a mere metric its softmax, [b, T, V]
+    in float32, would otherwise be kept for a backward pass that never uses it.
+    """
     logits = logits / (temperature if temperature > 0 else 1.0)
     # A large finite value rather than -inf: the entropy's p * log p must be 0, not 0 * inf = nan.
     logits[..., blocked_ids.to(logits.device)] = -1e9
     logp = logprobs_from_logits(logits, targets)
-    entropy = entropy_from_logits(logits) if with_entropy else None
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = entropy_from_logits(logits)
     return logp, entropy
