@@ -20,10 +20,8 @@ def test_token_budget_batches_pack_consecutive_rows_within_budget():
     assert token_budget_batches([20, 1], 8) == [[0], [1]]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "internvl"])
-def test_cached_image_features_give_the_same_logprobs(tiny_models, images, family):
-    lm = load_model(tiny_models[family])
-    a = lm.adapter
+def two_prompts(adapter, images):
+    """A one-image prompt and a longer two-image one (so batches need padding)."""
     samples = [
         Sample(id="a", question="How many?", answer="1", images=[images["small"]]),
         Sample(
@@ -33,8 +31,15 @@ def test_cached_image_features_give_the_same_logprobs(tiny_models, images, famil
             images=[images["big"], images["small"]],
         ),
     ]
+    return [adapter.encode(s, TEMPLATES["answer_only"]) for s in samples]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "internvl"])
+def test_cached_image_features_give_the_same_logprobs(tiny_models, images, family):
+    lm = load_model(tiny_models[family])
+    a = lm.adapter
     responses = [torch.tensor([5, 6, 7]), torch.tensor([8, 9])]
-    prompts = [a.encode(s, TEMPLATES["answer_only"]) for s in samples]
+    prompts = two_prompts(a, images)
     seqs = [p.with_response(r) for p, r in zip(prompts, responses, strict=True)]
     blocked = torch.tensor(a.placeholder_token_ids())
     args = (lm.model, seqs, [3, 2], a.tokenizer.pad_token_id, 1.0, blocked)
@@ -63,16 +68,7 @@ def test_grouped_logprobs_match_full_passes_in_value_and_gradient(tiny_models, i
     """
     lm = load_model(tiny_models[family])
     a = lm.adapter
-    samples = [
-        Sample(id="a", question="How many?", answer="1", images=[images["small"]]),
-        Sample(
-            id="b",
-            question="Image 1: <image> Image 2: <image> count all",
-            answer="1",
-            images=[images["big"], images["small"]],
-        ),
-    ]
-    prompts = [a.encode(s, TEMPLATES["answer_only"]) for s in samples]
+    prompts = two_prompts(a, images)
     row_prompt = [0, 1, 0, 0]
     responses = [
         torch.tensor([5, 6, 7]),
