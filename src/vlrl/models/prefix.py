@@ -94,7 +94,7 @@ class ReservedLayer(DynamicLayer):
 
     `DynamicLayer.update` concatenates, copying the layer's whole cache for every decoded token:
     O(L) memory traffic per token, which dominates a CPU decode step at a few hundred rows. Here a
-    token is written into the spare room; past it, updates fall back to concatenation.
+    token is written into the spare room, and a full buffer doubles its room (amortised O(1)).
     """
 
     def __init__(self, layer: DynamicLayer, tokens: int):
@@ -109,7 +109,8 @@ class ReservedLayer(DynamicLayer):
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         end = self.length + key_states.shape[-2]
         if end > self.key_buffer.shape[-2]:
-            return super().update(key_states, value_states)
+            room = max(end - self.length, self.key_buffer.shape[-2])
+            self.key_buffer, self.value_buffer = _with_room(self.keys, room), _with_room(self.values, room)
         self.key_buffer[..., self.length : end, :] = key_states
         self.value_buffer[..., self.length : end, :] = value_states
         self.length = end
