@@ -1,7 +1,10 @@
 """Benchmark: vlrl against TRL's GRPOTrainer on the same tiny VLM, data and settings, in one run.
 
-Both sides start from the same checkpoint (by default a freshly built tiny Qwen2-VL), see the same
-prompts (vlrl's messages, rendered by the model's chat template on both sides), are scored by the
+Both sides start from the same checkpoint: by default a freshly built tiny Qwen2-VL after a short
+cold-start SFT on the demo's counting task (vlrl's `sft` with the demo's recipe, `--sft-steps`),
+because RL always starts from a model whose answers have a format and end; a random model's
+completions almost never stop, which is no workload anyone trains on (`--sft-steps 0` measures it
+anyway). Both see the same prompts (vlrl's messages, rendered by the model's chat template on both sides), are scored by the
 same reward functions (`vlrl.rewards.REWARDS`: format + accuracy) and train with the same
 settings: P prompts x G samples per step, max new tokens, temperature 1, learning rate, constant
 schedule, no KL, one on-policy update per step, float32, no gradient checkpointing, no bf16
@@ -16,9 +19,8 @@ so that load from other processes hits both alike:
 - wall time per step;
 and vlrl's speed-up over TRL on each.
 
-`--accuracy` adds the time-to-accuracy comparison on the demo task: a short cold-start SFT (vlrl's
-`sft` with the demo's recipe, `--sft-steps`) gives the common starting checkpoint, then each side
-trains `--race-steps` steps from it with the settings above (`--race-prompts`,
+`--accuracy` adds the time-to-accuracy comparison on the demo task: from the same cold start each
+side trains `--race-steps` steps with the settings above (`--race-prompts`,
 `--race-max-new-tokens`) while held-out accuracy is evaluated every `--eval-every` steps (greedy,
 vlrl's evaluator on both sides so the number means the same). Reported: training wall time
 (evaluation excluded) until held-out accuracy first reaches the cold start's plus `--gain`.
@@ -318,15 +320,15 @@ def race_trl(w: Workload, out: Path, dataset, evaluate: Evaluator, every: int) -
     return race
 
 
-def cold_start(w: Workload, out: Path, steps: int) -> Path:
-    """The demo's cold-start SFT, `steps` steps: the checkpoint both sides start RL from."""
+def cold_start(model: Path, train: Path, out: Path, steps: int) -> Path:
+    """The demo's cold-start SFT of `model`, `steps` steps: the checkpoint both sides start from."""
     from vlrl.training.sft import SFTTrainer
 
     cfg = load_config(
         None,
         [
-            f"model.path={w.model}",
-            f"data.train={w.train}",
+            f"model.path={model}",
+            f"data.train={train}",
             f"data.system_prompt={SYSTEM_PROMPT!r}",
             f"train.steps={steps}",
             "train.lr=2e-3",
@@ -346,13 +348,10 @@ def cold_start(w: Workload, out: Path, steps: int) -> Path:
     return sft.out / "checkpoints" / f"step_{sft.step:06d}"
 
 
-def time_to_accuracy(w: Workload, tmp: Path, sft_steps: int, every: int, gain: float) -> dict:
-    """Cold start, then both sides race from it to cold-start accuracy + `gain`."""
-    print(f"\ncold-start SFT, {sft_steps} steps", flush=True)
-    start = cold_start(w, tmp / "sft", sft_steps)
-    w = Workload(**{**w.__dict__, "model": start})
+def time_to_accuracy(w: Workload, tmp: Path, every: int, gain: float) -> dict:
+    """Both sides race from `w.model` to its held-out accuracy + `gain`."""
     evaluate = Evaluator(w, w.max_new_tokens)
-    base = evaluate(load_model(start).model)
+    base = evaluate(load_model(w.model).model)
     threshold = base + gain
     print(f"cold start: held-out acc {base:.3f}; threshold {threshold:.3f}", flush=True)
     races = {
@@ -418,16 +417,22 @@ def throughput(w: Workload, runs: int, tmp: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, help="starting checkpoint (default: a fresh tiny qwen2_vl)")
-    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument(
+        "--sft-steps",
+        type=int,
+        default=150,
+        help="cold-start SFT steps from --model before both sides start (0: none; a random model's "
+        "completions almost never end, unlike any model RL starts from)",
+    )
+    p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--group", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--runs", type=int, default=3, help="throughput runs per side (0: skip)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, help="keep the runs here instead of a temporary folder")
     p.add_argument("--accuracy", action="store_true", help="also race both sides to a held-out accuracy")
-    p.add_argument("--sft-steps", type=int, default=150, help="cold-start SFT steps before the race")
     p.add_argument("--race-steps", type=int, default=40, help="GRPO steps per side in the race")
     p.add_argument("--race-prompts", type=int, default=16)
     p.add_argument("--race-max-new-tokens", type=int, default=128)
@@ -441,6 +446,11 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = args.out or Path(tmp_name)
         model = args.model or build_tiny_model("qwen2_vl", tmp / "model", size="tiny")
         data = generate_dataset("counting", 2300, tmp / "data", seed=0, heldout=300)
+        if args.sft_steps:
+            print(
+                f"\ncold-start SFT of {model}, {args.sft_steps} steps: both sides start from it", flush=True
+            )
+            model = cold_start(model, data["train"], tmp / "sft", args.sft_steps)
         w = Workload(
             model=model,
             train=data["train"],
@@ -461,9 +471,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "steps": args.race_steps,
                 }
             )
-            result["time_to_accuracy"] = time_to_accuracy(
-                race, tmp, args.sft_steps, args.eval_every, args.gain
-            )
+            result["time_to_accuracy"] = time_to_accuracy(race, tmp, args.eval_every, args.gain)
     print(json.dumps(result))
     return result
 

@@ -14,7 +14,7 @@ from trl_vs_vlrl import main  # noqa: E402  (bench/ is put on sys.path by confte
 
 def test_both_sides_train_and_the_ratios_are_printed(capsys, tmp_path):
     result = main(
-        ["--runs", "1", "--steps", "3", "--prompts", "2", "--group", "2", "--max-new-tokens", "8",
+        ["--runs", "1", "--steps", "3", "--prompts", "2", "--group", "2", "--max-new-tokens", "8", "--sft-steps", "6",
          "--out", str(tmp_path)]
     )  # fmt: skip
     ratios = result["ratios"]
@@ -23,6 +23,7 @@ def test_both_sides_train_and_the_ratios_are_printed(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "TRL GRPOTrainer" in out and "trl 1." in out
     assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(result))
-    # Both sides really trained from the same checkpoint: each wrote its run.
+    # Both sides really trained, from the cold-start checkpoint: each wrote its run.
+    assert "both sides start from it" in out
     assert (tmp_path / "vlrl_0" / "metrics.jsonl").is_file()
     assert (tmp_path / "trl_0").is_dir()
