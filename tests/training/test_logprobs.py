@@ -86,7 +86,7 @@ def test_grouped_logprobs_match_full_passes_in_value_and_gradient(tiny_models, i
         lm.model.zero_grad()
         if grouped:
             logp, ent = grouped_response_logprobs(
-                lm.model, prompts, row_prompt, responses, pad, 0.7, blocked, True, a, entropy_grad=True
+                lm.model, a, prompts, row_prompt, responses, pad, 0.7, blocked, True, entropy_grad=True
             )
         else:
             seqs = [prompts[p].with_response(r) for p, r in zip(row_prompt, responses, strict=True)]
@@ -100,7 +100,7 @@ def test_grouped_logprobs_match_full_passes_in_value_and_gradient(tiny_models, i
     full, grouped = run(False), run(True)
     # As a metric only, the entropy carries no graph (its softmax is not kept for backward).
     _, metric = grouped_response_logprobs(
-        lm.model, prompts, row_prompt, responses, pad, 0.7, blocked, True, a
+        lm.model, a, prompts, row_prompt, responses, pad, 0.7, blocked, True
     )
     assert metric.grad_fn is None
     torch.testing.assert_close(grouped[0], full[0], atol=1e-5, rtol=1e-4)

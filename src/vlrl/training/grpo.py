@@ -317,7 +317,6 @@ class GRPOTrainer(TrainingRun):
             temperature=self.cfg.rollout.temperature,
             blocked_ids=self.blocked_ids,
             with_entropy=with_entropy,
-            adapter=self.adapter,
             entropy_grad=entropy_grad,
         )
         if self.shared_prefix:
@@ -325,6 +324,7 @@ class GRPOTrainer(TrainingRun):
             local = {p: k for k, p in enumerate(prompts)}
             return grouped_response_logprobs(
                 model,
+                self.adapter,
                 [batch.prompts[p] for p in prompts],
                 [local[i // G] for i in rows],
                 [flat[i].token_ids for i in rows],
@@ -335,6 +335,7 @@ class GRPOTrainer(TrainingRun):
             model,
             [batch.prompts[i // G].with_response(flat[i].token_ids) for i in rows],
             [flat[i].token_ids.numel() for i in rows],
+            adapter=self.adapter,
             image_features=_concat_features([features[i // G] for i in rows] if features else None),
             **common,
         )

@@ -74,6 +74,7 @@ def response_logprobs(
 
 def grouped_response_logprobs(
     model: nn.Module,
+    adapter: ModelAdapter,
     prompts: list[Encoded],
     row_prompt: list[int],
     responses: list[torch.Tensor],
@@ -81,7 +82,6 @@ def grouped_response_logprobs(
     temperature: float,
     blocked_ids: torch.Tensor,
     with_entropy: bool = False,
-    adapter: ModelAdapter | None = None,
     image_features: torch.Tensor | None = None,
     entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
