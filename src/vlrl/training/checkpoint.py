@@ -107,9 +107,14 @@ def save_checkpoint(step_dir: Path, model, processor, optimizer, scheduler, trai
     _publish(tmp, step_dir)
 
 
+def _tmp_dir(step_dir: Path) -> Path:
+    """Where `step_dir` is written before `_publish` renames it."""
+    return step_dir.with_name(step_dir.name + ".tmp")
+
+
 def _fresh_tmp(step_dir: Path) -> Path:
-    """An empty `<step_dir>.tmp` to write the checkpoint into."""
-    tmp = step_dir.with_name(step_dir.name + ".tmp")
+    """An empty `_tmp_dir(step_dir)` to write the checkpoint into."""
+    tmp = _tmp_dir(step_dir)
     if tmp.exists():  # left by a run killed while saving this step
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -134,7 +139,7 @@ def save_sharded_checkpoint(
     check_plain(trainer_state)
     rng = rng_states()
     full = full_state_dict(model, rank0_only=True)
-    tmp = step_dir.with_name(step_dir.name + ".tmp")
+    tmp = _tmp_dir(step_dir)
     if rank == 0:
         _fresh_tmp(step_dir)
     barrier("checkpoint folder")
