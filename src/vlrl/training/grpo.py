@@ -90,9 +90,8 @@ class GRPOTrainer(TrainingRun):
         # Gradient checkpointing recomputes layers and cannot keep the prompt's KV cache.
         self.shared_prefix = not cfg.model.gradient_checkpointing
         self.monitor = AlarmMonitor(cfg.monitor)
-        if (
-            self.step and self.world.is_main
-        ):  # resumed: steps after the checkpoint are redone, drop their old records
+        # Resumed: the steps after the checkpoint are redone, so their old records go.
+        if self.step and self.world.is_main:
             for name in (ALARMS_FILE, ROLLOUTS_FILE):
                 truncate_jsonl(self.out / name, self.step)
 
