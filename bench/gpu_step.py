@@ -347,7 +347,7 @@ def run_trl(args, model: Path, data: Path, out: Path, device: torch.device) -> d
     them accumulated per step); returns the same keys as `run_vlrl` minus the phase timings."""
     import trl
     from transformers import PrinterCallback, TrainerCallback
-    from trl_vs_vlrl import trl_dataset, trl_rewards
+    from trl_vs_vlrl import trl_config, trl_dataset, trl_rewards
 
     from vlrl.models.adapters import adapter_class
     from vlrl.models.loading import load_processor
@@ -374,8 +374,8 @@ def run_trl(args, model: Path, data: Path, out: Path, device: torch.device) -> d
     processor = load_processor(model)
     adapter = adapter_class(config["model_type"])(processor)
     cuda = device.type == "cuda"
-    settings = trl.GRPOConfig(
-        output_dir=str(out),
+    settings = trl_config(
+        out,
         use_cpu=not cuda,
         bf16=cuda,
         model_init_kwargs={"dtype": "bfloat16" if cuda else "float32"},
@@ -386,17 +386,11 @@ def run_trl(args, model: Path, data: Path, out: Path, device: torch.device) -> d
         max_completion_length=args.response_tokens,
         # As vlrl's sampler: never the vision placeholders (the EOS among them) nor rows past the tokenizer.
         generation_kwargs={"suppress_tokens": adapter.blocked_token_ids(config["text_config"]["vocab_size"])},
-        temperature=1.0,
         learning_rate=1e-6,
-        lr_scheduler_type="constant",
         beta=args.kl_beta,
         num_iterations=args.ppo_epochs,
         max_steps=args.steps,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
         seed=0,
-        disable_tqdm=True,
     )
     clock = StepClock()
     trainer = trl.GRPOTrainer(

@@ -179,6 +179,23 @@ def trl_rewards(names: tuple[str, ...] = REWARD_NAMES) -> list[Callable]:
     return [wrap(n) for n in names]
 
 
+def trl_config(out: Path, **settings):
+    """TRL's GRPOConfig as both benchmarks run it (temperature 1, constant lr, a log record every
+    step, no checkpoints, no reporting, no progress bar) plus the workload's `settings`."""
+    import trl
+
+    return trl.GRPOConfig(
+        output_dir=str(out),
+        temperature=1.0,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        **settings,
+    )
+
+
 def trl_trainer(w: Workload, out: Path, dataset, callbacks=()):
     import trl
     from transformers import TrainerCallback
@@ -204,25 +221,19 @@ def trl_trainer(w: Workload, out: Path, dataset, callbacks=()):
                 self.times.append(time.perf_counter())
                 self.logs.append(logs)
 
-    args = trl.GRPOConfig(
-        output_dir=str(out),
+    args = trl_config(
+        out,
         use_cpu=True,
         bf16=False,
         gradient_checkpointing=False,
         per_device_train_batch_size=w.prompts * w.group,
         num_generations=w.group,
         max_completion_length=w.max_new_tokens,
-        temperature=1.0,
         learning_rate=w.lr,
-        lr_scheduler_type="constant",
         beta=0.0,
         num_iterations=1,
         max_steps=w.steps,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
         seed=w.seed,
-        disable_tqdm=True,
     )
     processor = load_model(w.model).processor
     clock = StepClock()
