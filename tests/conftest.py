@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3")
 
 
 @pytest.fixture(scope="session")

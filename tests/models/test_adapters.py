@@ -12,7 +12,7 @@ from vlrl.models.adapters import MODULE_GROUPS, InternVLAdapter, adapter_class
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3")
 PLAIN = TEMPLATES["answer_only"]
 
 
@@ -71,6 +71,8 @@ def test_multi_image_tokens_sit_where_the_markers_are(loaded, images, family):
             start = None
     if family == "internvl":
         assert [e - s for s, e in runs] == [16, 48]  # 1 tile, then 3 tiles: image order kept
+    elif family == "idefics3":
+        assert [e - s for s, e in runs] == [16, 16]  # every image is resized to one tile
     else:
         assert [e - s for s, e in runs] == [16, (12 * 20) // 4]
     before_first = tok.decode(ids[: runs[0][0]], skip_special_tokens=True)
@@ -190,7 +192,9 @@ def test_response_is_appended_after_the_prompt_with_end_of_turn(loaded, images, 
 
 
 def test_unsupported_model_type_lists_supported():
-    with pytest.raises(ValueError, match="not supported; supported: internvl, qwen2_5_vl, qwen2_vl"):
+    with pytest.raises(
+        ValueError, match="not supported; supported: idefics3, internvl, qwen2_5_vl, qwen2_vl"
+    ):
         adapter_class("llava")
     assert adapter_class("internvl") is InternVLAdapter
 
@@ -200,3 +204,24 @@ def test_missing_model_folder_is_named(tmp_path):
         load_model(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model(tmp_path)
+
+
+def test_idefics3_batch_pads_the_image_axis_and_matches_single_samples(loaded, images):
+    """Samples with 2, 1 and 0 images batch together (the image axis is zero-padded, as
+    Idefics3's processor does) and each row's logits equal that sample run alone."""
+    lm = loaded["idefics3"]
+    question = "Image 1: <image>\nImage 2: <image>\nWhich image has more circles?"
+    encoded = [
+        lm.adapter.encode(_sample([images["small"], images["big"]], question=question), PLAIN),
+        lm.adapter.encode(_sample([images["big"]]), PLAIN),
+        lm.adapter.encode(_sample([]), PLAIN),
+    ]
+    pad = lm.adapter.tokenizer.pad_token_id
+    batch = collate(encoded, pad)
+    assert batch["pixel_values"].shape[:2] == (2, 2)
+    assert batch["pixel_values"][1, 1].abs().sum() == 0  # the padding image
+    with torch.no_grad():
+        together = lm.model(**batch).logits
+        for row, enc in enumerate(encoded):
+            alone = lm.model(**collate([enc], pad)).logits[0]
+            torch.testing.assert_close(together[row, : enc.length], alone, atol=1e-5, rtol=1e-4)

@@ -19,7 +19,7 @@ from vlrl.rewards import REWARDS
 from vlrl.rewards.boxes import parse_boxes
 from vlrl.rewards.perception import CONVENTIONS
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3")
 SIZE = (500, 333)
 TRUTH = [([40, 30, 210, 150], "red circle"), ([300, 200, 480, 320], "blue square")]
 

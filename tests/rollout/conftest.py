@@ -7,7 +7,7 @@ import pytest
 from vlrl.data.sample import Sample
 from vlrl.models.loading import load_model
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3")
 
 
 @pytest.fixture(scope="session")

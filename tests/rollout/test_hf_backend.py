@@ -15,7 +15,7 @@ from vlrl.data.prompts import TEMPLATES
 from vlrl.models.batching import collate
 from vlrl.rollout import BACKENDS, FINISH_REASONS, HFRolloutBackend, SamplingParams, make_backend
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3")
 
 
 def encode_all(lm, samples):
@@ -144,6 +144,11 @@ def test_seed_fixes_the_samples(loaded, samples, family):
     assert any(len({tuple(row) for row in group}) > 1 for group in _ids(first))
 
 
+def _vision_rows(pixels: torch.Tensor) -> int:
+    """Rows the vision tower sees: Idefics3's per-sample [1, images, 3, S, S] holds `images` of them."""
+    return pixels.shape[0] * pixels.shape[1] if pixels.dim() == 5 else pixels.shape[0]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_vision_and_prefill_run_once_per_prompt_not_per_sample(loaded, samples, family):
     lm = loaded[family]
@@ -168,7 +173,7 @@ def test_vision_and_prefill_run_once_per_prompt_not_per_sample(loaded, samples, 
             h.remove()
     # One vision pass over exactly the prompts' own patches / tiles (not 4 copies of them).
     pixels = lm.adapter.vision_keys[0]
-    assert vision_rows == [sum(p.vision[pixels].shape[0] for p in prompts if pixels in p.vision)]
+    assert vision_rows == [sum(_vision_rows(p.vision[pixels]) for p in prompts if pixels in p.vision)]
     width = max(p.length for p in prompts)
     assert lm_inputs[0] == (3, width)  # prefill: P rows
     assert set(lm_inputs[1:]) == {(12, 1)}  # decode: P * G rows, one token each

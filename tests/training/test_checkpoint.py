@@ -28,7 +28,7 @@ from vlrl.training.checkpoint import (
 from vlrl.training.sampler import PromptSampler
 from vlrl.training.schedule import build_scheduler
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3")
 
 
 def _optimizer(model):

@@ -59,7 +59,7 @@ def test_cached_image_features_give_the_same_logprobs(tiny_models, images, famil
     torch.testing.assert_close(plain[0], expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "internvl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "internvl", "idefics3"])
 def test_grouped_logprobs_match_full_passes_in_value_and_gradient(tiny_models, images, family):
     """One pass per prompt + cached continuations == one prompt + response pass per row.
 

@@ -5,7 +5,9 @@ MAYE does) and batched here. Two kinds of tensors exist in every family:
 - token-aligned ones (`input_ids`, `attention_mask`, Qwen's `mm_token_type_ids`): shape [L],
   padded to the longest sample;
 - vision ones (Qwen's flattened patches + `image_grid_thw`, InternVL's tiles): concatenated
-  along dim 0 in sample order, which is how every supported family batches images.
+  along dim 0 in sample order, which is how every supported family batches images. Idefics3's
+  per-sample [1, images, ...] tensors differ in their image axis between samples; they are padded
+  there with all-zero images, as its own processor does (the model drops those).
 """
 
 from __future__ import annotations
@@ -67,5 +69,17 @@ def collate(items: list[Encoded], pad_id: int, padding_side: str = "right") -> d
     # Text-only samples have no vision tensors; batch whatever the image-bearing ones have.
     for key in dict.fromkeys(k for e in items for k in e.vision):
         parts = [e.vision[key] for e in items if key in e.vision]
-        batch[key] = torch.cat(parts)
+        batch[key] = torch.cat(_pad_to_common_shape(parts))
     return batch
+
+
+def _pad_to_common_shape(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Zero-pad every dim but the first to the largest size among `parts` (a no-op when equal)."""
+    shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
+    out = []
+    for p in parts:
+        pad = []
+        for d in reversed(range(1, p.dim())):
+            pad += [0, shape[d - 1] - p.shape[d]]
+        out.append(torch.nn.functional.pad(p, pad) if any(pad) else p)
+    return out

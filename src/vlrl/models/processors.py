@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from transformers import (
     AutoProcessor,
+    Idefics3Config,
+    Idefics3Processor,
     InternVLConfig,
     InternVLProcessor,
     Qwen2_5_VLConfig,
@@ -63,6 +65,7 @@ IMAGE_ONLY_PROCESSORS = {
     Qwen2VLConfig: Qwen2VLImageOnlyProcessor,
     Qwen2_5_VLConfig: Qwen2_5_VLImageOnlyProcessor,
     InternVLConfig: InternVLImageOnlyProcessor,
+    Idefics3Config: Idefics3Processor,  # image-only already
 }
 
 

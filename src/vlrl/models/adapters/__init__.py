@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vlrl.models.adapters.base import MODULE_GROUPS, ImageError, ModelAdapter, load_image
+from vlrl.models.adapters.idefics3 import Idefics3Adapter
 from vlrl.models.adapters.internvl import InternVLAdapter
 from vlrl.models.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 
@@ -10,6 +11,7 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
     "qwen2_vl": Qwen2VLAdapter,
     "qwen2_5_vl": Qwen2_5_VLAdapter,
     "internvl": InternVLAdapter,
+    "idefics3": Idefics3Adapter,
 }
 
 

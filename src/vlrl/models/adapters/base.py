@@ -207,6 +207,12 @@ class ModelAdapter(ABC):
         return from_px(box, original_size, self.model_image_size(original_size))
 
 
+def plain_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, L] 1-D positions counting only real tokens, so left padding does not shift them."""
+    mask = batch["attention_mask"].long()
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The transformers model inside a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

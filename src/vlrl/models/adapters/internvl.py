@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vlrl.models.adapters.base import ModelAdapter
+from vlrl.models.adapters.base import ModelAdapter, plain_positions
 
 
 class InternVLAdapter(ModelAdapter):
@@ -47,6 +47,4 @@ class InternVLAdapter(ModelAdapter):
         return (self._tile(), self._tile())
 
     def position_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[B, L] positions counting only real tokens, so left padding does not shift them."""
-        mask = batch["attention_mask"].long()
-        return (mask.cumsum(-1) - 1).clamp(min=0)
+        return plain_positions(batch)

@@ -16,6 +16,8 @@ import torch
 from transformers import (
     AutoModelForImageTextToText,
     GenerationConfig,
+    Idefics3Config,
+    Idefics3Processor,
     InternVLConfig,
     PretrainedConfig,
     ProcessorMixin,
@@ -23,6 +25,7 @@ from transformers import (
     Qwen2VLConfig,
 )
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vlrl.models.processors import (
@@ -72,6 +75,14 @@ QWEN_SPECIALS = [
     "<|video_pad|>",
 ]
 INTERNVL_SPECIALS = ["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+IDEFICS3_SPECIALS = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+    "<end_of_utterance>",
+]
 INTERNVL_NAMED = {
     "start_image_token": "<img>",
     "end_image_token": "</img>",
@@ -103,6 +114,7 @@ def _chatml_template(image_text: str) -> str:
 
 QWEN_TEMPLATE = _chatml_template("<|vision_start|><|image_pad|><|vision_end|>")
 INTERNVL_TEMPLATE = _chatml_template("<IMG_CONTEXT>\n")
+IDEFICS3_TEMPLATE = _chatml_template("<image>")
 
 
 def _mrope_section(head_dim: int) -> list[int]:
@@ -188,6 +200,44 @@ def internvl_config(size: Size, vocab: int, tok) -> PretrainedConfig:
     )
 
 
+def idefics3_config(size: Size, vocab: int, tok) -> PretrainedConfig:
+    text = _qwen_text(size, vocab, tok)
+    text.pop("rope_parameters")  # a plain Llama decoder: 1-D RoPE
+    text["model_type"] = "llama"
+    vision = dict(
+        hidden_size=size.vision_hidden,
+        intermediate_size=size.vision_hidden * 2,
+        num_hidden_layers=size.vision_depth,
+        num_attention_heads=size.vision_hidden // 32,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+    )
+    return Idefics3Config(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def idefics3_processor(tok) -> ProcessorMixin:
+    # One image = one global tile of the vision tower's size; splitting large images into a grid
+    # of tiles is Idefics3's option for documents, off here so that every image costs 16 tokens.
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False,
+        size={"longest_edge": IMAGE_SIZE},
+        max_image_size={"longest_edge": IMAGE_SIZE},
+    )
+    return Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_len=(IMAGE_SIZE // PATCH) ** 2 // 4,
+        chat_template=IDEFICS3_TEMPLATE,
+    )
+
+
 def internvl_tokens_per_tile() -> int:
     """Patches per tile, reduced 4x by InternVL's pixel shuffle (downsample ratio 0.5)."""
     return (IMAGE_SIZE // PATCH) ** 2 // 4
@@ -237,6 +287,7 @@ FAMILIES: dict[str, TinyFamily] = {
     "qwen2_vl": TinyFamily(QWEN_SPECIALS, qwen2_vl_config, qwen_processor(Qwen2VLImageOnlyProcessor)),
     "qwen2_5_vl": TinyFamily(QWEN_SPECIALS, qwen2_5_vl_config, qwen_processor(Qwen2_5_VLImageOnlyProcessor)),
     "internvl": TinyFamily(INTERNVL_SPECIALS, internvl_config, internvl_processor, INTERNVL_NAMED),
+    "idefics3": TinyFamily(IDEFICS3_SPECIALS, idefics3_config, idefics3_processor),
 }
 
 
