@@ -15,8 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+@dataclass(frozen=True)
+class PromptSource:
+    """What a prompt was encoded from: the chat template's text (image markers unexpanded) and the
+    images, for engines that run their own processor (vLLM, a generation server)."""
+
+    text: str
+    images: list[Image.Image]
 
 
 @dataclass
@@ -25,12 +35,14 @@ class Encoded:
 
     `tokens` maps token-aligned keys to [L] tensors; `vision` maps vision keys to tensors whose
     dim 0 indexes patches/tiles/images. `prompt_length` is the number of leading prompt tokens;
-    positions from there on are the response (trained on in SFT and RL).
+    positions from there on are the response (trained on in SFT and RL). `source` is set for
+    prompts encoded from chat messages.
     """
 
     tokens: dict[str, torch.Tensor]
     vision: dict[str, torch.Tensor] = field(default_factory=dict)
     prompt_length: int = 0
+    source: PromptSource | None = None
 
     @property
     def length(self) -> int:
@@ -45,7 +57,9 @@ class Encoded:
             "mm_token_type_ids": torch.zeros(n, dtype=torch.int32),
         }
         tokens = {k: torch.cat([v, extra[k].to(v.dtype)]) for k, v in self.tokens.items()}
-        return Encoded(tokens=tokens, vision=self.vision, prompt_length=self.prompt_length)
+        return Encoded(
+            tokens=tokens, vision=self.vision, prompt_length=self.prompt_length, source=self.source
+        )
 
 
 def collate(items: list[Encoded], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:

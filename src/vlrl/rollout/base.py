@@ -90,8 +90,15 @@ def _hf(model: nn.Module, adapter: ModelAdapter, **options) -> RolloutBackend:
     return HFRolloutBackend(model, adapter, **options)
 
 
+def _vllm(model: nn.Module, adapter: ModelAdapter, **options) -> RolloutBackend:
+    from vlrl.rollout.vllm_engine import VLLMRolloutBackend
+
+    return VLLMRolloutBackend(model, adapter, **options)
+
+
 BACKENDS: dict[str, Callable[..., RolloutBackend]] = {
     "hf": _hf,
+    "vllm": _vllm,
 }
 
 

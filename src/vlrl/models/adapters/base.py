@@ -19,7 +19,7 @@ from torch import nn
 
 from vlrl.data.prompts import Template, build_messages
 from vlrl.data.sample import Sample
-from vlrl.models.batching import TOKEN_KEYS, Encoded
+from vlrl.models.batching import TOKEN_KEYS, Encoded, PromptSource
 from vlrl.models.boxes import BOX_CONVENTIONS, rewrite_boxes
 
 MODULE_GROUPS = ("vision", "connector", "language")
@@ -90,7 +90,12 @@ class ModelAdapter(ABC):
         out = self.processor(text=[text], images=images or None, return_tensors="pt", **self.image_kwargs())
         tokens = {k: out[k][0] for k in TOKEN_KEYS if k in out}
         vision = {k: out[k] for k in self.vision_keys if k in out}
-        return Encoded(tokens=tokens, vision=vision, prompt_length=int(tokens["input_ids"].shape[0]))
+        return Encoded(
+            tokens=tokens,
+            vision=vision,
+            prompt_length=int(tokens["input_ids"].shape[0]),
+            source=PromptSource(text, list(images)),
+        )
 
     def response_ids(self, response: str) -> torch.Tensor:
         """Token ids of an assistant answer, closed by the end-of-turn token the model must learn.

