@@ -104,6 +104,8 @@ def request_json(url: str, body: dict | None, timeout: float, retries: int, back
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
             error, wait = f"{type(exc).__name__}: {exc}", backoff_delay(attempt, backoff)
         else:
+            if not raw.strip():  # control endpoints (a cache reset) may answer 200 with no body
+                return {}
             try:
                 return json.loads(raw)
             except ValueError as exc:  # a 200 whose body is not JSON: asking again will not fix it

@@ -145,6 +145,24 @@ class RolloutSection(Section):
     vllm_gpu_memory_utilization: float = Field(
         0.5, gt=0, le=1, description="Share of GPU memory vLLM may take; the rest is left for training."
     )
+    vllm_max_model_len: int | None = Field(
+        None,
+        ge=1,
+        description="Longest prompt + completion vLLM reserves KV cache for; None: the model's limit.",
+    )
+    vllm_sleep: bool = Field(
+        True, description="Let the colocated vLLM engine sleep during the policy update (GPU only)."
+    )
+    server_kind: Literal["vllm", "sglang"] = Field(
+        "vllm", description="What runs at rollout.server_url: a `vllm serve` or an SGLang server."
+    )
+    server_sync_dir: str | None = Field(
+        None,
+        description="Folder on disk the trainer and the server share; the trainer writes each update's"
+        " weights there and the server reloads them. None: the server keeps its weights.",
+    )
+    server_timeout_s: float = Field(600.0, gt=0, description="Time limit of one request to the server.")
+    server_retries: int = Field(3, ge=0, description="Retries of a failed server request, with backoff.")
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (G in GRPO).")
     prompts_per_step: int = Field(
         8, ge=1, description="Prompts per optimizer step; the batch is this times G."

@@ -22,9 +22,11 @@ TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 @dataclass(frozen=True)
 class PromptSource:
-    """What a prompt was encoded from: the chat template's text (image markers unexpanded) and the
-    images, for engines that run their own processor (vLLM, a generation server)."""
+    """What a prompt was encoded from, for engines that run their own processor (vLLM, a
+    generation server): the chat `messages` ({"type": "image"} parts stand for `images`, in
+    order), their chat-template `text` (image markers unexpanded) and the `images`."""
 
+    messages: list[dict]
     text: str
     images: list[Image.Image]
 

@@ -1,6 +1,6 @@
 """The rollout interface: prompts in, G sampled completions per prompt out.
 
-Every backend (transformers here; vLLM and a generation server later) takes already-encoded
+Every backend (transformers, a colocated vLLM engine, a vLLM or SGLang server) takes already-encoded
 prompts (`Encoded`, as the adapter builds them) and returns, per completion, the sampled token
 ids with their behaviour log-probs, so the trainer never re-tokenises text and importance ratios
 start from exactly the probabilities the tokens were drawn with.
@@ -96,9 +96,16 @@ def _vllm(model: nn.Module, adapter: ModelAdapter, **options) -> RolloutBackend:
     return VLLMRolloutBackend(model, adapter, **options)
 
 
+def _server(model: nn.Module, adapter: ModelAdapter, **options) -> RolloutBackend:
+    from vlrl.rollout.server import ServerRolloutBackend
+
+    return ServerRolloutBackend(model, adapter, **options)
+
+
 BACKENDS: dict[str, Callable[..., RolloutBackend]] = {
     "hf": _hf,
     "vllm": _vllm,
+    "server": _server,
 }
 
 

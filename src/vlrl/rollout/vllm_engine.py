@@ -65,7 +65,8 @@ class VLLMRolloutBackend(RolloutBackend):
         self.sleeps = sleep and on_gpu
         # In-process engine core: weight sync hands tensors to the model directly, no pickling.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        # vLLM itself initialises torch.distributed for one process, so ask the launcher instead.
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.llm = vllm.LLM(
             model=str(model_path),
             dtype=dtype,

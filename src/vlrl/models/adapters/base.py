@@ -94,7 +94,7 @@ class ModelAdapter(ABC):
             tokens=tokens,
             vision=vision,
             prompt_length=int(tokens["input_ids"].shape[0]),
-            source=PromptSource(text, list(images)),
+            source=PromptSource(messages, text, list(images)),
         )
 
     def response_ids(self, response: str) -> torch.Tensor:

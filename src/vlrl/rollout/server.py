@@ -1,0 +1,297 @@
+"""Rollouts from a separately launched generation server (vLLM or SGLang) over HTTP.
+
+For inference on other GPUs or nodes than training (MAYE puts it on a dedicated rank):
+
+    vllm:   VLLM_SERVER_DEV_MODE=1 vllm serve CKPT --logprobs-mode processed_logprobs
+    sglang: python -m sglang.launch_server --model-path CKPT
+    rollout: {backend: server, server_url: http://host:8000, server_kind: vllm, server_sync_dir: /shared/sync}
+
+- **vLLM**: `POST /v1/chat/completions` with the prompt's chat messages (images as data URLs),
+  `n` = G, the seed, `allowed_token_ids` (no vision placeholder is ever drawn), token ids and
+  log-probs returned. The server must run with `--logprobs-mode processed_logprobs`, or its
+  log-probs are those before temperature. Weights: written to `server_sync_dir` after each update,
+  then `POST /collective_rpc` (`reload_weights` from that folder; dev mode), the caches derived
+  from the old weights reset, and the step recorded as the server's weight version.
+- **SGLang** (its documented native API; SGLang needs CUDA, so this client is tested against
+  recorded answers, not a live server): `POST /generate` with the chat-template text and
+  `image_data`, one row per sample, `return_logprob`; weights through
+  `POST /update_weights_from_disk` with a `weight_version`.
+
+Before sampling, the server's weight version is compared with the one the trainer last wrote: a
+server that restarted or was updated by someone else stops the run with a clear error instead of
+training on samples from other weights. Every request is retried with backoff on connection
+errors and 5xx answers (`server_retries`), each within `server_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+from vlrl.coldstart.client import RequestFailed, request_json
+from vlrl.models.adapters import ModelAdapter
+from vlrl.models.batching import Encoded
+from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams
+from vlrl.rollout.hf import default_stop_ids
+from vlrl.rollout.vllm_engine import check_prompt_ids, hf_weights
+
+SERVER_KINDS = ("vllm", "sglang")
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ServerRolloutBackend(RolloutBackend):
+    """Samples from the server at `url`; `sync_dir` (shared with the server) carries the weights."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ModelAdapter,
+        url: str,
+        kind: str = "vllm",
+        sync_dir: str | None = None,
+        timeout_s: float = 600.0,
+        retries: int = 3,
+        stop_token_ids: list[int] | None = None,
+    ):
+        if kind not in SERVER_KINDS:
+            raise ValueError(f"rollout.server_kind '{kind}' is not one of {', '.join(SERVER_KINDS)}")
+        self.url = url.rstrip("/").removesuffix("/v1")
+        self.kind = kind
+        self.sync_dir = None if sync_dir is None else Path(sync_dir)
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.adapter = adapter
+        self.tokenizer = adapter.tokenizer
+        self.stop_token_ids = (
+            default_stop_ids(model, self.tokenizer) if stop_token_ids is None else stop_token_ids
+        )
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.blocked = sorted(set(adapter.blocked_token_ids(vocab)))
+        self.allowed = sorted(set(range(vocab)) - set(self.blocked))
+        self.version: str | None = None  # the weight version this trainer last gave the server
+        self.syncs = 0
+        self.model_name = self._served_model() if kind == "vllm" else None
+
+    # ---- HTTP -------------------------------------------------------------------------------------
+    def _call(self, route: str, body: dict | None = None) -> dict:
+        try:
+            return request_json(f"{self.url}{route}", body, self.timeout_s, self.retries, backoff=1.0)
+        except RequestFailed as exc:
+            hint = {
+                "vllm": "VLLM_SERVER_DEV_MODE=1 vllm serve CKPT --logprobs-mode processed_logprobs",
+                "sglang": "python -m sglang.launch_server --model-path CKPT",
+            }[self.kind]
+            raise RequestFailed(
+                f"rollout server ({self.kind}, rollout.server_url={self.url}): {exc}. Is it running (`{hint}`)?"
+            ) from None
+
+    def _served_model(self) -> str:
+        reply = self._call("/v1/models")
+        try:
+            return reply["data"][0]["id"]
+        except (KeyError, IndexError, TypeError):
+            raise RequestFailed(
+                f"rollout server {self.url}/v1/models lists no model: {str(reply)[:200]}"
+            ) from None
+
+    # ---- sampling ---------------------------------------------------------------------------------
+    def generate(self, prompts: list[Encoded], params: SamplingParams) -> list[list[Completion]]:
+        """`params.group_size` completions per prompt, result[p][g]."""
+        self._check_version()
+        out = []
+        for index, prompt in enumerate(prompts):
+            if prompt.source is None:
+                raise ValueError(
+                    "the server rollout backend needs prompts encoded from chat messages (adapter.encode)"
+                )
+            seed = None if params.seed is None else params.seed + params.first_prompt + index
+            sample = self._vllm_group if self.kind == "vllm" else self._sglang_group
+            group = sample(prompt, params, seed, params.first_prompt + index)
+            for completion in group:
+                self._check_tokens(completion, params.first_prompt + index)
+            out.append(group)
+        return out
+
+    def _vllm_group(
+        self, prompt: Encoded, params: SamplingParams, seed: int | None, index: int
+    ) -> list[Completion]:
+        body = {
+            "model": self.model_name,
+            "messages": chat_messages(prompt.source.messages, prompt.source.images),
+            "n": params.group_size,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k,
+            "logprobs": True,
+            "top_logprobs": 0,
+            "return_tokens_as_token_ids": True,
+            "return_token_ids": True,
+            "stop_token_ids": self.stop_token_ids,
+            "allowed_token_ids": self.allowed,
+            "skip_special_tokens": False,
+            "include_stop_str_in_output": True,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        reply = self._call("/v1/chat/completions", body)
+        try:
+            if reply.get("prompt_token_ids") is not None:
+                check_prompt_ids(prompt, list(reply["prompt_token_ids"]), index)
+            choices = sorted(reply["choices"], key=lambda c: c["index"])
+            groups = []
+            for choice in choices:
+                steps = choice["logprobs"]["content"]
+                ids = [int(step["token"].removeprefix("token_id:")) for step in steps]
+                groups.append(self._completion(ids, [step["logprob"] for step in steps]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RequestFailed(
+                f"rollout server {self.url}: unexpected chat completion ({exc}): {str(reply)[:300]}"
+            ) from None
+        return groups
+
+    def _sglang_group(
+        self, prompt: Encoded, params: SamplingParams, seed: int | None, index: int
+    ) -> list[Completion]:
+        G = params.group_size
+        sampling = {
+            "max_new_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k or -1,
+            "stop_token_ids": self.stop_token_ids,
+            "logit_bias": {str(i): -1e9 for i in self.blocked},
+            "skip_special_tokens": False,
+        }
+        body = {
+            "text": [prompt.source.text] * G,
+            "sampling_params": [
+                sampling | ({} if seed is None else {"sampling_seed": seed * G + g}) for g in range(G)
+            ],
+            "return_logprob": True,
+        }
+        if prompt.source.images:
+            body["image_data"] = [[data_url(im) for im in prompt.source.images]] * G
+        reply = self._call("/generate", body)
+        try:
+            rows = reply if isinstance(reply, list) else [reply]
+            groups = []
+            for row in rows:
+                steps = row["meta_info"]["output_token_logprobs"]
+                groups.append(self._completion([int(s[1]) for s in steps], [float(s[0]) for s in steps]))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise RequestFailed(
+                f"rollout server {self.url}: unexpected /generate answer ({exc}): {str(reply)[:300]}"
+            ) from None
+        if len(groups) != G:
+            raise RequestFailed(f"rollout server {self.url}: asked for {G} completions, got {len(groups)}")
+        return groups
+
+    def _completion(self, ids: list[int], logprobs: list[float]) -> Completion:
+        tokens = torch.tensor(ids, dtype=torch.long)
+        stopped = bool(ids) and ids[-1] in self.stop_token_ids
+        return Completion(
+            token_ids=tokens,
+            logprobs=torch.tensor(logprobs, dtype=torch.float32),
+            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+            finish_reason="stop" if stopped else "length",
+        )
+
+    def _check_tokens(self, completion: Completion, index: int) -> None:
+        """A placeholder token in a completion would break the image-token count in training."""
+        bad = sorted(set(completion.token_ids.tolist()) & set(self.blocked))
+        if bad:
+            raise RuntimeError(
+                f"rollout server {self.url} sampled blocked token ids {bad[:5]} (vision placeholders or "
+                f"padding rows) for prompt {index}: it ignored the token mask sent with the request"
+            )
+
+    # ---- weights ----------------------------------------------------------------------------------
+    def sync_weights(self, model: nn.Module) -> None:
+        """Write `model`'s weights to `sync_dir` and have the server reload them (rank 0 does the
+        I/O; every rank takes part in gathering FSDP2 shards and waits for the reload)."""
+        if self.sync_dir is None:
+            return
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        main = not distributed or torch.distributed.get_rank() == 0
+        weights = {}
+        for name, tensor in hf_weights(model):
+            if main:
+                weights[name] = tensor.to("cpu", copy=True).contiguous()
+        self.syncs += 1
+        version = f"vlrl-{os.getpid()}-{self.syncs}"
+        if main:
+            self._write(model, weights)
+            if self.kind == "vllm":
+                self._call(
+                    "/collective_rpc",
+                    {"method": "reload_weights", "kwargs": {"weights_path": str(self.sync_dir)}},
+                )
+                for route in ("/reset_prefix_cache", "/reset_encoder_cache", "/reset_mm_cache"):
+                    self._call(route, {})
+                self._call("/update_weight_version", {"new_version": version})
+            else:
+                reply = self._call(
+                    "/update_weights_from_disk", {"model_path": str(self.sync_dir), "weight_version": version}
+                )
+                if not reply.get("success", False):
+                    raise RequestFailed(
+                        f"rollout server {self.url} could not load the weights: {reply.get('message')}"
+                    )
+        if distributed:
+            torch.distributed.barrier()
+        self.version = version
+
+    def _write(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+        """The weights as one safetensors file (written aside, then renamed: a server never reads half
+        a file) beside the model's config."""
+        self.sync_dir.mkdir(parents=True, exist_ok=True)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.config.save_pretrained(self.sync_dir)
+        tmp = self.sync_dir / (WEIGHTS_FILE + ".tmp")
+        save_file(weights, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, self.sync_dir / WEIGHTS_FILE)
+
+    def _check_version(self) -> None:
+        if self.version is None:
+            return
+        route = "/weight_info" if self.kind == "vllm" else "/get_weight_version"
+        reply = self._call(route)
+        served = reply.get("weight_version")
+        if served != self.version:
+            raise RuntimeError(
+                f"rollout server {self.url} holds weight version {served!r}, but the trainer last synced "
+                f"{self.version!r}: it was restarted or updated by someone else, so its samples would not "
+                "come from the policy being trained"
+            )
+
+
+def chat_messages(messages: list[dict], images: list[Image.Image]) -> list[dict]:
+    """`messages` with each {"type": "image"} part replaced by the next image as a data URL."""
+    pending = iter(images)
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            content = [
+                {"type": "image_url", "image_url": {"url": data_url(next(pending))}}
+                if part.get("type") == "image"
+                else part
+                for part in content
+            ]
+        out.append({**message, "content": content})
+    return out
+
+
+def data_url(image: Image.Image) -> str:
+    """A PNG data URL of `image` (lossless: the server sees the trainer's exact pixels)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
