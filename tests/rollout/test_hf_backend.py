@@ -282,7 +282,7 @@ def test_default_stop_ids_come_from_generation_config_and_tokenizer(loaded):
 def test_backends_table(loaded):
     lm = loaded["qwen2_vl"]
     assert isinstance(make_backend("hf", lm.model, lm.adapter, max_batch_rows=8), HFRolloutBackend)
-    assert set(BACKENDS) == {"hf"}
+    assert set(BACKENDS) == {"hf", "vllm", "server"}
     with pytest.raises(ValueError, match="unknown rollout backend 'vllmm'; valid: hf, server, vllm"):
         make_backend("vllmm", lm.model, lm.adapter)
 

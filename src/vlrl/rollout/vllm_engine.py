@@ -80,6 +80,9 @@ class VLLMRolloutBackend(RolloutBackend):
             distributed_executor_backend="external_launcher" if distributed else None,
             # CUDA graphs take memory and start-up time that short RL rollouts rarely repay.
             enforce_eager=not on_gpu,
+            # vLLM's CPU build cannot rewind a seeded request's generator after a partial prefill
+            # ("CPU Generator does not use offset"): prefill every prompt whole there.
+            enable_chunked_prefill=on_gpu,
         )
         self._vllm = vllm
         self.asleep = False
