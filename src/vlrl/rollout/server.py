@@ -40,7 +40,7 @@ from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded
 from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams
 from vlrl.rollout.hf import default_stop_ids
-from vlrl.rollout.vllm_engine import check_prompt_ids, hf_weights
+from vlrl.rollout.vllm_engine import check_prompt_ids, hf_weights, token_mask
 
 SERVER_KINDS = ("vllm", "sglang")
 WEIGHTS_FILE = "model.safetensors"
@@ -72,9 +72,7 @@ class ServerRolloutBackend(RolloutBackend):
         self.stop_token_ids = (
             default_stop_ids(model, self.tokenizer) if stop_token_ids is None else stop_token_ids
         )
-        vocab = model.get_output_embeddings().weight.shape[0]
-        self.blocked = sorted(set(adapter.blocked_token_ids(vocab)))
-        self.allowed = sorted(set(range(vocab)) - set(self.blocked))
+        self.blocked, self.allowed = token_mask(model, adapter)
         self.version: str | None = None  # the weight version this trainer last gave the server
         self.syncs = 0
         self.model_name = self._served_model() if kind == "vllm" else None

@@ -58,9 +58,7 @@ class VLLMRolloutBackend(RolloutBackend):
         self.stop_token_ids = (
             default_stop_ids(model, self.tokenizer) if stop_token_ids is None else stop_token_ids
         )
-        vocab = model.get_output_embeddings().weight.shape[0]
-        blocked = set(adapter.blocked_token_ids(vocab))
-        self.allowed_token_ids = [i for i in range(vocab) if i not in blocked]
+        _, self.allowed_token_ids = token_mask(model, adapter)
         on_gpu = torch.cuda.is_available()
         self.sleeps = sleep and on_gpu
         # In-process engine core: weight sync hands tensors to the model directly, no pickling.
@@ -194,6 +192,13 @@ def hf_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     finally:
         if merged:
             model.unmerge_adapter()
+
+
+def token_mask(model: nn.Module, adapter: ModelAdapter) -> tuple[list[int], list[int]]:
+    """(blocked, allowed) token ids of `model`'s vocabulary, each sorted: an engine is told one of them."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    blocked = set(adapter.blocked_token_ids(vocab))
+    return sorted(blocked), [i for i in range(vocab) if i not in blocked]
 
 
 def check_prompt_ids(prompt: Encoded, engine_ids: list[int], index: int) -> None:
