@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vlrl.rollout import SamplingParams, sampling
-from vlrl.rollout.sampling import row_uniforms, sample_next, top_k_filter, top_p_filter
+from vlrl.rollout.sampling import group_seed, row_uniforms, sample_next, top_k_filter, top_p_filter
 
 INF = float("-inf")
 
@@ -83,6 +83,14 @@ def test_row_uniforms_depend_only_on_seed_row_and_step():
     assert len(set(u.tolist())) == 64
     # Roughly uniform: mean 0.5 within 4 standard errors (sqrt(1/12 / 4096) ~ 0.0045).
     assert abs(row_uniforms(1, torch.arange(4096), 0).mean().item() - 0.5) < 0.018
+
+
+def test_group_seeds_leave_room_for_every_completion_of_every_prompt_and_step():
+    # Engines seed completion g of a group with base + g: no two (step, prompt, g) may share a seed.
+    steps, prompts, G = 50, 64, 16
+    seeds = [group_seed(step * 16, p) + g for step in range(steps) for p in range(prompts) for g in range(G)]
+    assert len(set(seeds)) == steps * prompts * G
+    assert group_seed(3, 7) == group_seed(3, 7) and 0 <= group_seed(3, 7) < 2**62
 
 
 @pytest.mark.parametrize(

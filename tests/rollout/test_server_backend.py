@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from vlrl.data.prompts import TEMPLATES
 from vlrl.rollout import SamplingParams, make_backend
+from vlrl.rollout.sampling import group_seed
 from vlrl.rollout.server import chat_messages
 
 
@@ -105,8 +106,8 @@ def test_sglang_requests_and_answers(loaded, samples, sglang):
     # Sample 0 has one image, sent as a PNG data URL with each of the G rows.
     assert len(body["image_data"]) == 4 and body["image_data"][0][0].startswith("data:image/png;base64,")
     sampling = body["sampling_params"]
-    # Seeds: prompt seed = seed + global prompt index (3), one stream per row.
-    assert [s["sampling_seed"] for s in sampling] == [13 * 4 + g for g in range(4)]
+    # Seeds: one stream per row, from the group's seed for global prompt index 3.
+    assert [s["sampling_seed"] for s in sampling] == [group_seed(10, 3) + g for g in range(4)]
     assert sampling[0]["temperature"] == 0.7 and sampling[0]["max_new_tokens"] == 16
     vocab = lm.model.get_output_embeddings().weight.shape[0]
     assert set(map(int, sampling[0]["logit_bias"])) == set(lm.adapter.blocked_token_ids(vocab))

@@ -102,6 +102,13 @@ def test_seeded_groups_repeat_and_differ_between_seeds(prompts, engine):
     assert any(len({tuple(r) for r in group}) > 1 for group in first)  # G draws, not G copies
 
 
+def test_identical_prompts_of_one_step_share_no_draw(prompts, engine):
+    # vLLM seeds child g of a request with seed + g: per-prompt seeds must not be consecutive.
+    groups = engine.generate([prompts[0]] * 3, SamplingParams(4, 16, seed=0))
+    rows = [tuple(c.token_ids.tolist()) for g in groups for c in g]
+    assert len(set(rows)) == len(rows)
+
+
 def test_a_prompt_the_engine_tokenises_differently_is_refused(prompts, engine):
     wrong = copy.copy(prompts[0])
     wrong.tokens = {**wrong.tokens, "input_ids": wrong.tokens["input_ids"][1:]}

@@ -116,3 +116,15 @@ def sample_next(
 def _picked_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
     """log_softmax(logits)[r, tokens[r]]: [R, V], [R] -> [R]."""
     return logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def group_seed(seed: int, prompt: int) -> int:
+    """The seed of global prompt `prompt`'s group for engines that seed completion g with `base + g`.
+
+    vLLM gives the g-th of n children `seed + g`, and the SGLang client does the same per row, so
+    consecutive integers as per-prompt seeds would make completion 1 of prompt p redraw completion 0
+    of prompt p + 1 (and steps, whose seeds are close, would overlap as well). A hash of (seed,
+    prompt) spreads the groups over 62 bits, where two ranges of G seeds practically never meet.
+    """
+    mixed = _splitmix64(torch.tensor([_signed(seed * 0x100000001B3 + prompt)], dtype=torch.int64))
+    return int(_shr(mixed, 2).item())

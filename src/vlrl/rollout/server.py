@@ -40,6 +40,7 @@ from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded
 from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams
 from vlrl.rollout.hf import default_stop_ids
+from vlrl.rollout.sampling import group_seed
 from vlrl.rollout.vllm_engine import check_prompt_ids, hf_weights, token_mask
 
 SERVER_KINDS = ("vllm", "sglang")
@@ -109,7 +110,7 @@ class ServerRolloutBackend(RolloutBackend):
                 raise ValueError(
                     "the server rollout backend needs prompts encoded from chat messages (adapter.encode)"
                 )
-            seed = None if params.seed is None else params.seed + params.first_prompt + index
+            seed = None if params.seed is None else group_seed(params.seed, params.first_prompt + index)
             sample = self._vllm_group if self.kind == "vllm" else self._sglang_group
             group = sample(prompt, params, seed, params.first_prompt + index)
             for completion in group:
@@ -171,7 +172,7 @@ class ServerRolloutBackend(RolloutBackend):
         body = {
             "text": [prompt.source.text] * G,
             "sampling_params": [
-                sampling | ({} if seed is None else {"sampling_seed": seed * G + g}) for g in range(G)
+                sampling | ({} if seed is None else {"sampling_seed": seed + g}) for g in range(G)
             ],
             "return_logprob": True,
         }

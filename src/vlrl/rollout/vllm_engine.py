@@ -16,8 +16,9 @@ How it keeps vLLM's samples the trainer's:
 - **Memory.** On a GPU the engine sleeps between rollouts (weights to host memory, KV cache freed),
   so the update gets the memory; vLLM's CPU build has no sleep mode and keeps both.
 
-Seeds: prompt p of a step is sampled with seed `params.seed + params.first_prompt + p`, so reruns and
-data-parallel ranks agree; the draws themselves are vLLM's, not the HF backend's.
+Seeds: prompt p of a step is sampled with seed `group_seed(params.seed, params.first_prompt + p)`, so
+reruns and data-parallel ranks agree and no two completions share a random stream; the draws
+themselves are vLLM's, not the HF backend's.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded
 from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams
 from vlrl.rollout.hf import default_stop_ids
+from vlrl.rollout.sampling import group_seed
 
 MIN_VLLM = (0, 10, 2)  # logprobs_mode (post-temperature log-probs) arrived in 0.10.2
 
@@ -122,7 +124,7 @@ class VLLMRolloutBackend(RolloutBackend):
             temperature=params.temperature,
             top_p=params.top_p,
             top_k=params.top_k,
-            seed=None if params.seed is None else params.seed + params.first_prompt + index,
+            seed=None if params.seed is None else group_seed(params.seed, params.first_prompt + index),
             logprobs=0,
             stop_token_ids=self.stop_token_ids,
             allowed_token_ids=self.allowed_token_ids,
