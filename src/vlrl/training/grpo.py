@@ -78,6 +78,8 @@ class GroupBatch:
 class GRPOTrainer(TrainingRun):
     def __init__(self, cfg: TrainConfig):
         self.base_cfg = cfg
+        # A vLLM engine or server holds its own copy of the weights: an HF replica would be idle.
+        self.replica_for_rollouts = cfg.rollout.backend == "hf"
         check_stages(cfg)  # before loading anything: a bad stage is a config error
         super().__init__(cfg, lambda _: total_steps(cfg))
         self.cfg = stage_config(cfg, self.step)

@@ -10,7 +10,8 @@ FSDP2, each rank takes a contiguous block of every global batch, losses keep the
 denominators, and rank 0 alone writes logs and evaluates. Sampling and evaluation use
 `rollout_model`, a plain replica of the policy that receives the gathered weights after each
 update (generation is a long sequence of small forwards whose per-layer all-gathers would
-otherwise keep every rank in lockstep); in one process it is the policy itself.
+otherwise keep every rank in lockstep); in one process, or when an engine outside transformers
+samples (`replica_for_rollouts` False), it is the policy itself.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from vlrl.training.setup import (
 class TrainingRun:
     """Shared state of a run; subclasses implement `train`."""
 
+    # Whether distributed runs sample from a gathered replica of the policy (see the module doc).
+    replica_for_rollouts = True
+
     def __init__(self, cfg, total_steps_fn=None):
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
@@ -69,7 +73,8 @@ class TrainingRun:
                     "distributed.cpu_offload moves GPU shards to the CPU; this run is on the CPU already "
                     "(train.device=cpu): drop it"
                 )
-            self.rollout_model = copy.deepcopy(self.model).requires_grad_(False)
+            if self.replica_for_rollouts:
+                self.rollout_model = copy.deepcopy(self.model).requires_grad_(False)
             shard_model(self.model, d.param_dtype, d.reduce_dtype, d.cpu_offload)
             self.loss_scale = float(self.world.size)
         self.template = template_for(cfg.data)
