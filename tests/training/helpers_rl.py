@@ -33,3 +33,23 @@ def short_sft(model: Path, train_file: Path, out: Path, steps: int, *overrides: 
     ]
     SFTTrainer(load_config(None, args, schema=SFTConfig)).train()
     return out / "checkpoints" / f"step_{steps:06d}"
+
+
+def has_e_args(model: Path, train_file: Path, reward_file: Path, out: Path) -> list[str]:
+    """The has-"e" RL task's settings (`reward_file` defines `has_e`): 20 steps of 4 prompts x 4
+    answers of 6 tokens at lr 3e-3, on which a tiny policy's reward clearly rises."""
+    return [
+        f"model.path={model}",
+        f"data.train={train_file}",
+        "data.template=answer_only",
+        "rollout.group_size=4",
+        "rollout.prompts_per_step=4",
+        "rollout.max_new_tokens=6",
+        f"reward.functions=['{reward_file}:has_e']",
+        "train.steps=20",
+        "train.lr=3e-3",
+        "train.lr_schedule=constant",
+        "train.device=cpu",
+        f"train.output_dir={out}",
+        "logging.progress=false",
+    ]

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from helpers_rl import has_e_args
 from transformers import AutoModelForImageTextToText
 
 from vlrl.cli import main
@@ -42,21 +43,7 @@ def workspace(tmp_path_factory, tiny_models):
 
 
 def make_config(ws, out, *overrides) -> TrainConfig:
-    base = [
-        f"model.path={ws['model']}",
-        f"data.train={ws['data']['train']}",
-        "data.template=answer_only",
-        "rollout.group_size=4",
-        "rollout.prompts_per_step=4",
-        "rollout.max_new_tokens=6",
-        f"reward.functions=['{ws['reward']}:has_e']",
-        "train.steps=20",
-        "train.lr=3e-3",
-        "train.lr_schedule=constant",
-        "train.device=cpu",
-        f"train.output_dir={out}",
-        "logging.progress=false",
-    ]
+    base = has_e_args(ws["model"], ws["data"]["train"], ws["reward"], out)
     return load_config(None, [*base, *overrides], schema=TrainConfig)
 
 

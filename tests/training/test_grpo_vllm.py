@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers_rl import has_e_args
 
 from vlrl.config import TrainConfig, load_config
 from vlrl.rollout import SamplingParams
@@ -38,21 +39,9 @@ def workspace(tmp_path_factory, tiny_models):
 
 def _trainer(ws, out, backend: str) -> GRPOTrainer:
     args = [
-        f"model.path={ws['model']}",
-        f"data.train={ws['data']}",
-        "data.template=answer_only",
-        "rollout.group_size=4",
-        "rollout.prompts_per_step=4",
-        "rollout.max_new_tokens=6",
+        *has_e_args(ws["model"], ws["data"], ws["reward"], out),
         f"rollout.backend={backend}",
         "rollout.vllm_gpu_memory_utilization=0.1",
-        f"reward.functions=['{ws['reward']}:has_e']",
-        "train.steps=20",
-        "train.lr=3e-3",
-        "train.lr_schedule=constant",
-        "train.device=cpu",
-        f"train.output_dir={out}",
-        "logging.progress=false",
     ]
     return GRPOTrainer(load_config(None, args, schema=TrainConfig))
 
