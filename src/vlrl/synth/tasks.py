@@ -119,7 +119,7 @@ def counting(rng: random.Random, image_size: int) -> Item:
 
 def count_shapes(rng: random.Random, image_size: int) -> Item:
     """How many shapes, 1-6 of them: counting without having to tell colours or kinds apart,
-    which a tiny model's vision learns first (the task of `vlrl demo`)."""
+    which a tiny model's vision learns first."""
     return _counting_item(rng, image_size, _count_all(rng))
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -48,13 +47,10 @@ class SFTTrainer(TrainingRun):
             )
         return self.adapter.render_target(sample, value)
 
-    def train(self, until: int | None = None, stop: Callable[[dict], bool] | None = None) -> list[dict]:
-        """Train to `until` (default train.steps). `stop`, called with the metrics of each step that
-        ran an in-training evaluation, ends training there (with a checkpoint) when it returns True."""
+    def train(self, until: int | None = None) -> list[dict]:
         history = []
         self.begin()
-        stopped = False
-        while not stopped and self.step < min(until or self.total_steps, self.total_steps):
+        while self.step < min(until or self.total_steps, self.total_steps):
             t0 = time.perf_counter()
             with self.precision():
                 metrics = self.sft_step()
@@ -63,11 +59,10 @@ class SFTTrainer(TrainingRun):
             metrics["perf/throughput"] = metrics.pop("tokens") / metrics["timing_s/step"]
             if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
                 metrics |= self.evaluate()
-                stopped = stop is not None and stop(metrics)
-            if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps or stopped:
+            if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
                 self.logger.log(self.step, metrics)
             history.append({"step": self.step, **metrics})
-            if self.should_save() or stopped:
+            if self.should_save():
                 self.save()
         self.logger.close()
         return history
