@@ -1,4 +1,4 @@
-"""`vlrl demo` wiring on a few steps: phases in order, the table's numbers, the run folders.
+"""`vlrl demo` wiring on a few steps: which evaluations the "after" column averages, the table, the run folders.
 
 Whether RL really lifts accuracy by 10 points takes the full run (about 6 minutes) on 1000
 held-out items; that is measured by running `vlrl demo` itself (see the README), not here. The
@@ -43,7 +43,7 @@ def test_rl_starts_from_the_sft_checkpoint_and_both_runs_are_kept(demo_run):
     assert {json.loads(r)["task"] for r in heldout} == {"counting"}
 
 
-def test_table_shows_before_after_and_change(demo_run, capsys):
+def test_table_shows_before_after_and_change(demo_run):
     from vlrl.demo import _table
 
     _, result = demo_run
