@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from vlrl.demo import EVAL_KEYS, DemoSettings, run_demo
+from vlrl.demo import EVAL_KEYS, DemoSettings, _table, run_demo
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,6 @@ def test_rl_starts_from_the_sft_checkpoint_and_both_runs_are_kept(demo_run):
 
 
 def test_table_shows_before_after_and_change(demo_run):
-    from vlrl.demo import _table
-
     _, result = demo_run
     table = _table(result["before"], result["after"], 3, 8)
     assert "held-out: 8 items; after = mean of the last 3 evaluations" in table
