@@ -99,7 +99,8 @@ class ReservedLayer(DynamicLayer):
 
     def __init__(self, layer: DynamicLayer, tokens: int):
         super().__init__()
-        self.dtype, self.device, self.is_initialized = layer.dtype, layer.device, True
+        # From the tensors: transformers >= 5.25 no longer keeps a layer's dtype as an attribute.
+        self.dtype, self.device, self.is_initialized = layer.keys.dtype, layer.keys.device, True
         self.length = layer.keys.shape[-2]
         self.key_buffer = _with_room(layer.keys, tokens)
         self.value_buffer = _with_room(layer.values, tokens)
