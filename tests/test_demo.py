@@ -1,8 +1,9 @@
 """`vlrl demo` wiring on a few steps: which evaluations the "after" column averages, the table, the run folders.
 
-Whether RL really lifts accuracy by 10 points takes the full run (about 6 minutes) on 1000
+Whether RL really lifts accuracy by 10 points takes the full run (about 8 minutes) on 1000
 held-out items; that is measured by running `vlrl demo` itself (see the README), not here. The
-SFT here runs fewer steps than the demo's warm-up, which must not be a config error.
+SFT here runs fewer steps than the demo's warm-up, which must not be a config error, and its probe
+target is never reached, so it runs to its last step; `tests/training/test_sft.py` tests the stop.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from vlrl.demo import EVAL_KEYS, DemoSettings, _table, run_demo
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     settings = DemoSettings(
-        out=out, n_train=64, n_heldout=8, sft_steps=3, rl_steps=4, eval_every=1, progress=False
+        out=out,
+        n_train=64,
+        n_probe=8,
+        n_heldout=8,
+        sft_steps=3,
+        probe_every=1,
+        rl_steps=4,
+        eval_every=1,
+        progress=False,
     )
     return out, run_demo(settings)
 
@@ -38,9 +47,20 @@ def test_rl_starts_from_the_sft_checkpoint_and_both_runs_are_kept(demo_run):
     assert str(out / "sft" / "checkpoints" / "step_000003") in grpo_config
     assert (out / "grpo" / "checkpoints").is_dir()
     assert result["report"] is None or result["report"].exists()
-    heldout = (out / "data" / "heldout.jsonl").read_text().splitlines()
-    assert len(heldout) == 8
-    assert {json.loads(r)["task"] for r in heldout} == {"counting"}
+
+
+def test_sft_is_probed_on_its_own_split(demo_run):
+    out, _ = demo_run
+    rows = {
+        name: [json.loads(r) for r in (out / "data" / f"{name}.jsonl").read_text().splitlines()]
+        for name in ("train", "probe", "heldout")
+    }
+    assert [len(rows[n]) for n in ("train", "probe", "heldout")] == [64, 8, 8]
+    ids = [{r["id"] for r in rows[n]} for n in rows]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert {r["task"] for n in rows for r in rows[n]} == {"count_shapes"}
+    sft_metrics = [json.loads(r) for r in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in sft_metrics if "eval/probe/acc" in m] == [1, 2, 3]
 
 
 def test_table_shows_before_after_and_change(demo_run):

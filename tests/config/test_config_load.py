@@ -160,6 +160,16 @@ def test_vision_lr_with_frozen_vision_is_an_error():
         load_config(None, [*REQUIRED, "model.freeze_vision=true", "model.vision_lr=1e-5"])
 
 
+def test_sft_stop_without_evaluations_is_an_error():
+    args = [*REQUIRED, "sft.stop_at_acc=0.3"]
+    with pytest.raises(ConfigError, match="sft.stop_at_acc: needs evaluations to check"):
+        load_config(None, args, schema=SFTConfig)
+    with pytest.raises(ConfigError, match="sft.stop_at_acc: needs evaluations to check"):
+        load_config(None, [*args, "train.eval_every=5"], schema=SFTConfig)
+    cfg = load_config(None, [*args, "train.eval_every=5", "data.eval={probe: p.jsonl}"], schema=SFTConfig)
+    assert cfg.sft.stop_at_acc == 0.3
+
+
 def test_assignment_is_validated():
     cfg = load_config(None, REQUIRED)
     with pytest.raises(ValidationError):

@@ -1,4 +1,4 @@
-"""`vlrl demo [--out DIR] [--seed S] [--rl-steps N] [--sft-steps N] [--minutes M]`.
+"""`vlrl demo [--out DIR] [--seed S] [--rl-steps N] [--sft-steps N] [--sft-target A] [--minutes M]`.
 
 The README's main job: cold-start SFT then GRPO on a tiny model, on CPU, with a before/after table.
 """
@@ -15,8 +15,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DemoSettings()
     p.add_argument("--out", type=Path, default=d.out, help=f"run folder (default {d.out})")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--family", default=d.family, help="tiny model family (qwen2_vl, qwen2_5_vl, internvl)")
-    p.add_argument("--sft-steps", type=int, default=d.sft_steps, help="cold-start SFT steps of 32 samples")
+    p.add_argument(
+        "--family", default=d.family, help="tiny model family (qwen2_vl, qwen2_5_vl, internvl, idefics3)"
+    )
+    p.add_argument(
+        "--sft-steps", type=int, default=d.sft_steps, help="length of the cold start's schedule (steps of 32)"
+    )
+    p.add_argument(
+        "--sft-target",
+        type=float,
+        default=d.sft_target,
+        help=f"stop the cold start once this share of the probe set is right (default {d.sft_target})",
+    )
     p.add_argument("--rl-steps", type=int, default=d.rl_steps, help="GRPO steps of 32 prompts x 8 samples")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="GRPO steps between evaluations")
     p.add_argument("--minutes", type=float, default=None, help="stop GRPO after this many minutes")
@@ -30,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         family=args.family,
         sft_steps=args.sft_steps,
+        sft_target=args.sft_target,
         rl_steps=args.rl_steps,
         eval_every=args.eval_every,
         minutes=args.minutes,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vlrl.config.sections import (
     AlgoSection,
@@ -18,6 +18,7 @@ from vlrl.config.sections import (
     Section,
     SFTSection,
     TrainSection,
+    field_error,
 )
 
 
@@ -56,3 +57,10 @@ class SFTConfig(Section):
     )
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Where metrics go.")
     sft: SFTSection = Field(default_factory=SFTSection, description="Epochs, batch size and target field.")
+
+    @model_validator(mode="after")
+    def _stop_needs_evaluations(self) -> SFTConfig:
+        if self.sft.stop_at_acc is not None and not (self.train.eval_every and self.data.eval):
+            message = "needs evaluations to check: set train.eval_every and data.eval"
+            raise field_error("SFTConfig", "sft.stop_at_acc", message, self.sft.stop_at_acc)
+        return self

@@ -443,3 +443,11 @@ class SFTSection(Section):
     eval_max_new_tokens: int = Field(
         128, ge=1, description="Response limit of the greedy answers scored by in-training evaluation."
     )
+    stop_at_acc: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Stop at the first evaluation (every train.eval_every steps) whose greedy accuracy"
+        " reaches this on every data.eval set, and save that step: a cold start for RL that is right"
+        " only part of the time. None: run all train.steps.",
+    )

@@ -59,13 +59,25 @@ class SFTTrainer(TrainingRun):
             metrics["perf/throughput"] = metrics.pop("tokens") / metrics["timing_s/step"]
             if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
                 metrics |= self.evaluate()
-            if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
+            reached = self.reached_target(metrics)
+            if reached or self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
                 self.logger.log(self.step, metrics)
             history.append({"step": self.step, **metrics})
-            if self.should_save():
+            if reached or self.should_save():
                 self.save()
+            if reached:
+                print(f"sft: stopped at step {self.step}: {reached}", flush=True)
+                break
         self.logger.close()
         return history
+
+    def reached_target(self, metrics: dict[str, float]) -> str | None:
+        """Why to stop now under `sft.stop_at_acc` (every eval set at or above it), else None."""
+        target = self.cfg.sft.stop_at_acc
+        accs = {k: v for k, v in metrics.items() if k.startswith("eval/") and k.endswith("/acc")}
+        if target is None or not accs or min(accs.values()) < target:
+            return None
+        return ", ".join(f"{k} {v:.3f}" for k, v in accs.items()) + f" >= sft.stop_at_acc {target}"
 
     def sft_step(self) -> dict[str, float]:
         """One optimizer step over `sft.batch_size` samples: mean token cross-entropy of the targets."""
