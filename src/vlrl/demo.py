@@ -43,6 +43,7 @@ class DemoSettings:
     n_heldout: int = 1000
     sft_steps: int = 900  # the cosine schedule's length; sft_target stops it well before
     sft_target: float = 0.3
+    sft_min_steps: int = 200
     probe_every: int = 25
     rl_steps: int = 80
     eval_every: int = 20
@@ -71,7 +72,9 @@ def sft_config(s: DemoSettings, model: Path, data: dict[str, Path]) -> SFTConfig
             f"train.steps={s.sft_steps}",
             f"train.eval_every={s.probe_every}",
             f"sft.stop_at_acc={s.sft_target}",
+            f"sft.stop_from_step={s.sft_min_steps}",
             "train.lr=2e-3",
+            "model.vision_lr=6e-3",
             "train.lr_schedule=cosine",
             f"train.warmup_steps={min(5, s.sft_steps)}",
             "train.micro_batch_tokens=8192",
@@ -99,6 +102,7 @@ def rl_config(s: DemoSettings, model: Path, data: dict[str, Path]) -> TrainConfi
             "algo.kl_beta=0.0",
             f"train.steps={s.rl_steps}",
             "train.lr=1e-4",
+            "model.vision_lr=1e-3",
             "train.lr_schedule=constant",
             "train.micro_batch_tokens=16384",
             f"train.eval_every={s.eval_every}",

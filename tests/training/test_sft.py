@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from helpers_rl import COMMON
 
@@ -11,39 +12,51 @@ from vlrl.synth import generate_dataset
 from vlrl.training.sft import SFTTrainer
 
 
-def test_stop_at_acc_ends_the_run_at_the_first_evaluation_that_reaches_it(tiny_models, tmp_path):
+def constant_answer_sft(model: Path, tmp_path: Path, *overrides: str) -> tuple[SFTTrainer, list[dict]]:
+    """SFT where every answer is 3 (a micro model writes it within tens of steps, whatever it sees),
+    evaluated every 2 steps, stopping at 50% accuracy; returns the trainer and its history."""
     data = generate_dataset("count_shapes", 72, tmp_path / "data", seed=0, heldout=8)
-    # Every answer is 3: a micro model learns to write it within tens of steps, whatever it sees.
     for path in data.values():
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         path.write_text(
             "".join(json.dumps(r | {"answer": "3", "solution": "<answer>3</answer>"}) + "\n" for r in rows)
         )
-    out = tmp_path / "sft"
     cfg = load_config(
         None,
         [
             *COMMON,
-            f"model.path={tiny_models['qwen2_vl']}",
+            f"model.path={model}",
             f"data.train={data['train']}",
             f"data.eval={{probe: {data['heldout']}}}",
             "train.steps=300",
             "train.lr=5e-3",
             "train.eval_every=2",
-            f"train.output_dir={out}",
+            f"train.output_dir={tmp_path / 'sft'}",
             "sft.batch_size=16",
             "sft.epochs=100",
             "sft.eval_max_new_tokens=16",
             "sft.stop_at_acc=0.5",
+            *overrides,
         ],
         schema=SFTConfig,
     )
     trainer = SFTTrainer(cfg)
-    history = trainer.train()
+    return trainer, trainer.train()
 
+
+def test_stop_at_acc_ends_the_run_at_the_first_evaluation_that_reaches_it(tiny_models, tmp_path):
+    trainer, history = constant_answer_sft(tiny_models["qwen2_vl"], tmp_path)
     evals = [h["eval/probe/acc"] for h in history if "eval/probe/acc" in h]
     assert trainer.step < 300 and trainer.step % 2 == 0 and history[-1]["step"] == trainer.step
     assert len(evals) >= 2 and evals[-1] >= 0.5 and all(acc < 0.5 for acc in evals[:-1]), evals
+    out = tmp_path / "sft"
     assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step_{trainer.step:06d}"]
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert logged[-1]["step"] == trainer.step and logged[-1]["eval/probe/acc"] >= 0.5
+
+
+def test_stop_is_not_checked_before_stop_from_step(tiny_models, tmp_path):
+    trainer, history = constant_answer_sft(tiny_models["qwen2_vl"], tmp_path, "sft.stop_from_step=12")
+    evals = {h["step"]: h["eval/probe/acc"] for h in history if "eval/probe/acc" in h}
+    assert any(acc >= 0.5 for step, acc in evals.items() if step < 12), evals  # would have stopped
+    assert trainer.step == min(step for step, acc in evals.items() if step >= 12 and acc >= 0.5)

@@ -451,3 +451,9 @@ class SFTSection(Section):
         " reaches this on every data.eval set, and save that step: a cold start for RL that is right"
         " only part of the time. None: run all train.steps.",
     )
+    stop_from_step: int = Field(
+        0,
+        ge=0,
+        description="sft.stop_at_acc is checked from this step on: a model early in training can answer"
+        " right by chance greedily while its samples (what RL learns from) are still malformed.",
+    )

@@ -75,7 +75,12 @@ class SFTTrainer(TrainingRun):
         """Why to stop now under `sft.stop_at_acc` (every eval set at or above it), else None."""
         target = self.cfg.sft.stop_at_acc
         accs = {k: v for k, v in metrics.items() if k.startswith("eval/") and k.endswith("/acc")}
-        if target is None or not accs or min(accs.values()) < target:
+        if (
+            target is None
+            or self.step < self.cfg.sft.stop_from_step
+            or not accs
+            or min(accs.values()) < target
+        ):
             return None
         return ", ".join(f"{k} {v:.3f}" for k, v in accs.items()) + f" >= sft.stop_at_acc {target}"
 
