@@ -66,7 +66,10 @@ def test_sft_is_probed_on_its_own_split(demo_run):
 def test_table_shows_before_after_and_change(demo_run):
     _, result = demo_run
     table = _table(result["before"], result["after"], 3, 8)
-    assert "held-out: 8 items; after = mean of the last 3 evaluations" in table
-    acc_row = next(line for line in table.splitlines() if line.startswith("held-out accuracy"))
-    change = (result["after"]["acc"] - result["before"]["acc"]) * 100
-    assert acc_row.endswith(f"{change:+.1f} pt")
+    assert "held-out: 8 items, each answered 4 times at temperature 1" in table
+    assert "after = mean of the last 3 evaluations" in table
+    lines = table.splitlines()
+    acc_row = lines.index(next(line for line in lines if line.startswith("held-out accuracy")))
+    for line, key in zip(lines[acc_row : acc_row + 2], ("pass@1", "acc"), strict=True):
+        change = (result["after"][key] - result["before"][key]) * 100
+        assert line.endswith(f"{change:+.1f} pt")

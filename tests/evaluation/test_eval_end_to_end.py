@@ -135,7 +135,9 @@ def test_evaluate_during_training(tiny_models, images):
     ]
     kwargs = dict(max_new_tokens=6, n=3, k_list=(1, 3), batch_size=4)
     result = evaluate_during_training(backend, loaded.adapter, template, samples, **kwargs)
-    assert {"acc", "format", "response_length", "pass@1", "pass@3", "records"} == set(result)
+    assert {"acc", "format", "response_length", "pass@1", "pass@3", "sampled_format", "records"} == set(
+        result
+    )
     records = result["records"]
     assert [r["id"] for r in records] == ["a", "b", "c", "d"]
     assert records[3]["correct"] is None and records[3]["sampled_correct"] is None
@@ -148,6 +150,8 @@ def test_evaluate_during_training(tiny_models, images):
     scored = [x for x in reward if x is not None]
     assert result["acc"] == pytest.approx(sum(scored) / len(scored))
     assert result["format"] == pytest.approx(sum(REWARDS["format"](texts)) / 4)
+    drawn = [t for r in records for t in r["sampled_texts"]]
+    assert result["sampled_format"] == pytest.approx(sum(REWARDS["format"](drawn)) / 12)
     assert result["response_length"] == pytest.approx(sum(r["length"] for r in records) / 4)
     # the fixed seed makes a second evaluation of the same model identical
     again = evaluate_during_training(backend, loaded.adapter, template, samples, **kwargs)

@@ -105,8 +105,9 @@ def test_count_shapes(generated):
     for row in rows:
         assert row["question"] == "How many shapes are in the image?"
         assert row["answer"] == str(len(row["scene"])) and 1 <= len(row["scene"]) <= 6
-        assert row["solution"].endswith(
-            f"So the count is {row['answer']}.</think><answer>{row['answer']}</answer>"
+        assert row["solution"] == f"<think>{row['caption']}</think><answer>{row['answer']}</answer>"
+        assert row["caption"].startswith(
+            f"There {'is 1 shape' if row['answer'] == '1' else 'are ' + row['answer'] + ' shapes'}:"
         )
     assert {r["answer"] for r in rows} == {str(n) for n in range(1, 7)}
 

@@ -62,7 +62,8 @@ def evaluate_during_training(
     """Scalar metrics on held-out `samples`, and under "records" one dict per question.
 
     acc: greedy accuracy (scored questions only); format: share of greedy answers in the
-    template's layout; response_length: mean greedy tokens; pass@k for each k when n > 1.
+    template's layout; response_length: mean greedy tokens; when n > 1, pass@k for each k and
+    sampled_format, the share of the sampled answers in the template's layout.
     `batch_size` bounds the rows generated at once (prompts x completions).
     """
     bench = get_benchmark(benchmark)
@@ -81,6 +82,8 @@ def evaluate_during_training(
         params = SamplingParams(group_size=n, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
         drawn = generate_records(backend, adapter, template, samples, bench, params, max(1, batch_size // n))
         metrics |= {f"pass@{k}": mean_pass_at_k(drawn, k) for k in k_list}
+        drawn_fmt = REWARDS[FORMAT_REWARDS.get(template.name, "format")]([t for r in drawn for t in r.texts])
+        metrics["sampled_format"] = sum(f or 0.0 for f in drawn_fmt) / max(len(drawn_fmt), 1)
         sampled = list(drawn)
     metrics["records"] = [_record(g, s) for g, s in zip(greedy, sampled, strict=True)]
     return metrics
