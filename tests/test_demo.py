@@ -1,6 +1,6 @@
 """`vlrl demo` wiring on a few steps: which evaluations the "after" column averages, the table, the run folders.
 
-Whether RL really lifts accuracy by 10 points takes the full run (about 8 minutes) on 1000
+Whether RL really lifts accuracy by 10 points takes the full run (7-9 minutes) on 1000
 held-out items; that is measured by running `vlrl demo` itself (see the README), not here. The
 SFT here runs fewer steps than the demo's warm-up, which must not be a config error, and its probe
 target is never reached, so it runs to its last step; `tests/training/test_sft.py` tests the stop.
