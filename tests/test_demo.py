@@ -1,6 +1,6 @@
 """`vlrl demo` wiring on a few steps: which evaluations the "after" column averages, the table, the run folders.
 
-Whether RL really lifts accuracy by 10 points takes the full run (7-9 minutes) on 1000
+Whether RL really lifts accuracy by 10 points takes the full run (under 10 minutes) on 1000
 held-out items; that is measured by running `vlrl demo` itself (see the README), not here. The
 SFT here runs fewer steps than the demo's warm-up, which must not be a config error, and its probe
 target is never reached, so it runs to its last step; `tests/training/test_sft.py` tests the stop.
@@ -73,3 +73,22 @@ def test_table_shows_before_after_and_change(demo_run):
     for line, key in zip(lines[acc_row : acc_row + 2], ("pass@1", "acc"), strict=True):
         change = (result["after"][key] - result["before"][key]) * 100
         assert line.endswith(f"{change:+.1f} pt")
+
+
+def test_the_time_budget_stops_grpo_early_and_still_evaluates_its_last_step(tmp_path):
+    settings = DemoSettings(
+        out=tmp_path,
+        n_train=64,
+        n_probe=8,
+        n_heldout=8,
+        sft_steps=2,
+        probe_every=1,
+        rl_steps=4,
+        eval_every=2,
+        minutes=0.01,  # spent before GRPO starts: it stops after its first step
+        progress=False,
+    )
+    result = run_demo(settings)
+    assert result["rl_steps"] == 1
+    assert [e["step"] for e in result["evals"]] == [1]
+    assert result["after"]["acc"] == result["evals"][0]["eval/heldout/acc"]

@@ -54,9 +54,9 @@ class DemoSettings:
     sft_target: float = 0.3
     sft_min_steps: int = 200
     probe_every: int = 25
-    rl_steps: int = 100
-    eval_every: int = 10
-    minutes: float | None = None  # wall-clock cap on the RL phase
+    rl_steps: int = 200
+    eval_every: int = 20
+    minutes: float | None = 9.5  # the whole demo's time budget: GRPO stops early to keep it
     progress: bool = True
 
 
@@ -143,11 +143,15 @@ def run_demo(s: DemoSettings) -> dict:
 
     _phase(3, "evaluate the cold-start checkpoint")
     rl = GRPOTrainer(rl_config(s, cold_start, data))
+    t_eval = time.perf_counter()
     before = {k.rsplit("/", 1)[-1]: v for k, v in rl.evaluate().items()}
+    t_eval = time.perf_counter() - t_eval
     _print_eval("cold start", before)
 
-    _phase(4, f"GRPO, {s.rl_steps} steps of 32 prompts x 8 samples")
-    deadline = None if s.minutes is None else time.perf_counter() + 60 * s.minutes
+    budget = "" if s.minutes is None else f", or fewer to end within {s.minutes:g} minutes"
+    _phase(4, f"GRPO, {s.rl_steps} steps of 32 prompts x 8 samples{budget}")
+    # Room for what follows the last step: an evaluation at that step and one after it, the report.
+    deadline = None if s.minutes is None else t0 + 60 * s.minutes - 2 * t_eval - 10
     history = rl.train(deadline=deadline)
     evals = [h for h in history if "eval/heldout/acc" in h]
     if not evals or evals[-1]["step"] != rl.step:
@@ -159,8 +163,16 @@ def run_demo(s: DemoSettings) -> dict:
     report = _write_report(rl.out)
     minutes = (time.perf_counter() - t0) / 60
     print(_table(before, after, len(last), s.n_heldout))
+    print(f"GRPO steps: {rl.step} of {s.rl_steps}")
     print(f"total time {minutes:.1f} min; run directories: {s.out}/sft, {s.out}/grpo; report: {report}")
-    return {"before": before, "after": after, "minutes": minutes, "report": report, "evals": evals}
+    return {
+        "before": before,
+        "after": after,
+        "minutes": minutes,
+        "report": report,
+        "evals": evals,
+        "rl_steps": rl.step,
+    }
 
 
 def split_off(path: Path, n: int, out: Path) -> Path:

@@ -29,7 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--rl-steps", type=int, default=d.rl_steps, help="GRPO steps of 32 prompts x 8 samples")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="GRPO steps between evaluations")
-    p.add_argument("--minutes", type=float, default=None, help="stop GRPO after this many minutes")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=d.minutes,
+        help=f"time budget of the whole demo: GRPO stops early to keep it (default {d.minutes}; 0: none)",
+    )
     p.add_argument("--heldout", type=int, default=d.n_heldout, help="held-out items evaluated")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
@@ -43,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         sft_target=args.sft_target,
         rl_steps=args.rl_steps,
         eval_every=args.eval_every,
-        minutes=args.minutes,
+        minutes=args.minutes or None,
         n_heldout=args.heldout,
         progress=not args.no_progress,
     )
