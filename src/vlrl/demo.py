@@ -156,9 +156,9 @@ def run_demo(s: DemoSettings) -> dict:
 
     budget = "" if s.minutes is None else f", or fewer to end within {s.minutes:g} minutes"
     _phase(4, f"GRPO, {s.rl_steps} steps of 32 prompts x 8 samples{budget}")
-    # Room for what follows the deadline: the step under way (with its evaluation if one falls due)
-    # or else a final evaluation, and the report; two evaluations' worth, to spare.
-    deadline = None if s.minutes is None else t0 + 60 * s.minutes - 2 * t_eval - 10
+    # Room for what follows the deadline: the step under way with its evaluation if one falls due,
+    # else a final evaluation after it, and the report.
+    deadline = None if s.minutes is None else t0 + 60 * s.minutes - t_eval - 20
     history = rl.train(deadline=deadline)
     evals = [h for h in history if "eval/heldout/acc" in h]
     if not evals or evals[-1]["step"] != rl.step:
