@@ -9,16 +9,16 @@ target is never reached, so it runs to its last step; `tests/training/test_sft.p
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from vlrl.demo import EVAL_KEYS, DemoSettings, _table, run_demo
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    settings = DemoSettings(
+def small_demo(out, **changes) -> DemoSettings:
+    """The demo on 64 training items, 8 probe and 8 held-out items, 3 SFT steps and 4 GRPO steps."""
+    small = DemoSettings(
         out=out,
         n_train=64,
         n_probe=8,
@@ -29,7 +29,13 @@ def demo_run(tmp_path_factory):
         eval_every=1,
         progress=False,
     )
-    return out, run_demo(settings)
+    return replace(small, **changes)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(small_demo(out))
 
 
 def test_after_is_the_mean_of_the_last_three_evaluations(demo_run):
@@ -76,19 +82,8 @@ def test_table_shows_before_after_and_change(demo_run):
 
 
 def test_the_time_budget_stops_grpo_early_and_still_evaluates_its_last_step(tmp_path):
-    settings = DemoSettings(
-        out=tmp_path,
-        n_train=64,
-        n_probe=8,
-        n_heldout=8,
-        sft_steps=2,
-        probe_every=1,
-        rl_steps=4,
-        eval_every=2,
-        minutes=0.01,  # spent before GRPO starts: it stops after its first step
-        progress=False,
-    )
-    result = run_demo(settings)
+    # A budget spent before GRPO starts: it stops after its first step, between evaluations.
+    result = run_demo(small_demo(tmp_path, eval_every=2, minutes=0.01))
     assert result["rl_steps"] == 1
     assert [e["step"] for e in result["evals"]] == [1]
     assert result["after"]["acc"] == result["evals"][0]["eval/heldout/acc"]
