@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from vlrl.data.formats import FORMATS, RowProblem, detect_format
+from vlrl.data.images import ImageError, ImageTooLargeError, verify_image
 from vlrl.data.sample import IMAGE_MARKER, DataError, Sample
 
 if TYPE_CHECKING:
@@ -386,10 +387,11 @@ def _image_problem(path: Path) -> tuple[str, str] | None:
     if not path.is_file():
         return "missing image", f"image not found: {path}"
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on corrupt files
-        return "unreadable image", f"image {path} is unreadable by PIL ({type(e).__name__}: {e})"
+        verify_image(path)
+    except ImageTooLargeError as e:
+        return "image too large", str(e)
+    except ImageError as e:
+        return "unreadable image", str(e)
     return None
 
 

@@ -7,16 +7,15 @@ tokens are vision placeholders (never to be sampled), and how the family writes 
 
 from __future__ import annotations
 
-import functools
 import re
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from PIL import Image
 from torch import nn
 
+from vlrl.data.images import ImageError, image_size, load_image
 from vlrl.data.prompts import Template, build_messages
 from vlrl.data.sample import Sample
 from vlrl.models.batching import TOKEN_KEYS, Encoded, PromptSource
@@ -24,24 +23,16 @@ from vlrl.models.boxes import BOX_CONVENTIONS, rewrite_boxes
 
 MODULE_GROUPS = ("vision", "connector", "language")
 
-
-class ImageError(ValueError):
-    """An image could not be opened; the message names the file."""
-
-
-def load_image(path: str | Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"cannot read image '{path}': {exc}") from exc
-
-
-@functools.lru_cache(maxsize=65536)
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels."""
-    with Image.open(path) as im:
-        return im.size
+# ImageError, image_size and load_image are re-exported: the adapters were their home before vlrl.data
+__all__ = [
+    "MODULE_GROUPS",
+    "ImageError",
+    "ModelAdapter",
+    "image_size",
+    "load_image",
+    "plain_positions",
+    "unwrap",
+]
 
 
 class ModelAdapter(ABC):
