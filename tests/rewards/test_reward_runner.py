@@ -9,6 +9,7 @@ import pytest
 
 from vlrl.rewards import REWARDS, RewardError, call_reward, combine, load_reward
 from vlrl.rewards.deadline import RewardTimeout, deadline
+from vlrl.rewards.runner import RewardLoadError
 
 
 def lengths(completions, **fields):
@@ -152,13 +153,13 @@ def test_raising_user_reward_gets_fallback(user_file):
 
 
 def test_load_reward_errors_name_the_problem(user_file, tmp_path):
-    with pytest.raises(ValueError, match="unknown reward 'acuracy'.*'accuracy'"):
+    with pytest.raises(RewardLoadError, match="unknown reward 'acuracy' \\(did you mean 'accuracy'\\?\\)"):
         load_reward("acuracy")
-    with pytest.raises(FileNotFoundError, match="missing.py"):
+    with pytest.raises(RewardLoadError, match="missing.py"):
         load_reward(f"{tmp_path / 'missing.py'}:fn")
-    with pytest.raises(AttributeError, match="my_rewards.py has no function 'nope'"):
+    with pytest.raises(RewardLoadError, match="my_rewards.py has no function 'nope'"):
         load_reward(f"{user_file}:nope")
-    with pytest.raises(TypeError, match="'NOT_A_FUNCTION' in reward file .*my_rewards.py"):
+    with pytest.raises(RewardLoadError, match="'NOT_A_FUNCTION' in reward file .*my_rewards.py"):
         load_reward(f"{user_file}:NOT_A_FUNCTION")
 
 

@@ -6,15 +6,20 @@ and training continues." `call_reward` does that for built-in and user rewards a
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import logging
 import math
 import numbers
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 
+from vlrl.config import ConfigError, TrainConfig, apply_stage
+from vlrl.config.errors import join_key
 from vlrl.rewards.deadline import RewardTimeout, call_with_deadline
 from vlrl.rewards.table import REWARDS, RewardFn
 
@@ -110,8 +115,50 @@ def call_reward(
     return scores, stats
 
 
+class RewardLoadError(ValueError):
+    """A reward that cannot be loaded: unknown name, missing file, a file that fails to import, or
+    no such function in it. A ValueError, so `vlrl` prints its one line instead of a traceback."""
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else f"known: {', '.join(sorted(known)) or 'none'}"
+
+
+def _import_error(file: Path, exc: Exception) -> RewardLoadError:
+    """The failure of a user file's import, at the line of that file where it happened."""
+    if isinstance(exc, SyntaxError) and exc.filename == str(file):
+        where, what = f"{file}:{exc.lineno}", exc.msg
+    else:
+        lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(file)]
+        where, what = f"{file}:{lines[-1]}" if lines else str(file), str(exc)
+    return RewardLoadError(f"reward file {where} fails to import: {type(exc).__name__}: {what}")
+
+
+def _load_module(file: Path) -> ModuleType:
+    """The user's file as a module, executed once per version of the file."""
+    # A unique module name per file, registered in sys.modules so that dataclasses and pickling
+    # inside the user's file work as in any imported module. The modification time in the name
+    # lets the setup check and the scorer share one execution, yet picks up an edited file.
+    key = f"{file}:{file.stat().st_mtime_ns}"
+    module_name = f"vlrl_user_reward_{file.stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    module_spec = importlib.util.spec_from_file_location(module_name, file)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise _import_error(file, exc) from exc
+    return module
+
+
 def load_reward(spec: str) -> RewardFn:
     """A reward by name from REWARDS, or a user function given as `path/to/file.py:function_name`.
+
+    Every way this can fail is a `RewardLoadError` naming the file (and line) or the function.
 
     >>> load_reward("format").__name__
     'format_reward'
@@ -119,26 +166,43 @@ def load_reward(spec: str) -> RewardFn:
     if spec in REWARDS:
         return REWARDS[spec]
     path, _, attr = spec.rpartition(":")
+    if spec.endswith(".py"):
+        raise RewardLoadError(f"reward '{spec}' names a file but no function: use '{spec}:function_name'")
     if not path.endswith(".py") or not attr:
-        raise ValueError(
-            f"unknown reward '{spec}': use one of {sorted(REWARDS)} or 'path/to/file.py:function'"
+        raise RewardLoadError(
+            f"unknown reward '{spec}' ({_did_you_mean(spec, list(REWARDS))}): use a built-in reward "
+            "or 'path/to/file.py:function'"
         )
     file = Path(path).expanduser().resolve()
     if not file.is_file():
-        raise FileNotFoundError(f"reward file not found: {file} (from '{spec}')")
-    # A unique module name per file, registered in sys.modules so that dataclasses and pickling
-    # inside the user's file work as in any imported module.
-    module_name = f"vlrl_user_reward_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
-    module_spec = importlib.util.spec_from_file_location(module_name, file)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
-    module_spec.loader.exec_module(module)
+        raise RewardLoadError(f"reward file not found: {file} (from '{spec}')")
+    module = _load_module(file)
     fn = getattr(module, attr, None)
     if fn is None:
-        raise AttributeError(f"reward file {file} has no function '{attr}'")
+        defined = [
+            name
+            for name, value in vars(module).items()
+            if callable(value) and getattr(value, "__module__", None) == module.__name__
+        ]
+        raise RewardLoadError(f"reward file {file} has no function '{attr}' ({_did_you_mean(attr, defined)})")
     if not callable(fn):
-        raise TypeError(f"'{attr}' in reward file {file} is a {type(fn).__name__}, not a function")
+        raise RewardLoadError(f"'{attr}' in reward file {file} is a {type(fn).__name__}, not a function")
     return fn
+
+
+def check_rewards(cfg: TrainConfig) -> None:
+    """Load every reward of `cfg` and of each of its stages, so that a misspelt function or a
+    broken file fails at setup, before a model loads, rather than when its stage begins.
+
+    Errors are `ConfigError`s naming the key, e.g. `stages[1].reward.functions[2]: ...`.
+    """
+    configs = {"": cfg} | {f"stages[{i}]": apply_stage(cfg, i) for i in range(len(cfg.stages))}
+    for prefix, stage_cfg in configs.items():
+        for i, spec in enumerate(stage_cfg.reward.functions):
+            try:
+                load_reward(spec)
+            except RewardLoadError as exc:
+                raise ConfigError([("", join_key(prefix, f"reward.functions[{i}]"), str(exc))]) from None
 
 
 def combine(

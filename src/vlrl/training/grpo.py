@@ -46,6 +46,7 @@ from vlrl.monitoring.alarms import ALARMS_FILE, AlarmMonitor, append_alarms
 from vlrl.monitoring.answers import answer_health
 from vlrl.monitoring.dynamics import dynamics_metrics
 from vlrl.monitoring.rollouts import ROLLOUTS_FILE, rollout_record, write_rollouts
+from vlrl.rewards.runner import check_rewards
 from vlrl.rollout import make_backend
 from vlrl.rollout.base import Completion, SamplingParams
 from vlrl.training.logprobs import grouped_response_logprobs, response_logprobs, token_budget_batches
@@ -81,6 +82,7 @@ class GRPOTrainer(TrainingRun):
         # A vLLM engine or server holds its own copy of the weights: an HF replica would be idle.
         self.replica_for_rollouts = cfg.rollout.backend == "hf"
         check_stages(cfg)  # before loading anything: a bad stage is a config error
+        check_rewards(cfg)  # and so is a misspelt or broken user reward, of any stage
         super().__init__(cfg, lambda _: total_steps(cfg))
         self.cfg = stage_config(cfg, self.step)
         self.backend = make_backend(
