@@ -6,11 +6,23 @@ paths are made with `path_field`, which the loader uses to resolve `./` and `../
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from vlrl.data.images import DEFAULT_MAX_PIXELS
 
 PATH_RULE = (
     " A path starting with ./ or ../ is relative to the folder of the YAML file that sets it (to the"
@@ -46,10 +58,33 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-class Section(BaseModel):
-    """Base of every section and schema: unknown keys are errors, and assignments are validated too."""
+def _is_numeric(annotation: Any) -> bool:
+    """Whether a field's type holds numbers anywhere (`float`, `int | None`, `list[float]`, ...)."""
+    return annotation in (int, float) or any(_is_numeric(arg) for arg in get_args(annotation))
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return any(_holds_bool(item) for item in value)
+    return isinstance(value, bool)
+
+
+class Section(BaseModel):
+    """Base of every section and schema: unknown keys are errors, and assignments are validated too.
+
+    Numbers are finite and never booleans: pydantic would otherwise read `train.lr=true` as 1.0
+    and accept `.inf` or `nan` where a positive learning rate is due, and train on nonsense.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _is_numeric(field.annotation) and _holds_bool(value):
+            raise PydanticCustomError("bool_number", "must be a number, not true or false")
+        return value
 
 
 class LoraSection(Section):
@@ -103,6 +138,19 @@ class DataSection(Section):
     )
     format: Literal["auto", "canonical", "maye", "vlm_r1", "r1v"] = Field(
         "auto", description="Layout of the data rows; auto detects it from the first row."
+    )
+    image_root: str | None = path_field(
+        None,
+        description="Folder that relative image paths in the data rows are relative to (VLM-R1 and"
+        " LLaVA keep images apart from the annotation files); None: the folder of each data file.",
+    )
+    max_image_pixels: int | None = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="Largest image file accepted, in pixels (width x height, read from the header before"
+        " decoding), so that a small file declaring a huge image cannot take gigabytes of memory. The"
+        " default, 64 megapixels, is twice an 8K frame (HR-Bench 8K's 7680x4320), 192 MB decoded; None:"
+        " no limit of ours (PIL still refuses files over 2 x PIL.Image.MAX_IMAGE_PIXELS, 179 MP).",
     )
     skip_invalid: bool = Field(
         False, description="Drop unusable rows with a warning instead of stopping on the first one."
@@ -176,7 +224,12 @@ class RolloutSection(Section):
         description="Drop groups whose rewards are all equal and sample more prompts (DAPO, arXiv 2503.14476).",
     )
     max_resample_rounds: int = Field(
-        3, ge=0, description="With dynamic_sampling: extra sampling rounds before training on a short batch."
+        3,
+        ge=0,
+        le=15,
+        description="With dynamic_sampling: extra sampling rounds before training on a short batch. At"
+        " most 15: a step's rounds draw with seeds (train.seed * 1_000_003 + step) * 16 + round, so a"
+        " 16th round would repeat the next step's samples.",
     )
 
     @model_validator(mode="after")
@@ -239,6 +292,10 @@ class AlgoSection(Section):
     entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus; 0 disables it.")
 
 
+# The devices the training code is written for (process groups, autocast and offload know these).
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
 class TrainSection(Section):
     """Optimizer, schedule, batching, checkpoints and evaluation cadence."""
 
@@ -255,7 +312,9 @@ class TrainSection(Section):
     micro_batch_tokens: int = Field(
         4096, ge=1, description="Token budget of one forward/backward; gradients accumulate over the step."
     )
-    device: str = Field("auto", description="Torch device: auto picks cuda when available, else cpu.")
+    device: str = Field(
+        "auto", description="Torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:N."
+    )
     autocast: Literal["bfloat16", "float16"] | None = Field(
         None,
         description=(
@@ -286,6 +345,13 @@ class TrainSection(Section):
     )
     eval_pass_k: list[int] = Field([1], description="k values of the pass@k logged when eval_samples > 1.")
     eval_batch_size: int = Field(128, ge=1, description="Rows generated at once during evaluation.")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(device):
+            raise PydanticCustomError("device", "must be auto, cpu, cuda or cuda:N")
+        return device
 
     @model_validator(mode="after")
     def _pass_k_within_samples(self) -> TrainSection:

@@ -200,7 +200,7 @@ def evaluate_model(
 
     bench = get_benchmark(benchmark)
     samples = load_benchmark(data, bench.layout)[:limit]
-    torch_device = pick_device(device)
+    torch_device = pick_device(device, setting="--device")
     dtype = dtype or ("bfloat16" if torch_device.type == "cuda" else "float32")
     loaded = load_model(model, dtype=dtype, device=torch_device)
     backend = make_backend("hf", loaded.model, loaded.adapter)

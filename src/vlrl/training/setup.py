@@ -29,9 +29,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, setting: str = "train.device") -> torch.device:
+    """The torch device `name` (auto, cpu, cuda, cuda:N); `setting` is where the user chose it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        # Otherwise the first tensor moved there fails deep inside torch with no hint of the setting.
+        raise ValueError(f"{setting}={name}: CUDA is not available on this machine; use cpu or auto")
     return torch.device(name)
 
 
@@ -55,6 +59,7 @@ def load_policy(cfg: ModelSection, data: DataSection, device: torch.device, path
         device=device,
         min_pixels=data.image_min_pixels,
         max_pixels=data.image_max_pixels,
+        max_image_pixels=data.max_image_pixels,
     )
     frozen = frozen_groups(cfg)
     for group, params in lm.adapter.parameter_groups(lm.model).items():
@@ -106,6 +111,8 @@ def load_data(
             skip_invalid=data.skip_invalid,
             max_prompt_length=data.max_prompt_length,
             prompt_length=lambda s: adapter.prompt_length(s, template),
+            max_image_pixels=data.max_image_pixels,
+            image_root=data.image_root,
         )
         samples.extend(loaded)
         reports.append(report)
