@@ -30,7 +30,10 @@ def shapes(tmp_path: Path) -> Path:
 def test_a_misspelt_function_gets_did_you_mean(shapes):
     with pytest.raises(RewardLoadError) as caught:
         load_reward(f"{shapes}:shape_wrods")
-    assert str(caught.value) == f"reward file {shapes} has no function 'shape_wrods' (did you mean 'shape_words'?)"
+    assert (
+        str(caught.value)
+        == f"reward file {shapes} has no function 'shape_wrods' (did you mean 'shape_words'?)"
+    )
 
 
 def test_a_function_nothing_like_lists_what_the_file_defines(shapes):
@@ -69,7 +72,9 @@ def test_a_file_without_a_function_says_how_to_name_one():
 def test_a_file_is_executed_once_until_it_changes(tmp_path):
     path = tmp_path / "counted.py"
     runs = tmp_path / "runs.txt"
-    path.write_text(f"open({str(runs)!r}, 'a').write('x')\ndef fn(completions, **fields):\n    return [1.0]\n")
+    path.write_text(
+        f"open({str(runs)!r}, 'a').write('x')\ndef fn(completions, **fields):\n    return [1.0]\n"
+    )
     load_reward(f"{path}:fn")
     load_reward(f"{path}:fn")  # the setup check and then the scorer
     assert runs.read_text() == "x"
@@ -84,7 +89,9 @@ def test_check_rewards_names_the_key_of_the_stage(tmp_path, shapes):
     cfg = _config(tmp_path, f"reward.functions=[format,{shapes}:shape_words]")
     check_rewards(cfg)
     cfg.stages.append({"steps": 2, "reward.functions": ["format", f"{shapes}:shape_wrods"]})
-    with pytest.raises(ConfigError, match=r"^stages\[0\]\.reward\.functions\[1\]: .*did you mean 'shape_words'"):
+    with pytest.raises(
+        ConfigError, match=r"^stages\[0\]\.reward\.functions\[1\]: .*did you mean 'shape_words'"
+    ):
         check_rewards(cfg)
 
 

@@ -10,6 +10,8 @@ import types
 
 import pytest
 
+from vlrl.cli import main
+from vlrl.config import ConfigError
 from vlrl.training.metrics import METRICS_FILE, LineProgress, MetricsLogger, progress_text, read_metrics
 
 
@@ -168,9 +170,27 @@ def test_wandb_sink_calls(tmp_path, monkeypatch):
     assert calls == [("init", init_kwargs), ("log", {"loss": 1.0}, 2), ("finish",)]
 
 
-@pytest.mark.parametrize(("extra", "module"), [("tensorboard", "tensorboard"), ("wandb", "wandb")])
-def test_a_missing_extra_says_what_to_install(tmp_path, extra, module):
-    if importlib.util.find_spec(module) is not None:
-        pytest.skip(f"{module} is installed")
-    with pytest.raises(ImportError, match=rf"pip install 'vlrl\[{extra}\]'"):
-        _logger(tmp_path, **{extra: True})
+@pytest.mark.parametrize(
+    ("extra", "module"), [("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb")]
+)
+def test_a_missing_extra_names_the_key_and_the_pip_command(tmp_path, monkeypatch, extra, module):
+    monkeypatch.setitem(sys.modules, module, None)  # what `import` sees when a package is absent
+    with pytest.raises(ConfigError) as caught:
+        _logger(tmp_path / "run", **{extra: True})
+    assert str(caught.value) == f"logging.{extra}: needs the {extra} package: pip install 'vlrl[{extra}]'"
+    assert not (tmp_path / "run").exists()  # raised before anything was written
+
+
+def test_a_missing_extra_stops_vlrl_train_in_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    config = tmp_path / "grpo.yaml"
+    # No model at model.path: had the model been loaded first, the error would be about that.
+    config.write_text(
+        f"model:\n  path: {tmp_path / 'no_model'}\ndata:\n  train: {tmp_path / 'no_data.jsonl'}\n"
+        f"train:\n  output_dir: {tmp_path / 'run'}\nlogging:\n  tensorboard: true\n"
+    )
+    assert main(["train", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        "vlrl train: error: logging.tensorboard: needs the tensorboard package: "
+        "pip install 'vlrl[tensorboard]'\n"
+    )

@@ -11,11 +11,14 @@ Each destination is a sink with the same three methods: `log(step, metrics)`,
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 import sys
 from pathlib import Path
+
+from vlrl.config import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
 # Metric -> short label, in the order the progress line shows them.
@@ -93,12 +96,8 @@ class TensorBoardSink:
     """Scalars in `<output_dir>/tensorboard`, plus the run config as text."""
 
     def __init__(self, log_dir: Path, config: dict | None):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise ImportError(
-                "logging.tensorboard needs the tensorboard package: pip install 'vlrl[tensorboard]'"
-            ) from exc
+        from torch.utils.tensorboard import SummaryWriter
+
         self.log_dir = log_dir
         self._writer = SummaryWriter(str(log_dir))
         if config:
@@ -123,10 +122,8 @@ class WandbSink:
     """A Weights & Biases run; WANDB_MODE=offline (read by wandb itself) keeps it local."""
 
     def __init__(self, project: str, run_dir: Path, config: dict | None):
-        try:
-            import wandb
-        except ImportError as exc:
-            raise ImportError("logging.wandb needs the wandb package: pip install 'vlrl[wandb]'") from exc
+        import wandb
+
         self._run = wandb.init(project=project, dir=str(run_dir), name=run_dir.name, config=config)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -204,6 +201,37 @@ def progress_display(total: int | None) -> TqdmProgress | LineProgress:
     return TqdmProgress(total, tqdm)
 
 
+# Config key of an optional sink -> (the module it imports, the extra that installs it).
+EXTRAS = {
+    "logging.tensorboard": ("torch.utils.tensorboard", "tensorboard"),
+    "logging.wandb": ("wandb", "wandb"),
+}
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def require_extras(tensorboard: bool, wandb: bool) -> None:
+    """A `ConfigError` naming each enabled sink whose package is missing, with the pip command.
+
+    Trainers call it before loading a model, so that a run does not load for minutes and then
+    stop at its first log line.
+    """
+    enabled = {"logging.tensorboard": tensorboard, "logging.wandb": wandb}
+    problems = [
+        ("", key, f"needs the {extra} package: pip install 'vlrl[{extra}]'")
+        for key, (module, extra) in EXTRAS.items()
+        if enabled[key] and not _importable(module)
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
 class MetricsLogger:
     """Sends each step's metrics to metrics.jsonl, TensorBoard, wandb and the progress display.
 
@@ -229,6 +257,7 @@ class MetricsLogger:
         self.sinks: list = []
         if not enabled:
             return
+        require_extras(tensorboard, wandb)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         try:
             if jsonl:
@@ -240,7 +269,7 @@ class MetricsLogger:
             if progress:
                 self.sinks.append(progress_display(total_steps))
         except BaseException:
-            self.close()  # a missing extra must not leave the files opened before it
+            self.close()  # a sink that fails to start must not leave the files opened before it
             raise
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

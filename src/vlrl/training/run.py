@@ -33,7 +33,7 @@ from vlrl.training.checkpoint import (
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from vlrl.training.metrics import MetricsLogger
+from vlrl.training.metrics import MetricsLogger, require_extras
 from vlrl.training.sampler import PromptSampler
 from vlrl.training.schedule import build_scheduler
 from vlrl.training.setup import (
@@ -58,6 +58,8 @@ class TrainingRun:
         self.device = pick_device(cfg.train.device)
         d = cfg.distributed
         self.world = init_world(self.device, d.backend, d.timeout_s)
+        if self.world.is_main:  # the rank that logs, before minutes of loading a model
+            require_extras(cfg.logging.tensorboard, cfg.logging.wandb)
         if self.world.distributed and self.device.type == "cuda":
             self.device = torch.device("cuda", self.world.local_rank)
         seed_everything(cfg.train.seed)
