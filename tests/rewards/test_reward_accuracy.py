@@ -30,6 +30,7 @@ OPTIONS = ["cat", "dog", "bird"]
         "Dog.",
         "\\boxed{B}",
         "$B$",
+        "The answer is B.",  # a cue inside the tag is read as in free text, for every kind of answer
     ],
 )
 @pytest.mark.parametrize("truth", ["B", "dog"])
@@ -47,7 +48,6 @@ def test_choice_right(prediction, truth):
         "b",  # letters are upper case; "b" is neither a letter label nor an option's text
         "A cat",  # an article, not a label
         "dog or cat",
-        "The answer is B",  # the answer tag holds the answer, not a sentence
         "",
     ],
 )
@@ -98,7 +98,8 @@ def test_yes_no(prediction, truth, expected):
         ("0.5", "\\frac{1}{2}"),
         ("1/2", "0.5"),
         ("\\dfrac{1}{2}", "\\frac{1}{2}"),
-        ("50\\%", "0.5"),
+        ("50\\%", "50"),  # the percent sign dropped, the number kept as written
+        ("50", "50\\%"),
         ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"),
         ("1,000", "1000"),
         ("x = 2", "2"),
@@ -115,6 +116,59 @@ def test_math_equal(prediction, truth):
 )
 def test_math_unequal(prediction, truth):
     assert score(prediction, truth) == 0.0
+
+
+@pytest.mark.parametrize(
+    "prediction",
+    [
+        "3 or more",  # trailing words: a hedge, not the number
+        "3 or less",
+        "3 wrong",
+        "3 apples",  # a count noun is a word too; only units of measurement are dropped
+        "x = 3 \\text{ or } x = 4",
+        "4 = 3",  # an equation whose sides differ
+        "\\frac{6}{2} = 4",
+        "x = y",  # names on both sides: nothing stated
+        "300\\%",  # not silently scaled to 3
+        "300%",
+        "3 wrong \\boxed{4}",  # the box is what the answer states
+    ],
+)
+def test_answers_that_say_more_than_the_number_are_wrong(prediction):
+    assert score(prediction, "3") == 0.0
+
+
+@pytest.mark.parametrize(
+    "prediction",
+    [
+        "$3$",
+        "\\(3\\)",
+        "\\boxed{3}",
+        "3.0",
+        "3.",
+        "x = 3",
+        "AB = 3",
+        "\\frac{6}{2} = 3",  # every side equal to the truth
+        "The answer is 3.",
+        "Final answer: $3$",
+        "3\\,\\text{cm}^2",
+        "3 m",
+        "30 wrong \\boxed{3}",
+    ],
+)
+def test_plain_statements_of_the_number_are_right(prediction):
+    assert score(prediction, "3") == 1.0
+
+
+def test_percentages_compare_unscaled():
+    assert score("0.5", "50\\%") == 0.0
+    assert score("50\\%", "0.5") == 0.0
+    assert score("50 percent", "50") == 1.0
+
+
+def test_an_equation_truth_compares_whole():
+    assert score("y = 2x + 1", "y = 1 + 2x") == 1.0
+    assert score("y = 2x", "y = 1 + 2x") == 0.0
 
 
 def test_text_answers_compare_as_normalised_strings():

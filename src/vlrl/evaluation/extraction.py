@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 
+from vlrl.rewards.matching import last_boxed
 from vlrl.rewards.tags import last_answer
 
-_BOX_COMMANDS = ("\\boxed{", "\\fbox{")
 # "the answer is X", "Answer: X", "final answer is: X"; X runs to the end of its line.
 _PHRASE = re.compile(r"\banswer\s*(?:is|:)\s*:?[ \t]*([^\n]*)", re.IGNORECASE)
 # The last number: "1,234.5" (thousands commas), "-3", ".5"; "1,2,3" reads as 1, 2 and 3.
@@ -27,23 +27,6 @@ def clean(text: str) -> str:
     ('3.50', '\\\\frac{1}{2}')
     """
     return text.strip().rstrip(".").strip().strip("*\"'`$").strip()
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced; None if none.
-
-    >>> last_boxed("so \\\\boxed{1} or rather \\\\boxed{\\\\frac{1}{2}}.")
-    '\\\\frac{1}{2}'
-    """
-    start = max(text.rfind(command) + len(command) if command in text else -1 for command in _BOX_COMMANDS)
-    if start < 0:
-        return None
-    depth = 1
-    for i in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[start:i].strip()
-    return None  # unbalanced: the response was cut off inside the box
 
 
 def answer_phrase(text: str) -> str | None:

@@ -6,6 +6,14 @@ operators), and three guards keep sympy from running away before `verify` evalua
 answers over MAX_MATH_CHARS are compared as strings only, parsed trees whose numbers could exceed
 MAX_DIGITS digits (`9^{9^{9}}`, `(10^6)!`) are rejected without being evaluated, and the whole check
 runs under a MATH_TIMEOUT_S deadline (see deadline.py for what that can and cannot stop).
+
+math-verify is built to find an answer somewhere in a response, so it reads "3 or more" as 3,
+"4 = 3" as 3 (the last side) and "300\\%" as 3. An `<answer>` tag holds the answer itself, so
+`math_equal` first takes what the answer states (`stated_maths`): a leading "the answer is", `$`
+and a `\\boxed{}` are unwrapped, a trailing unit of measurement may be dropped, a percent sign
+is dropped without scaling (as a benchmark's "what percentage" answer is written), every side of
+an equation that is not a variable's name must equal the truth, and an answer with a word in it
+(anything but a function name) is prose, not maths, and matches only as text.
 """
 
 from __future__ import annotations
@@ -32,22 +40,65 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 
 _SPACES = re.compile(r"\s+")
 _WRAPPER = re.compile(r"\\(?:boxed|text|mathrm)\{(.*)\}", re.DOTALL)
+# A cue before the answer inside the tag: "The answer is 3.", "Final answer: (B)".
+_CUE = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is\b\s*:?|:)\s*", re.IGNORECASE)
 # "B", "(B)", "B.", "B:", "B)" alone, or "(B) text", "B. text", "B: text", "B) text".
 _LETTER = re.compile(r"\(?([A-Z])\)?[.:]?|(?:\(([A-Z])\)|([A-Z])[.:)])\s.*", re.DOTALL)
 _OWN_LABEL = re.compile(r"\(?([A-Z])(?:\)|[.:])\s*")
 _YES_NO = {"yes": True, "true": True, "no": False, "false": False}
 _MATHS = re.compile(r"[\d\\^=+*/]")
-# A number followed by a unit word math-verify keeps as symbols ("3 cm^2" -> 3*c*m**2, "5 km/h").
-_NUMBER_UNIT = re.compile(
-    r"([-+]?\d[\d,]*(?:\.\d+)?)\s*[A-Za-z]{2,}(?:\^\{?[23]\}?)?(?:/[A-Za-z]+(?:\^\{?[23]\}?)?)?"
+_BOX_COMMANDS = ("\\boxed{", "\\fbox{")
+# Units of measurement a numeric answer may end with ("3 cm^2", "5 km/h", "3\text{ cm}"); a closed
+# list, since an open one ("any word") lets "3 wrong" pass for 3.
+_UNIT_NAME = (
+    r"(?:(?:sq\.?|square|cubic|cu\.?)\s+)?(?:mm|cm|dm|km|m|in|inch(?:es)?|ft|feet|foot|yd|yards?|mi|miles?"
+    r"|(?:milli|centi|kilo)?met(?:er|re)s?|mg|g|kg|(?:kilo)?grams?|lbs?|pounds?|oz|ounces?|tons?|tonnes?"
+    r"|ml|mL|l|L|lit(?:er|re)s?|gallons?|ms|s|secs?|seconds?|mins?|minutes?|h|hrs?|hours?|days?|weeks?"
+    r"|months?|years?|mph|kph|rad|radians?|deg|degrees?|dollars?|cents?|euros?|units?)"
+)
+_UNIT_ONE = rf"(?:\\(?:text|mathrm)\{{\s*{_UNIT_NAME}\s*\}}|{_UNIT_NAME})(?:\^\{{?[23]\}}?|[²³])?"
+_UNIT = re.compile(rf"(?:\s|\\[,;! ])*{_UNIT_ONE}(?:\s*/\s*{_UNIT_ONE})?\s*$")
+_PERCENT = re.compile(r"\s*(?:\\?%|\\text\{\s*\\?%\s*\}|percent|per\s+cent)\s*$", re.IGNORECASE)
+# A word standing alone ("or", "more", "wrong"), after LaTeX commands are removed; letters next to
+# digits or other letters are a product of variables ("2xy").
+_COMMAND = re.compile(r"\\(?:begin|end)\{[^{}]*\}|\\[A-Za-z]+")
+_WORD = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2,}(?![A-Za-z0-9])")
+_FUNCTION = re.compile(
+    r"(?:arc)?(?:sin|cos|tan)h?|cot|sec|csc|log|ln|lg|exp|lim|max|min|gcd|lcm|det|mod|sqrt|pi|inf|infty",
+    re.IGNORECASE,
+)
+# What an equation may name on its other side: "x", "AB", "x_1", "f(2)", "\theta".
+_NAME = re.compile(
+    r"[A-Za-z]+(?:_\{?\w+\}?)?(?:\([^()=]*\))?"
+    r"|\\(?:alpha|beta|gamma|delta|epsilon|theta|lambda|mu|phi|psi|omega|sigma|rho|tau)(?:_\{?\w+\}?)?"
 )
 
 
 def _unwrap(text: str) -> str:
-    """Strip whitespace, `$`, and one `\\boxed{}` / `\\text{}` around the whole answer."""
-    text = _SPACES.sub(" ", str(text)).strip().strip("$").strip()
+    """Strip whitespace, a leading answer cue, a final period, `$`, and one `\\boxed{}` / `\\text{}`."""
+    text = _SPACES.sub(" ", str(text)).strip()
+    cue = _CUE.match(text)
+    text = text[cue.end() :] if cue else text
+    text = text.rstrip(".").strip().strip("$").strip()
     inner = _WRAPPER.fullmatch(text)
     return inner.group(1).strip() if inner else text
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced; None if none.
+
+    >>> last_boxed("so \\\\boxed{1} or rather \\\\boxed{\\\\frac{1}{2}}.")
+    '\\\\frac{1}{2}'
+    """
+    start = max(text.rfind(command) + len(command) if command in text else -1 for command in _BOX_COMMANDS)
+    if start < 0:
+        return None
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i].strip()
+    return None  # unbalanced: the response was cut off inside the box
 
 
 def normalize(text: str) -> str:
@@ -111,24 +162,64 @@ def _parse(text: str) -> list:
     return parse(text if as_is else f"${text}$", parsing_timeout=None)
 
 
+def _no_percent(text: str) -> str:
+    return _PERCENT.sub("", text)
+
+
+def _prose(text: str) -> bool:
+    return any(not _FUNCTION.fullmatch(w) for w in _WORD.findall(_COMMAND.sub(" ", text)))
+
+
+def stated_maths(pred: str, gold: str) -> list[list[str]]:
+    """What an answer asserts equals `gold`: per side, its readings (with and without a unit).
+
+    [] when it asserts nothing comparable: prose, or an equation whose sides are all names. Sides
+    are split only when the truth is not itself an equation.
+
+    >>> stated_maths("The answer is $x = 3\\\\text{ cm}$.", "3"), stated_maths("3 or more", "3")
+    ([['3']], [])
+    >>> stated_maths("4 = 3", "3"), stated_maths("300\\\\%", "3"), stated_maths("3 m", "3")
+    ([['4'], ['3']], [['300']], [['3', '3 m']])
+    """
+    text = _unwrap(pred)
+    boxed = last_boxed(text)
+    text = _no_percent(_unwrap(boxed) if boxed is not None else text)
+    sides = [text] if "=" in gold else [s.strip() for s in text.split("=")]
+    if len(sides) > 1:
+        sides = [s for s in sides if not _NAME.fullmatch(s)]
+    readings = [
+        [r for r in dict.fromkeys((_UNIT.sub("", s).strip(), s)) if r and not _prose(r)] for s in sides
+    ]
+    return [] if not readings or not all(readings) else readings
+
+
 def math_equal(pred: str, gold: str) -> bool:
-    """Mathematical equality by math-verify, bounded in size and time; False when unsure.
+    """Mathematical equality by math-verify of what `pred` states (see `stated_maths`), bounded in
+    size and time; False when unsure.
 
     >>> math_equal("\\\\frac{6}{2}", "3"), math_equal("3 cm^2", "3"), math_equal("9^{9^{9^{9}}}", "9")
     (True, True, False)
+    >>> math_equal("3 or more", "3"), math_equal("4 = 3", "3"), math_equal("300\\\\%", "3")
+    (False, False, False)
     """
     if len(pred) > MAX_MATH_CHARS:
         return False
-    unit = _NUMBER_UNIT.fullmatch(pred.strip())
-    pred = unit.group(1) if unit else pred
+    gold = _no_percent(_unwrap(gold))
     try:
         with deadline(MATH_TIMEOUT_S):
-            predicted, truth = _parse(pred), _parse(gold)
-            if not predicted or not truth or _too_big(predicted):
-                return False
-            return verify(truth, predicted, timeout_seconds=None)
+            truth = _parse(gold)
+            return bool(truth) and _all_sides_equal(stated_maths(pred, gold), truth)
     except RewardTimeout:
         return False
+
+
+def _all_sides_equal(sides: list[list[str]], truth: list) -> bool:
+    return bool(sides) and all(any(_verified(r, truth) for r in readings) for readings in sides)
+
+
+def _verified(reading: str, truth: list) -> bool:
+    predicted = _parse(reading)
+    return bool(predicted) and not _too_big(predicted) and verify(truth, predicted, timeout_seconds=None)
 
 
 def answers_match(pred: str, gold, choices: Sequence[str] | None = None) -> bool:
