@@ -166,3 +166,44 @@ def test_missing_file_and_unknown_suffix(tmp_path):
     (tmp_path / "data.txt").write_text("hi")
     with pytest.raises(DataError, match=r"cannot read '\.txt'"):
         load_samples(tmp_path / "data.txt")
+
+
+def test_image_over_the_pixel_limit(png, jsonl):
+    png("a.png")  # 4x4 = 16 pixels
+    path = jsonl([{**GOOD, "image": "a.png"}])
+    err = _error(path, 1, "images", "image too large", max_image_pixels=15)
+    assert "4x4" in str(err) and "data.max_image_pixels" in str(err)
+    assert len(load_samples(path, max_image_pixels=16)[0]) == 1
+
+
+def test_row_rejected_by_the_processor(jsonl, png):
+    png("a.png")
+    path = jsonl([{**GOOD, "image": "a.png"}, {**GOOD, "id": "wide", "image": "a.png"}, GOOD])
+
+    def processor(sample):
+        if sample.id == "wide":
+            raise ValueError("absolute aspect ratio must be smaller than 200, got 500.0")
+        return 10
+
+    # the processor runs for every row even without a length budget (as `vlrl eval` loads)
+    for budget in (1024, None):
+        err = _error(
+            path, 2, "images", "rejected by processor", max_prompt_length=budget, prompt_length=processor
+        )
+        assert "aspect ratio must be smaller than 200" in str(err)
+    samples, report = load_samples(path, prompt_length=processor, skip_invalid=True)
+    assert len(samples) == 2 and [(e.line, e.kind) for e in report.skipped] == [(2, "rejected by processor")]
+
+
+def test_missing_image_names_the_root(tmp_path, png, jsonl):
+    path = jsonl([{**GOOD, "image": "nowhere.png"}])
+    err = _error(path, 1, "images", "missing image")
+    assert f"the data file's folder, {tmp_path}" in str(err)
+    (tmp_path / "root").mkdir()
+    err = _error(path, 1, "images", "missing image", image_root=tmp_path / "root")
+    assert f"data.image_root, {tmp_path / 'root'}" in str(err)
+
+
+def test_image_root_must_be_a_folder(tmp_path, jsonl):
+    with pytest.raises(FileNotFoundError, match=r"data\.image_root.*nowhere"):
+        load_samples(jsonl([GOOD]), image_root=tmp_path / "nowhere")

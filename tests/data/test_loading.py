@@ -228,3 +228,16 @@ def test_stored_image_of_an_id_unfit_for_a_file_name_is_named_by_line(tmp_path, 
     first, second = load_samples(path)[0]
     assert (first.id, first.images[0].name) == ("a/b", "ids-1_0.png")
     assert second.images[0].name == "a_b_0.png"
+
+
+def test_image_root_resolves_relative_paths(tmp_path, png, jsonl):
+    # VLM-R1 / LLaVA layout: annotations in one folder, images under another
+    png("coco/train2014/a.png")
+    absolute = png("elsewhere/b.png")
+    (tmp_path / "annotations").mkdir()
+    path = jsonl(
+        [{"question": "q", "answer": "a", "images": ["train2014/a.png", str(absolute)]}],
+        name="annotations/rec.jsonl",
+    )
+    (sample,), _ = load_samples(path, image_root=tmp_path / "coco")
+    assert sample.images == [tmp_path / "coco/train2014/a.png", absolute]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from vlrl.data.formats import FORMATS, RowProblem, detect_format
-from vlrl.data.images import ImageError, ImageTooLargeError, verify_image
+from vlrl.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLargeError, verify_image
 from vlrl.data.sample import IMAGE_MARKER, DataError, Sample
 
 if TYPE_CHECKING:
@@ -70,8 +70,10 @@ class _Context:
 
     format: str
     base: Path
+    base_origin: str
     stem: str
     check_images: bool
+    max_image_pixels: int | None
     max_prompt_length: int | None
     prompt_length: Callable[[Sample], int] | None
     image_status: dict[Path, tuple[str, str] | None] = field(default_factory=dict)
@@ -85,22 +87,31 @@ def load_samples(
     max_prompt_length: int | None = None,
     prompt_length: Callable[[Sample], int] | None = None,
     check_images: bool = True,
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+    image_root: str | os.PathLike | None = None,
 ) -> tuple[list[Sample], LoadReport]:
     """Every usable row of `path` as a `Sample`, and a report on the rows.
 
     `path` is a `.jsonl` / `.json` / `.parquet` / `.csv` file or a `datasets.save_to_disk` folder;
-    `format` is a name in `FORMATS` or "auto". The first bad row raises a `RowError` naming file,
-    line and field, unless `skip_invalid`; a file with no usable row always raises.
+    `format` is a name in `FORMATS` or "auto". Relative image paths resolve against `image_root`,
+    or the data file's folder when it is None. `prompt_length`, when given, runs for every row (so
+    a row the model's processor rejects is a bad row) and is held to `max_prompt_length` if set.
+    The first bad row raises a `RowError` naming file, line and field, unless `skip_invalid`; a
+    file with no usable row always raises.
     """
     if format != "auto" and format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; valid: auto, {', '.join(FORMATS)}")
     path = Path(path)
+    if image_root is not None and not Path(image_root).is_dir():
+        raise FileNotFoundError(f"image root (data.image_root) is not a folder: {image_root}")
     rows = _read(path)
     ctx = _Context(
         format=detect_format(row for _, row in rows) if format == "auto" else format,
-        base=path.resolve().parent,
+        base=Path(image_root).resolve() if image_root is not None else path.resolve().parent,
+        base_origin="data.image_root" if image_root is not None else "the data file's folder",
         stem=path.stem,
         check_images=check_images,
+        max_image_pixels=max_image_pixels,
         max_prompt_length=max_prompt_length,
         prompt_length=prompt_length,
     )
@@ -376,18 +387,20 @@ def _check_images(sample: Sample, ctx: _Context) -> None:
         return
     for path in sample.images:
         if path not in ctx.image_status:
-            ctx.image_status[path] = _image_problem(path)
+            ctx.image_status[path] = _image_problem(path, ctx)
         if ctx.image_status[path]:
             kind, message = ctx.image_status[path]
             raise RowProblem(kind, "images", message)
 
 
-def _image_problem(path: Path) -> tuple[str, str] | None:
+def _image_problem(path: Path, ctx: _Context) -> tuple[str, str] | None:
     """(kind, message) of what is wrong with one image file, or None."""
     if not path.is_file():
-        return "missing image", f"image not found: {path}"
+        return "missing image", (
+            f"image not found: {path} (relative image paths resolve against {ctx.base_origin}, {ctx.base})"
+        )
     try:
-        verify_image(path)
+        verify_image(path, ctx.max_image_pixels)
     except ImageTooLargeError as e:
         return "image too large", str(e)
     except ImageError as e:
@@ -404,11 +417,19 @@ def _check_unique_id(sample: Sample, ctx: _Context) -> None:
 
 
 def _check_prompt_length(sample: Sample, ctx: _Context) -> None:
-    """The prompt, image tokens included, fits the budget (counted by the model adapter)."""
-    if ctx.max_prompt_length is None or ctx.prompt_length is None:
+    """The model's processor accepts the row, and the prompt, image tokens included, fits the
+    budget (both through the model adapter)."""
+    if ctx.prompt_length is None:
         return
-    n = ctx.prompt_length(sample)
-    if n > ctx.max_prompt_length:
+    try:
+        n = ctx.prompt_length(sample)
+    except ValueError as e:  # e.g. Qwen2-VL refuses an aspect ratio over 200 (a 10000x20 image)
+        raise RowProblem(
+            "rejected by processor",
+            "images" if sample.images else "question",
+            f"the model's processor rejects this row: {e}",
+        ) from None
+    if ctx.max_prompt_length is not None and n > ctx.max_prompt_length:
         raise RowProblem(
             "prompt too long",
             "question",

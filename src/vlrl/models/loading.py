@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
+from vlrl.data.images import DEFAULT_MAX_PIXELS
 from vlrl.models.adapters import ModelAdapter, adapter_class
 from vlrl.models.processors import IMAGE_ONLY_PROCESSORS, torchvision_usable
 
@@ -57,6 +58,7 @@ def load_model(
     device: str | torch.device = "cpu",
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> LoadedModel:
     """Model, processor and adapter for a checkpoint folder."""
     path = Path(path)
@@ -69,4 +71,7 @@ def load_model(
         path, dtype=DTYPES[dtype], attn_implementation=attn_implementation
     ).to(device)
     processor = load_processor(path, config)
-    return LoadedModel(model, processor, adapter_cls(processor, min_pixels=min_pixels, max_pixels=max_pixels))
+    adapter = adapter_cls(
+        processor, min_pixels=min_pixels, max_pixels=max_pixels, max_image_pixels=max_image_pixels
+    )
+    return LoadedModel(model, processor, adapter)

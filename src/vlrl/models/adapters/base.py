@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vlrl.data.images import ImageError, image_size, load_image
+from vlrl.data.images import DEFAULT_MAX_PIXELS, ImageError, image_size, load_image
 from vlrl.data.prompts import Template, build_messages
 from vlrl.data.sample import Sample
 from vlrl.models.batching import TOKEN_KEYS, Encoded, PromptSource
@@ -50,11 +50,18 @@ class ModelAdapter(ABC):
     lora_modules: ClassVar[dict[str, tuple[str, ...]]]
     vision_keys: ClassVar[tuple[str, ...]]
 
-    def __init__(self, processor, min_pixels: int | None = None, max_pixels: int | None = None):
+    def __init__(
+        self,
+        processor,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
+        self.max_image_pixels = max_image_pixels  # decompression guard of the original files
 
     # ---- inputs -------------------------------------------------------------------------
     @abstractmethod
@@ -68,7 +75,7 @@ class ModelAdapter(ABC):
     def encode(self, sample: Sample, template: Template, response: str | None = None) -> Encoded:
         """Model inputs for `sample`'s prompt, followed by `response` and end-of-turn when given."""
         encoded = self.encode_messages(
-            build_messages(sample, template), [load_image(p) for p in sample.images]
+            build_messages(sample, template), [load_image(p, self.max_image_pixels) for p in sample.images]
         )
         if response is None:
             return encoded
