@@ -46,3 +46,43 @@ def test_logprobs_match_log_softmax_gather_and_bf16():
     z = logits.clone().requires_grad_(True)
     logprobs_from_logits(z, ids).sum().backward()
     assert_close(z.grad.sum(-1), torch.zeros(2, 7), atol=1e-6, rtol=0)
+
+
+def test_temperature_and_blocked_ids_applied_per_chunk_in_float32():
+    """bf16 logits [2, 6, 10] at temperature 0.5 with ids 1 and 2 blocked, in chunks of 4 rows:
+    the float32 maths of log_softmax(z / 0.5) with z[1] = z[2] = -1e9, in value and gradient, while
+    nothing saved for backward is a float32 row of the vocabulary (each chunk is recomputed)."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 6, 10, generator=g) * 3).bfloat16()
+    ids = torch.randint(3, 10, (2, 6), generator=g)
+    blocked = torch.tensor([1, 2])
+    weights = torch.randn(2, 6, generator=g)
+
+    def reference(x):
+        z = x.float() / 0.5
+        z[..., blocked] = -1e9
+        logp = torch.log_softmax(z, -1)
+        return logp.gather(-1, ids[..., None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+    x_ref = logits.clone().requires_grad_(True)
+    ref_logp, ref_ent = reference(x_ref)
+    ((ref_logp + ref_ent) * weights).sum().backward()
+
+    saved_float32_rows = []
+
+    def pack(t):
+        if t.dtype == torch.float32 and t.dim() and t.shape[-1] == 10:
+            saved_float32_rows.append(t.numel() // 10)
+        return t
+
+    x = logits.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logp = logprobs_from_logits(x, ids, chunk_size=4, temperature=0.5, blocked=blocked)
+        ent = entropy_from_logits(x, chunk_size=4, temperature=0.5, blocked=blocked)
+    ((logp + ent) * weights).sum().backward()
+    assert saved_float32_rows == []
+    assert_close(logp, ref_logp)
+    assert_close(ent, ref_ent)
+    assert x.grad.dtype == torch.bfloat16
+    assert_close(x.grad, x_ref.grad)
+    assert (x.grad[..., blocked] == 0).all()  # a blocked logit cannot move its probability off 0

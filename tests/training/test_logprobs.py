@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
 from vlrl.models.loading import load_model
+from vlrl.training import logprobs
 from vlrl.training.logprobs import grouped_response_logprobs, response_logprobs, token_budget_batches
 
 
@@ -110,3 +113,58 @@ def test_grouped_logprobs_match_full_passes_in_value_and_gradient(tiny_models, i
     assert vision, "the vision tower must get gradient through the shared prompt"
     for name, g in full[2].items():
         torch.testing.assert_close(grouped[2][name], g, atol=1e-5, rtol=1e-3, msg=name)
+
+
+class VocabularyRows(TorchDispatchMode):
+    """Records, for every tensor any op allocates (forward and backward; views and in-place results
+    share an input's memory and are left out), the rows of a [..., V] tensor by dtype: the largest
+    float32 one is the scoring path's biggest float32 temporary."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.largest = vocab, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+        }
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() in inputs:
+                continue
+            if t.dim() > 1 and t.shape[-1] == self.vocab:
+                self.largest[t.dtype] = max(self.largest.get(t.dtype, 0), t.numel() // self.vocab)
+        return out
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_bf16_scoring_never_makes_a_float32_copy_of_the_logits(tiny_models, images, monkeypatch, grouped):
+    """A bf16 model, 4 responses of 6 tokens (24 scored rows), chunks of 4 rows: no float32
+    [.., V] tensor of more than 4 rows exists in forward or backward (the old path upcast all 24,
+    and kept them for backward), and the logits themselves cover the responses, not the prompts."""
+    monkeypatch.setattr(logprobs, "CHUNK_ROWS", 4)
+    lm = load_model(tiny_models["qwen2_vl"])
+    model, a = lm.model.to(torch.bfloat16), lm.adapter
+    vocab = model.get_output_embeddings().weight.shape[0]
+    prompts = two_prompts(a, images)
+    row_prompt, responses = [0, 1, 0, 1], [torch.arange(5, 11) + i for i in range(4)]
+    blocked = torch.tensor(a.blocked_token_ids(vocab))
+    pad = a.tokenizer.pad_token_id
+    watch = VocabularyRows(vocab)
+    with watch:
+        if grouped:
+            logp, ent = grouped_response_logprobs(
+                model, a, prompts, row_prompt, responses, pad, 0.7, blocked, True
+            )
+        else:
+            seqs = [prompts[p].with_response(r) for p, r in zip(row_prompt, responses, strict=True)]
+            logp, ent = response_logprobs(model, seqs, [6] * 4, pad, 0.7, blocked, with_entropy=True)
+        logp.sum().backward()
+    assert logp.shape == ent.shape == (4, 6) and logp.dtype == torch.float32
+    assert torch.isfinite(logp).all() and (logp < 0).all()
+    assert watch.largest[torch.float32] <= 4
+    # bf16 logits: 4 rows x 6 positions; a padded pass adds the two prompts' length difference and
+    # the last position (which predicts nothing), never the prompts themselves.
+    spread = prompts[1].length - prompts[0].length
+    assert watch.largest[torch.bfloat16] <= 4 * (6 if grouped else 7 + spread)
+    assert spread + 7 < prompts[0].length + 6  # so that the bound excludes the prompts' logits
