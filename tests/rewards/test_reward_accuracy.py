@@ -45,7 +45,6 @@ def test_choice_right(prediction, truth):
         "(C)",
         "cat",
         "D",  # no option D
-        "b",  # letters are upper case; "b" is neither a letter label nor an option's text
         "A cat",  # an article, not a label
         "dog or cat",
         "",
@@ -55,10 +54,39 @@ def test_choice_wrong(prediction):
     assert score(prediction, "B", OPTIONS) == 0.0
 
 
+@pytest.mark.parametrize(
+    "prediction", ["d", "(d)", "d.", "D)", "[D]", "[d]", "d: fish", "(d) fish", "[D] fish"]
+)
+@pytest.mark.parametrize("truth", ["D", "(d)", "fish"])
+def test_choice_letters_in_any_case_and_bracket_style(prediction, truth):
+    assert score(prediction, truth, ["cat", "dog", "bird", "fish"]) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("prediction", "options", "truth"),
+    [
+        ("$2 \\pi$", ["\\pi", "2\\pi"], "B"),
+        ("2\\pi", ["\\pi", "$2 \\pi$"], "B"),
+        ("1/2", ["\\frac{1}{3}", "\\frac{1}{2}"], "B"),
+        ("\\frac{1}{2}", ["1/3", "1/2"], "1/2"),  # the truth as an option's text
+        ("$8: 5$", ["5:8", "8:5"], "B"),
+        ("30^\\circ", ["60°", "30°"], "B"),
+    ],
+)
+def test_choice_texts_compare_as_maths(prediction, options, truth):
+    assert score(prediction, truth, options) == 1.0
+
+
+def test_choice_maths_matching_two_options_is_no_answer():
+    assert score("0.5", "A", ["1/2", "\\frac{2}{4}"]) == 0.0
+    assert score("0.5", "B", ["1/2", "\\frac{2}{4}"]) == 0.0
+
+
 def test_choice_options_with_their_own_labels():
     assert score("dog", "B", ["A. cat", "B. dog"]) == 1.0
     assert score("B", "dog", ["(A) cat", "(B) dog"]) == 1.0
     assert score("cat", "B", ["A. cat", "B. dog"]) == 0.0
+    assert score("dog", "B", ["a) cat", "[b] dog"]) == 1.0
 
 
 @pytest.mark.parametrize(

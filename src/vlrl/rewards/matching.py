@@ -42,9 +42,13 @@ _SPACES = re.compile(r"\s+")
 _WRAPPER = re.compile(r"\\(?:boxed|text|mathrm)\{(.*)\}", re.DOTALL)
 # A cue before the answer inside the tag: "The answer is 3.", "Final answer: (B)".
 _CUE = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is\b\s*:?|:)\s*", re.IGNORECASE)
-# "B", "(B)", "B.", "B:", "B)" alone, or "(B) text", "B. text", "B: text", "B) text".
-_LETTER = re.compile(r"\(?([A-Z])\)?[.:]?|(?:\(([A-Z])\)|([A-Z])[.:)])\s.*", re.DOTALL)
-_OWN_LABEL = re.compile(r"\(?([A-Z])(?:\)|[.:])\s*")
+# A letter in any case and bracket style, "B", "(b)", "[B]", "b.", "B:", "B)" alone, or followed
+# by text after a bracket or stop: "(B) text", "b. text", "B: text", "[B] text"; a bare letter
+# before text ("A cat") is an article, not a label.
+_LETTER = re.compile(
+    r"[(\[]?([A-Za-z])[)\]]?[.:]?|(?:\(([A-Za-z])\)|\[([A-Za-z])\]|([A-Za-z])[.:)])\s.*", re.DOTALL
+)
+_OWN_LABEL = re.compile(r"[(\[]?([A-Za-z])(?:[)\]]|[.:])\s*")
 _YES_NO = {"yes": True, "true": True, "no": False, "false": False}
 _MATHS = re.compile(r"[\d\\^=+*/]")
 _BOX_COMMANDS = ("\\boxed{", "\\fbox{")
@@ -110,21 +114,36 @@ def normalize(text: str) -> str:
     return _unwrap(text).rstrip(".").strip().lower()
 
 
-def _choice_index(text: str, options: Sequence[str]) -> int | None:
-    """Which option `text` names: by letter ("B", "(B)", "B) dog") or by the option's own text."""
-    text = _unwrap(text)
-    label = _LETTER.fullmatch(text)
-    if label:
-        index = ord(next(g for g in label.groups() if g)) - ord("A")
-        if index < len(options):
-            return index
-    # Options may carry their own labels ("B. dog"); compare the text after them.
+def _option_texts(options: Sequence[str]) -> list[str]:
+    """Normalised option texts; options may carry their own labels ("B. dog"), which are dropped."""
     texts = []
     for i, option in enumerate(options):
         own = _OWN_LABEL.match(str(option))
-        texts.append(normalize(str(option)[own.end() :] if own and own.group(1) == chr(65 + i) else option))
+        labelled = own and own.group(1).upper() == chr(65 + i)
+        texts.append(normalize(str(option)[own.end() :] if labelled else option))
+    return texts
+
+
+def _choice_index(text: str, options: Sequence[str]) -> int | None:
+    """Which option `text` names: by letter ("b", "(B)", "[B] dog"), by an option's own text, or
+    as the one option equal to it as maths ("1/2" for "\\frac{1}{2}"); None if none or ambiguous.
+
+    >>> _choice_index("[d]", list("pqrs")), _choice_index("$2 \\pi$", ["\\pi", "2\\pi"])
+    (3, 1)
+    """
+    label = _LETTER.fullmatch(_unwrap(text))
+    if label:
+        index = ord(next(g for g in label.groups() if g).upper()) - ord("A")
+        if index < len(options):
+            return index
+    texts = _option_texts(options)
     wanted = normalize(text)
-    return texts.index(wanted) if wanted in texts else None
+    if wanted in texts:
+        return texts.index(wanted)
+    if not _MATHS.search(wanted):
+        return None
+    equal = [i for i, t in enumerate(texts) if _MATHS.search(t) and math_equal(text, t)]
+    return equal[0] if len(equal) == 1 else None
 
 
 def _size(expr) -> float:
