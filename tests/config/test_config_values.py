@@ -63,7 +63,9 @@ def test_numbers_written_as_strings_and_real_booleans_still_load():
 def test_resample_rounds_are_bounded_so_round_seeds_stay_inside_their_step():
     # grpo.py seeds round r of step s with (seed * 1_000_003 + s) * 16 + r: r = 16 is step s + 1's round 0.
     assert load("rollout.max_resample_rounds=15").rollout.max_resample_rounds == 15
-    with pytest.raises(ConfigError, match=r"rollout\.max_resample_rounds: Input should be less than or equal to 15"):
+    with pytest.raises(
+        ConfigError, match=r"rollout\.max_resample_rounds: Input should be less than or equal to 15"
+    ):
         load("rollout.max_resample_rounds=16")
 
 

@@ -61,7 +61,13 @@ ALGORITHMS = {
     "grpo": [],
     "dr_grpo": ["algo.advantage=dr_grpo", "algo.loss_agg=seq_mean_token_sum_norm"],
     "dapo": ["algo.clip_high=0.28", "algo.loss_agg=token_mean", "rollout.dynamic_sampling=true"],
-    "gspo": ["algo.policy_loss=gspo", "algo.clip_low=3e-4", "algo.clip_high=4e-4", "algo.ppo_epochs=2"],
+    "gspo": [
+        "algo.policy_loss=gspo",
+        "algo.loss_agg=seq_mean_token_mean",
+        "algo.clip_low=3e-4",
+        "algo.clip_high=4e-4",
+        "algo.ppo_epochs=2",
+    ],
     "rloo": ["algo.advantage=rloo"],
     "reinforce_pp": ["algo.advantage=reinforce_pp_baseline", "algo.policy_loss=reinforce"],
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Sequence
 
 from pydantic_core import ErrorDetails
@@ -44,5 +46,15 @@ def describe(error: ErrorDetails) -> str:
     message = error["msg"]
     value = error.get("input")
     if error["type"] != "missing" and isinstance(value, str | int | float):
-        message += f" (got {value!r})"
+        message += f" (got {value!r}{_did_you_mean(error)})"
     return message
+
+
+def _did_you_mean(error: ErrorDetails) -> str:
+    """'; did you mean ...?' when a name missed one of a Literal's names closely (algo.advantage=grpoo)."""
+    if error["type"] != "literal_error" or not isinstance(error["input"], str):
+        return ""
+    # pydantic lists the allowed values in ctx as text: "'grpo', 'rloo' or 'dr_grpo'".
+    names = re.findall(r"'([^']*)'", error.get("ctx", {}).get("expected", ""))
+    close = difflib.get_close_matches(error["input"], names, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from vlrl.config.sections import (
+    GROUP_RELATIVE_ADVANTAGES,
     AlgoSection,
     DataSection,
     DistributedSection,
@@ -44,6 +45,18 @@ class TrainConfig(Section):
         " dotted keys ('rollout.max_new_tokens': 64) or nested sections, plus 'name' (a label) and"
         " 'steps' (shorthand for train.steps: how long the stage runs). See `vlrl.config.apply_stage`.",
     )
+
+    @model_validator(mode="after")
+    def _groups_to_compare_with(self) -> TrainConfig:
+        # With stages, the group size in force is each stage's, checked when the stage is applied.
+        advantage = self.algo.advantage
+        if self.stages or self.rollout.group_size > 1 or advantage not in GROUP_RELATIVE_ADVANTAGES:
+            return self
+        message = (
+            f"must be at least 2 with algo.advantage {advantage}, which compares each response with"
+            " the others of its group (with 1, every advantage is 0)"
+        )
+        raise field_error("TrainConfig", "rollout.group_size", message, self.rollout.group_size)
 
 
 class SFTConfig(Section):

@@ -267,29 +267,66 @@ class RewardSection(Section):
         return self
 
 
+# Names of the tables in vlrl.algos. config sits below algos and cannot import them, so they are
+# spelled here; tests/algos/test_algos_registry.py fails when the two drift apart.
+AdvantageName = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
+PolicyLossName = Literal["ppo_clip", "gspo", "reinforce"]
+LossAggName = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+KLEstimatorName = Literal["k1", "k2", "k3"]
+
+# Estimators that compare a response with the others of its group (group mean or std): with one
+# response per prompt every advantage is 0 and the run silently learns nothing.
+GROUP_RELATIVE_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+
+
 class AlgoSection(Section):
     """The RL objective: advantage estimator, policy loss, KL and entropy terms."""
 
-    advantage: str = Field("grpo", description="Advantage estimator, by name in the advantages table.")
-    policy_loss: str = Field("ppo_clip", description="Policy loss, by name in the losses table.")
-    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field(
+    advantage: AdvantageName = Field(
+        "grpo", description="Advantage estimator, by name in the advantages table (vlrl.algos.ADVANTAGES)."
+    )
+    policy_loss: PolicyLossName = Field(
+        "ppo_clip", description="Policy loss, by name in the losses table (vlrl.algos.POLICY_LOSSES)."
+    )
+    loss_agg: LossAggName = Field(
         "token_mean",
         description="How per-token losses become one number: token_mean over the batch (DAPO),"
-        " seq_mean_token_mean (GRPO paper), seq_mean_token_sum_norm (Dr.GRPO, arXiv 2503.20783).",
+        " seq_mean_token_mean (GRPO paper; required by gspo), seq_mean_token_sum_norm (Dr.GRPO,"
+        " arXiv 2503.20783).",
     )
-    clip_low: float = Field(0.2, ge=0, description="PPO ratio may fall to 1 - clip_low.")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="PPO ratio may fall to 1 - clip_low.")
     clip_high: float = Field(0.2, ge=0, description="PPO ratio may rise to 1 + clip_high (DAPO uses 0.28).")
     kl_beta: float = Field(
         0.0, ge=0, description="Weight of the KL penalty to the reference model; 0 loads none."
     )
-    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+    kl_estimator: KLEstimatorName = Field(
         "k3", description="KL estimator of Schulman's 'Approximating KL divergence'; k3 as in GRPO."
     )
     kl_in_reward: bool = Field(
         False, description="Subtract the KL from the reward (PPO-style) instead of adding it to the loss."
     )
-    ppo_epochs: int = Field(1, ge=1, description="Updates per rollout batch (mu in the GRPO paper).")
+    ppo_epochs: int = Field(
+        1, ge=1, description="Updates per rollout batch (mu in the GRPO paper); 1 with policy_loss reinforce."
+    )
     entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus; 0 disables it.")
+
+    @model_validator(mode="after")
+    def _gspo_averages_sequences(self) -> AlgoSection:
+        # GSPO's token-level form has the paper's gradient only when each sequence counts once.
+        if self.policy_loss == "gspo" and self.loss_agg != "seq_mean_token_mean":
+            message = "must be seq_mean_token_mean with algo.policy_loss gspo (its gradient assumes it)"
+            raise field_error("algo", "loss_agg", message, self.loss_agg)
+        return self
+
+    @model_validator(mode="after")
+    def _reinforce_is_on_policy(self) -> AlgoSection:
+        if self.policy_loss == "reinforce" and self.ppo_epochs > 1:
+            message = (
+                "must be 1 with algo.policy_loss reinforce: it has no ratio or clip to correct"
+                " the epochs after the first, which update a policy that no longer sampled the batch"
+            )
+            raise field_error("algo", "ppo_epochs", message, self.ppo_epochs)
+        return self
 
 
 # The devices the training code is written for (process groups, autocast and offload know these).
@@ -308,6 +345,12 @@ class TrainSection(Section):
     )
     max_grad_norm: float = Field(
         1.0, ge=0, description="Clip the gradient norm to this; 0 disables clipping."
+    )
+    max_nonfinite_skips: int = Field(
+        3,
+        ge=1,
+        description="A step with a NaN or infinite gradient norm is skipped (no update); this many in a "
+        "row stop the run with an error.",
     )
     micro_batch_tokens: int = Field(
         4096, ge=1, description="Token budget of one forward/backward; gradients accumulate over the step."
@@ -478,6 +521,13 @@ class MonitorSection(Section):
         description="kl_spike: the step's KL above this times the median of the steps before it in the window.",
     )
     kl_spike_floor: float = Field(0.1, ge=0, description="kl_spike: and the KL is above this value.")
+    skipped_steps_max: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="skipped_steps: share of recent steps that made no update for lack of signal "
+        "(dynamic sampling kept no group) above this.",
+    )
     clip_spike_factor: float = Field(
         3.0,
         gt=1,
