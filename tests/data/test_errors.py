@@ -198,12 +198,59 @@ def test_row_rejected_by_the_processor(jsonl, png):
 def test_missing_image_names_the_root(tmp_path, png, jsonl):
     path = jsonl([{**GOOD, "image": "nowhere.png"}])
     err = _error(path, 1, "images", "missing image")
-    assert f"the data file's folder, {tmp_path}" in str(err)
+    assert (
+        f"the data file's folder (set data.image_root / --image-root if the images live elsewhere) {tmp_path}"
+        in str(err)
+    )
     (tmp_path / "root").mkdir()
     err = _error(path, 1, "images", "missing image", image_root=tmp_path / "root")
-    assert f"data.image_root, {tmp_path / 'root'}" in str(err)
+    assert f"resolve against the image root {tmp_path / 'root'}" in str(err)
 
 
 def test_image_root_must_be_a_folder(tmp_path, jsonl):
-    with pytest.raises(FileNotFoundError, match=r"data\.image_root.*nowhere"):
+    with pytest.raises(
+        FileNotFoundError, match=r"data\.image_root, --image-root\) is not a folder: .*nowhere"
+    ):
         load_samples(jsonl([GOOD]), image_root=tmp_path / "nowhere")
+
+
+def test_invalid_utf8_names_its_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"question": "q", "answer": "a"}\n{"question": "caf\xe9", "answer": "a"}\n')
+    err = _error(path, 2, None, "invalid utf-8")
+    assert "not UTF-8" in str(err) and "byte 18 of the line" in str(err)  # the 1-based position of \xe9
+    samples, report = load_samples(path, skip_invalid=True)
+    assert len(samples) == 1 and report.skipped[0].line == 2
+
+
+def test_invalid_utf8_in_a_json_list_names_its_line(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_bytes(b'[\n{"question": "q", "answer": "a"},\n{"question": "caf\xe9", "answer": "a"}\n]')
+    with pytest.raises(DataError, match=r"list\.json:3: not UTF-8"):
+        load_samples(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('{"question": "q", "answer": NaN}', "answer"),
+        ('{"question": "q", "answer": [1, -Infinity]}', "answer[1]"),
+        ('{"question": "q", "answer": "a", "meta": {"score": 1e999}}', "meta.score"),
+    ],
+)
+def test_non_finite_numbers_are_refused(jsonl, tmp_path, text, field):
+    err = _error(jsonl(['{"question": "q", "answer": "a"}', text]), 2, field, "non-finite number")
+    assert "not a JSON number" in str(err)
+    path = tmp_path / "list.json"
+    path.write_text(f'[{{"question": "q", "answer": "a"}}, {text}]')
+    _error(path, 2, field, "non-finite number")
+
+
+def test_utf8_bom_is_read(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "rows.jsonl").write_bytes(bom + b'{"question": "q", "answer": "a"}\n')
+    (tmp_path / "rows.json").write_bytes(bom + b'[{"question": "q", "answer": "a"}]')
+    (tmp_path / "lines.json").write_bytes(bom + b'{"question": "q", "answer": "a"}\n')
+    for name in ("rows.jsonl", "rows.json", "lines.json"):
+        (sample,), _ = load_samples(tmp_path / name)
+        assert (sample.question, sample.answer) == ("q", "a")

@@ -1,4 +1,5 @@
-"""`vlrl eval --model DIR --data FILE [--benchmark NAME] [--n N --k 1,4] [--out predictions.jsonl]`.
+"""`vlrl eval --model DIR --data FILE [--benchmark NAME] [--n N --k 1,4] [--out predictions.jsonl]`
+[--image-root DIR] [--skip-invalid].
 
 Generates answers with the model's chat template and a prompt template, extracts and scores
 them by the benchmark's conventions, prints accuracy (95% Wilson interval), pass@k and a
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from vlrl.cli.data import add_image_arguments
 from vlrl.data.prompts import TEMPLATES
 from vlrl.evaluation.benchmarks import BENCHMARKS
 from vlrl.evaluation.records import CATEGORY_FIELDS
@@ -27,6 +29,12 @@ def _k_list(text: str) -> list[int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder (Hugging Face format)")
     p.add_argument("--data", required=True, help="benchmark file in the benchmark's own layout")
+    add_image_arguments(p)
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="skip (and log) rows that cannot be evaluated instead of stopping; they leave the denominator",
+    )
     p.add_argument(
         "--benchmark",
         default="math_verify",
@@ -71,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         category_field=args.category_field,
         out=args.out,
+        image_root=args.image_root,
+        max_image_pixels=args.max_image_pixels,
+        skip_invalid=args.skip_invalid,
     )
     print(format_summary(summary))
     if args.out:

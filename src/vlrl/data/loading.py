@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -32,6 +33,11 @@ IMAGE_CACHE = ".vlrl_image_cache"
 """Folder, beside the data file, where images stored inside parquet / datasets files are written."""
 
 _CANONICAL_KEYS = {"id", "images", "question", "answer", "choices", "solution", "task"}
+
+BOM = b"\xef\xbb\xbf"
+"""The UTF-8 byte order mark some Windows tools write at the start of a file; not part of the data."""
+
+_DATA_FOLDER = "the data file's folder (set data.image_root / --image-root if the images live elsewhere)"
 
 Rows = list[tuple[int, Any]]
 """(1-based line, decoded row or the RowProblem that stopped its decoding), in file order."""
@@ -103,12 +109,12 @@ def load_samples(
         raise ValueError(f"unknown data format {format!r}; valid: auto, {', '.join(FORMATS)}")
     path = Path(path)
     if image_root is not None and not Path(image_root).is_dir():
-        raise FileNotFoundError(f"image root (data.image_root) is not a folder: {image_root}")
+        raise FileNotFoundError(f"image root (data.image_root, --image-root) is not a folder: {image_root}")
     rows = _read(path)
     ctx = _Context(
         format=detect_format(row for _, row in rows) if format == "auto" else format,
         base=Path(image_root).resolve() if image_root is not None else path.resolve().parent,
-        base_origin="data.image_root" if image_root is not None else "the data file's folder",
+        base_origin="the image root" if image_root is not None else _DATA_FOLDER,
         stem=path.stem,
         check_images=check_images,
         max_image_pixels=max_image_pixels,
@@ -159,30 +165,73 @@ def _read(path: Path) -> Rows:
 
 
 def _read_jsonl(path: Path) -> Rows:
-    """JSON Lines; blank lines are not rows, but still count in line numbers."""
-    with path.open(encoding="utf-8") as f:
-        return [(line, _decode(text)) for line, text in enumerate(f, 1) if text.strip()]
+    """JSON Lines; blank lines are not rows, but still count in line numbers.
+
+    Lines are decoded one by one, so that a line of invalid UTF-8 is that row's problem rather
+    than an error about a byte offset somewhere in the file.
+    """
+    with path.open("rb") as f:
+        lines = [(line, raw.removeprefix(BOM) if line == 1 else raw) for line, raw in enumerate(f, 1)]
+    return [(line, _decode(raw)) for line, raw in lines if raw.strip()]
 
 
-def _decode(text: str) -> Any:
+def _decode(raw: bytes) -> Any:
     """One JSON row, or the problem that stops it being one (so that it can be skipped)."""
     try:
-        return json.loads(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return RowProblem(
+            "invalid utf-8", None, f"not UTF-8 text ({e.reason} at byte {e.start + 1} of the line)"
+        )
+    try:
+        return _finite_or_problem(json.loads(text))
     except json.JSONDecodeError as e:
         return RowProblem("invalid json", None, f"invalid JSON ({e})")
 
 
 def _read_json(path: Path) -> Rows:
     """A JSON list of rows (line = position in the list); many `.json` files are JSON Lines instead."""
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes().removeprefix(BOM)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(str(path), line, None, f"not UTF-8 text ({e.reason} at byte {e.start + 1})") from None
     if not text.lstrip().startswith("["):
         return _read_jsonl(path)
     try:
-        data = json.loads(text)
+        rows = json.loads(text)
     except json.JSONDecodeError as e:
         # one broken element makes the whole list unreadable, so this cannot be skipped
         raise DataError(str(path), e.lineno, None, f"invalid JSON ({e.msg}, column {e.colno})") from None
-    return list(enumerate(data, 1))
+    return [(line, _finite_or_problem(row)) for line, row in enumerate(rows, 1)]
+
+
+def _finite_or_problem(row: Any) -> Any:
+    """The row, or the RowProblem of its first non-finite number (so that it can be skipped)."""
+    try:
+        return finite(row)
+    except RowProblem as problem:
+        return problem
+
+
+def finite(value: Any, where: str | None = None) -> Any:
+    """`value` unchanged, or a RowProblem naming the first NaN / Infinity inside it.
+
+    Python's json module reads `NaN`, `Infinity` and overflowing numbers like `1e999` although
+    JSON has no such values; a NaN answer or box would then score nonsense without any error.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RowProblem(
+            "non-finite number", where, f"{value} is not a JSON number; write null, or the value as a string"
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            finite(item, key if where is None else f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            finite(item, f"{where or ''}[{i}]")
+    return value
 
 
 def _read_table(path: Path, builder: str) -> Rows:
@@ -397,7 +446,7 @@ def _image_problem(path: Path, ctx: _Context) -> tuple[str, str] | None:
     """(kind, message) of what is wrong with one image file, or None."""
     if not path.is_file():
         return "missing image", (
-            f"image not found: {path} (relative image paths resolve against {ctx.base_origin}, {ctx.base})"
+            f"image not found: {path} (relative image paths resolve against {ctx.base_origin} {ctx.base})"
         )
     try:
         verify_image(path, ctx.max_image_pixels)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import re
 import tempfile
@@ -29,6 +30,8 @@ from vlrl.data.formats import RowProblem
 from vlrl.data.loading import READERS, Rows
 from vlrl.data.prompts import render_choices
 from vlrl.data.sample import IMAGE_MARKER
+
+logger = logging.getLogger(__name__)
 
 _MMMU_IMAGE = re.compile(r"<image (\d+)>")
 _MMMU_IMAGE_KEY = re.compile(r"image_(\d+)")
@@ -173,7 +176,7 @@ def _read(path: Path) -> Rows:
         )
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except ValueError:
             data = None  # JSON Lines under a .json name: READERS reads those line by line
         if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
@@ -181,13 +184,23 @@ def _read(path: Path) -> Rows:
     return READERS[suffix](path)
 
 
-def load_converted(path: str | os.PathLike, convert: Callable[[dict], dict]) -> list[Sample]:
+def load_converted(
+    path: str | os.PathLike,
+    convert: Callable[[dict], dict],
+    image_root: str | os.PathLike | None = None,
+    **options: Any,
+) -> list[Sample]:
     """Every row of `path` converted by `convert`, then checked and built by `load_samples`.
 
-    The canonical rows go through a temporary JSONL file (image paths made absolute first); a
-    problem found there is reported against the original file and line.
+    The canonical rows go through a temporary JSONL file (image paths made absolute first, against
+    `image_root` or the file's folder); a problem found there is reported against the original
+    file and line. `options` go to `load_samples`; rows it skips are logged.
     """
     path = Path(path)
+    if image_root is not None and not Path(image_root).is_dir():
+        raise FileNotFoundError(f"image root (--image-root) is not a folder: {image_root}")
+    root = Path(image_root or path.parent).resolve()
+    # the canonical file lives in a temporary folder: its image paths are made absolute here
     rows, lines = [], []
     for line, row in _read(path):
         try:
@@ -198,7 +211,7 @@ def load_converted(path: str | os.PathLike, convert: Callable[[dict], dict]) -> 
             canonical = convert(row)
         except RowProblem as problem:
             raise RowError(problem.kind, str(path), line, problem.field_name, problem.message) from None
-        canonical["images"] = [str(path.resolve().parent / p) for p in canonical.get("images") or []]
+        canonical["images"] = [str(root / p) for p in canonical.get("images") or []]
         rows.append(canonical)
         lines.append(line)
     if not rows:
@@ -207,25 +220,39 @@ def load_converted(path: str | os.PathLike, convert: Callable[[dict], dict]) -> 
         canonical_file = Path(tmp) / f"{path.stem}.jsonl"
         canonical_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         try:
-            samples, _ = load_samples(canonical_file, format="canonical")
+            samples, report = load_samples(canonical_file, format="canonical", image_root=root, **options)
         except RowError as err:
-            raise RowError(err.kind, str(path), lines[err.line - 1], err.field_name, err.reason) from None
+            raise _located(err, path, lines) from None
+    for err in report.skipped:
+        logger.warning("skipped: %s", _located(err, path, lines))
     return samples
 
 
-def _load_vlrl(path: str | os.PathLike) -> list[Sample]:
+def _located(err: RowError, path: Path, lines: list[int]) -> RowError:
+    """A problem of the temporary canonical file, placed at the benchmark file's own line."""
+    return RowError(err.kind, str(path), lines[err.line - 1], err.field_name, err.reason)
+
+
+def _load_vlrl(path: str | os.PathLike, **options: Any) -> list[Sample]:
     """A file in any layout vlrl trains on (`vlrl.data.FORMATS`, detected)."""
-    return load_samples(path)[0]
+    samples, report = load_samples(path, **options)
+    for err in report.skipped:
+        logger.warning("skipped: %s", err)
+    return samples
 
 
-LOADERS: dict[str, Callable[[str | os.PathLike], list[Sample]]] = {
+LOADERS: dict[str, Callable[..., list[Sample]]] = {
     "vlrl": _load_vlrl,
     **{name: partial(load_converted, convert=convert) for name, convert in CONVERTERS.items()},
 }
 
 
-def load_benchmark(path: str | os.PathLike, name: str) -> list[Sample]:
-    """The samples of a benchmark file in layout `name` ("vlrl" or a key of CONVERTERS)."""
+def load_benchmark(path: str | os.PathLike, name: str, **options: Any) -> list[Sample]:
+    """The samples of a benchmark file in layout `name` ("vlrl" or a key of CONVERTERS).
+
+    `options` go to `vlrl.data.load_samples` (`image_root`, `max_image_pixels`, `prompt_length`,
+    `skip_invalid`, ...).
+    """
     if name not in LOADERS:
         raise ValueError(f"unknown benchmark layout {name!r}; valid: {', '.join(sorted(LOADERS))}")
-    return LOADERS[name](path)
+    return LOADERS[name](path, **options)

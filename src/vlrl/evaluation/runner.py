@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vlrl.data.images import DEFAULT_MAX_PIXELS
 from vlrl.data.prompts import Template, get_template
 from vlrl.data.sample import Sample
 from vlrl.evaluation.benchmarks import Benchmark, get_benchmark
@@ -188,20 +189,35 @@ def evaluate_model(
     limit: int | None = None,
     device: str = "auto",
     dtype: str | None = None,
+    image_root: str | os.PathLike | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+    skip_invalid: bool = False,
     **options,
 ) -> dict:
     """Load a checkpoint folder and a benchmark file (in the benchmark's layout) and `run_eval`.
 
     `limit` keeps the first questions of the file; `dtype` defaults to bfloat16 on a GPU and
-    float32 on the CPU; `options` go to `run_eval`.
+    float32 on the CPU; `image_root`, `max_image_pixels` and `skip_invalid` are as in
+    `vlrl.data.load_samples`; `options` go to `run_eval`.
     """
     from vlrl.models.loading import load_model
     from vlrl.training.setup import pick_device
 
     bench = get_benchmark(benchmark)
-    samples = load_benchmark(data, bench.layout)[:limit]
     torch_device = pick_device(device, setting="--device")
     dtype = dtype or ("bfloat16" if torch_device.type == "cuda" else "float32")
-    loaded = load_model(model, dtype=dtype, device=torch_device)
+    loaded = load_model(model, dtype=dtype, device=torch_device, max_image_pixels=max_image_pixels)
+    # the model comes first so that every row goes through its processor while the file is read:
+    # a row it rejects is then reported with its file and line, not in the middle of generation
+    template = options.get("template", "think_answer")
+    template = get_template(template) if isinstance(template, str) else template
+    samples = load_benchmark(
+        data,
+        bench.layout,
+        image_root=image_root,
+        max_image_pixels=max_image_pixels,
+        skip_invalid=skip_invalid,
+        prompt_length=lambda s: loaded.adapter.prompt_length(s, template),
+    )[:limit]
     backend = make_backend("hf", loaded.model, loaded.adapter)
     return run_eval(backend, loaded.adapter, samples, benchmark, **options)
