@@ -12,6 +12,7 @@ h2 { margin-top: 28px; border-bottom: 1px solid #eee; }
 h3 { margin: 18px 0 6px; color: #444; }
 section.group { display: inline-block; vertical-align: top; margin-right: 14px; }
 .empty { color: #777; font-style: italic; }
+.skipped { color: #a15c00; }
 .charts { display: flex; flex-wrap: wrap; gap: 10px; }
 figure.chart { margin: 0; padding: 6px; border: 1px solid #e4e4e4; border-radius: 4px; width: 400px; }
 figure.chart figcaption { font-weight: 600; font-size: 13px; overflow-wrap: anywhere; }

@@ -1,9 +1,9 @@
 """`build_report(run_dir)`: one self-contained HTML page about a run folder.
 
-The page reads what the trainer wrote, all optional: metrics.jsonl (plots), alarms.jsonl (a
-table), rollouts.jsonl (the viewer) and config.yaml. It loads nothing from the network, and its
-Content-Security-Policy allows only its own script (by hash), so even text that escaped escaping
-could not run or fetch anything.
+The page reads what the trainer wrote: metrics.jsonl (plots), and where present alarms.jsonl (a
+table), rollouts.jsonl (the viewer) and config.yaml, every line checked by runfiles.py. It loads
+nothing from the network, and its Content-Security-Policy allows only its own script (by hash), so
+even text that escaped escaping could not run or fetch anything.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import hashlib
 from html import escape
 from pathlib import Path
 
-from vlrl.monitoring.alarms import ALARMS_FILE, Alarm, read_alarms
-from vlrl.monitoring.rollouts import ROLLOUTS_FILE, read_rollouts
+from vlrl.monitoring.alarms import Alarm
 from vlrl.report.assets import CSS, JS
 from vlrl.report.plots import plots_html
+from vlrl.report.runfiles import RunFiles, read_run
 from vlrl.report.viewer import viewer_html
-from vlrl.training.metrics import METRICS_FILE, read_metrics
 
 REPORT_FILE = "report.html"
 
@@ -42,12 +41,13 @@ def config_html(path: Path) -> str:
     return f"<details><summary>config.yaml</summary><pre>{escape(path.read_text())}</pre></details>"
 
 
-def summary_html(run_dir: Path, metrics: list[dict], alarms: list[Alarm], rollouts: list[dict]) -> str:
-    """One line on what the folder holds."""
-    steps = f"steps {metrics[0]['step']}–{metrics[-1]['step']}" if metrics else "no metrics"
+def summary_html(run_dir: Path, run: RunFiles) -> str:
+    """One line on what the folder holds, and the lines that were skipped."""
+    steps = f"steps {run.metrics[0]['step']}–{run.metrics[-1]['step']}"
+    skipped = "".join(f'<p class="skipped">{escape(w)}</p>' for w in run.warnings)
     return (
-        f"<p>{escape(str(run_dir.resolve()))} · {len(metrics)} logged steps ({steps}) · "
-        f"{len(alarms)} alarms · {len(rollouts)} dumped prompt groups</p>"
+        f"<p>{escape(str(run_dir.resolve()))} · {len(run.metrics)} logged steps ({steps}) · "
+        f"{len(run.alarms)} alarms · {len(run.rollouts)} dumped prompt groups</p>{skipped}"
     )
 
 
@@ -60,23 +60,18 @@ def _csp(script: str) -> str:
 def build_report(run_dir: str | Path, max_rollout_steps: int = 50) -> str:
     """The HTML page for `run_dir`; the viewer keeps at most `max_rollout_steps` dumped steps."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run folder")
-    metrics_path = run_dir / METRICS_FILE
-    metrics = read_metrics(metrics_path) if metrics_path.is_file() else []
-    alarms = read_alarms(run_dir / ALARMS_FILE)
-    rollouts = read_rollouts(run_dir / ROLLOUTS_FILE)
+    run = read_run(run_dir)
     title = f"vlrl report: {run_dir.resolve().name}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{_csp(JS)}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)}</title><style>{CSS}</style></head>
-<body><header><h1>{escape(title)}</h1>{summary_html(run_dir, metrics, alarms, rollouts)}
+<body><header><h1>{escape(title)}</h1>{summary_html(run_dir, run)}
 <nav><a href="#alarms">Alarms</a><a href="#plots">Metrics</a><a href="#rollouts">Rollouts</a><a href="#config">Config</a></nav></header>
-<section id="alarms"><h2>Alarms</h2>{alarms_html(alarms)}</section>
-<section id="plots"><h2>Metrics</h2>{plots_html(metrics)}</section>
-<section id="rollouts"><h2>Rollouts</h2>{viewer_html(rollouts, max_rollout_steps)}</section>
+<section id="alarms"><h2>Alarms</h2>{alarms_html(run.alarms)}</section>
+<section id="plots"><h2>Metrics</h2>{plots_html(run.metrics)}</section>
+<section id="rollouts"><h2>Rollouts</h2>{viewer_html(run.rollouts, max_rollout_steps)}</section>
 <section id="config"><h2>Config</h2>{config_html(run_dir / "config.yaml")}</section>
 <script>{JS}</script></body></html>
 """

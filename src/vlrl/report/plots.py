@@ -101,9 +101,7 @@ def section_html(group: Group, names: list[str], records: list[dict]) -> str:
 
 
 def plots_html(records: list[dict]) -> str:
-    """All sections, or a note when no metrics were logged."""
-    if not records:
-        return '<p class="empty">No metrics.jsonl in the run folder (or it is empty).</p>'
+    """All sections (`records`: metrics.jsonl, at least one step)."""
     grouped = group_metrics(metric_names(records))
     by_title = {g.title: g for g in GROUPS}
     return "".join(section_html(by_title[title], names, records) for title, names in grouped.items())
