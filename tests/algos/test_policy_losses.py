@@ -7,6 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from vlrl.algos import POLICY_LOSSES, LossConfig, aggregate
+from vlrl.config import AlgoSection
 
 CFG = LossConfig(clip_low=0.2, clip_high=0.28)  # ratio kept in [0.8, 1.28]
 # one sequence, ratios [0.5, 1.0, 1.5] on valid tokens, then a padded token with a wild log-prob
@@ -63,6 +64,19 @@ def test_ppo_dual_clip_caps_negative_advantage():
     logp, old = _inputs([2.0, 4.0, 1.0])
     loss, _ = POLICY_LOSSES["ppo_clip"](logp, old, torch.tensor([2.0], dtype=torch.float64), MASK, cfg)
     assert_close(loss, torch.tensor([[-2.56, -2.56, -2.0, 0.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("dual_clip", "capped"),
+    [({}, 6.0), ({"dual_clip": 2.5}, 5.0), ({"dual_clip": None}, 8.0)],
+)
+def test_the_configured_dual_clip_reaches_the_loss(dual_clip, capped):
+    # A = -2, ratios [2, 4, 1], clip [0.8, 1.28]: r=4 -> max(8, 2.56) = 8, capped at -c * A:
+    # c = 3 (verl's default, the config's) -> 6; c = 2.5 -> 5; no dual clip -> 8. r=2 gives 4 below every cap.
+    cfg = LossConfig.from_config(AlgoSection(clip_low=0.2, clip_high=0.28, **dual_clip))
+    logp, old = _inputs([2.0, 4.0, 1.0])
+    loss, _ = POLICY_LOSSES["ppo_clip"](logp, old, torch.tensor([-2.0], dtype=torch.float64), MASK, cfg)
+    assert_close(loss, torch.tensor([[4.0, capped, 2.0, 0.0]], dtype=torch.float64))
 
 
 def test_gspo_sequence_ratio_and_gradient_vs_hand_computed():

@@ -107,3 +107,9 @@ def test_the_group_size_in_force_is_the_stages_when_every_stage_sets_it():
     # A stage that keeps the top-level group size of 1 is caught.
     message = error_of("rollout.group_size=1", "stages=[{steps: 2, rollout.max_new_tokens: 8}]")
     assert "stages[0].rollout.group_size: must be at least 2" in message
+
+
+def test_dual_clip_defaults_to_verls_constant_and_must_exceed_one():
+    assert load_config(None, REQUIRED).algo.dual_clip == 3.0
+    assert load_config(None, [*REQUIRED, "algo.dual_clip=null"]).algo.dual_clip is None
+    assert "algo.dual_clip: Input should be greater than 1 (got 1)" in error_of("algo.dual_clip=1")

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from vlrl.algos.tensor_ops import masked_mean
+
+if TYPE_CHECKING:
+    from vlrl.config import AlgoSection
 
 MAX_LOG_RATIO = 20.0  # log-ratios are clamped to +-20 so exp() stays finite (as verl does)
 
@@ -31,6 +35,11 @@ class LossConfig:
     clip_ratio_c: float | None = None
     """Dual-clip constant c > 1 (Ye et al. 2020, arXiv 1912.09729): for A < 0 the loss is capped at
     -c * A so a huge ratio cannot give an unbounded update. None disables it (verl uses 3.0)."""
+
+    @classmethod
+    def from_config(cls, algo: AlgoSection) -> LossConfig:
+        """The knobs as the run's `algo` section sets them (clip_low, clip_high, dual_clip)."""
+        return cls(clip_low=algo.clip_low, clip_high=algo.clip_high, clip_ratio_c=algo.dual_clip)
 
     def __post_init__(self) -> None:
         if not 0 <= self.clip_low < 1:

@@ -296,6 +296,13 @@ class AlgoSection(Section):
     )
     clip_low: float = Field(0.2, ge=0, lt=1, description="PPO ratio may fall to 1 - clip_low.")
     clip_high: float = Field(0.2, ge=0, description="PPO ratio may rise to 1 + clip_high (DAPO uses 0.28).")
+    dual_clip: float | None = Field(
+        3.0,
+        gt=1,
+        description="Dual-clip constant c (Ye et al. 2020, arXiv 1912.09729): with a negative advantage A"
+        " the loss is capped at -c * A, so a ratio far above 1 (possible from the second ppo_epoch on)"
+        " cannot give an unbounded update; 3.0 as verl's clip_ratio_c. None disables it.",
+    )
     kl_beta: float = Field(
         0.0, ge=0, description="Weight of the KL penalty to the reference model; 0 loads none."
     )

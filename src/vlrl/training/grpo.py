@@ -270,7 +270,7 @@ class GRPOTrainer(TrainingRun):
         micro, weights = self._micro_batches(batch)
         denom = aggregation_denominator(mask_all, a.loss_agg)
         loss_fn = get(POLICY_LOSSES, a.policy_loss, "policy loss")
-        loss_cfg = LossConfig(clip_low=a.clip_low, clip_high=a.clip_high)
+        loss_cfg = LossConfig.from_config(a)
         need_old = a.ppo_epochs > 1
         t0 = time.perf_counter()
         features = self._image_features(batch)
