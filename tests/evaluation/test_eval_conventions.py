@@ -51,6 +51,38 @@ def test_mathvista_multiple_choice(text, right):
 
 
 @pytest.mark.parametrize(
+    ("text", "extracted"),
+    [
+        ("B", "B"),  # a bare letter, no cue
+        ("b.", "B"),
+        ("(B) dog, since it barks", "B"),  # a leading label
+        ("B. dog", "B"),
+        ("Looking at the picture, the best option is (B).", "B"),  # a sentence naming (B)
+        ("Not (A): I would go with (B).", "B"),  # the last one named
+        ("Not (E), which is no option.", None),
+    ],
+)
+def test_mathvista_multiple_choice_without_a_cue(text, extracted):
+    got, score = judge("mathvista", text, mathvista("dog", choices=ANIMALS))
+    assert (got, score) == (extracted, float(extracted == "B"))
+
+
+@pytest.mark.parametrize(
+    ("text", "truth", "right"),
+    [
+        ("<answer>No, the left bar is not taller than the right one.</answer>", "No", True),  # begins with it
+        ("<answer>No, the left bar is not taller than the right one.</answer>", "Yes", False),
+        ("<answer>There is no such bar, so the claim is false.</answer>", "Yes", False),  # no answer
+        ("<answer>There is no such bar, so the claim is false.</answer>", "No", False),
+        ("<answer>Yess</answer>", "Yes", True),  # close: a typo
+    ],
+)
+def test_mathvista_sentences_are_not_mapped_to_the_nearest_choice(text, truth, right):
+    _, score = judge("mathvista", text, mathvista(truth, choices=["Yes", "No"]))
+    assert score == float(right)
+
+
+@pytest.mark.parametrize(
     ("text", "answer", "answer_type", "precision", "extracted", "right"),
     [
         ("<answer>3</answer>", "3", "integer", None, "3", True),
