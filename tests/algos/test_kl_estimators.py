@@ -37,10 +37,25 @@ def test_k3_nonnegative_and_finite_under_extreme_ratios():
     logp, ref = torch.randn(1000, generator=g) * 5, torch.randn(1000, generator=g) * 5
     assert (KL_ESTIMATORS["k3"](logp, ref) >= 0).all()
     assert (KL_ESTIMATORS["k2"](logp, ref) >= 0).all()
-    # d = 100 clamps to 20 -> e^20 - 21 ; d = -inf clamps to -20 -> e^-20 + 19
+    # d = 100 clamps to 20 -> e^20 - 21 ; d = -inf clamps to -20 -> e^-20 + 19; both then to 10
     out = KL_ESTIMATORS["k3"](torch.tensor([0.0, 0.0]), torch.tensor([100.0, -math.inf]))
     assert torch.isfinite(out).all()
-    assert_close(out, torch.tensor([math.exp(20) - 21, math.exp(-20) + 19]))
+    assert_close(out, torch.tensor([10.0, 10.0]))
+
+
+def test_k3_is_clamped_to_ten_with_zero_gradient_beyond():
+    # d = ref - logp = [2, 3, -10, -12]:
+    #   d=2:   e^2 - 3 = 4.389056 (kept)          d k3 / d logp = -(e^d - 1) = -6.389056
+    #   d=3:   e^3 - 4 = 16.085537 -> 10          grad 0
+    #   d=-10: e^-10 + 9 = 9.000045 (kept)        grad -(e^-10 - 1) = 0.999955
+    #   d=-12: e^-12 + 11 = 11.000006 -> 10       grad 0
+    logp = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([2.0, 3.0, -10.0, -12.0], dtype=torch.float64)
+    out = KL_ESTIMATORS["k3"](logp, ref)
+    assert_close(out, torch.tensor([4.389056, 10.0, 9.000045, 10.0], dtype=torch.float64), atol=1e-6, rtol=0)
+    out.sum().backward()
+    expected_grad = torch.tensor([-6.389056, 0.0, 0.999955, 0.0], dtype=torch.float64)
+    assert_close(logp.grad, expected_grad, atol=1e-6, rtol=0)
 
 
 def test_k1_and_k3_unbiased_on_samples():

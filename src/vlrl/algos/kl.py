@@ -15,6 +15,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 MAX_LOG_RATIO = 20.0
+MAX_K3 = 10.0
 
 
 def k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
@@ -32,10 +33,12 @@ def k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
     d is clamped to [-20, 20] first: exp(20) ~ 4.9e8 is finite in float32 and bf16, while an
     unclamped d (a token the policy now finds ~impossible) overflows to inf and poisons the
-    batch. Tokens beyond the clamp get zero gradient.
+    batch. k3 itself is then clamped to [-10, 10] as verl and EasyR1 do (`low_var_kl`): one
+    token near the first clamp would otherwise outweigh the KL of the whole batch. Tokens beyond
+    either clamp get zero gradient.
     """
     d = (ref_logp - logp).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-    return d.exp() - d - 1
+    return (d.exp() - d - 1).clamp(-MAX_K3, MAX_K3)
 
 
 KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": k1, "k2": k2, "k3": k3}
