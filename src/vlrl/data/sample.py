@@ -31,7 +31,8 @@ class DataError(ValueError):
 class Sample:
     """One prompt with its ground truth.
 
-    `images` are absolute paths (resolved against the data file's folder at load time).
+    `images` are absolute paths (resolved at load time against `data.image_root`, or the data
+    file's folder).
     `question` may place images with `<image>` markers; without markers all images go before the
     text. `answer` is a string, a number, or a JSON list (boxes for grounding tasks).
     """
