@@ -1,7 +1,9 @@
 """`vlrl report RUN_DIR [--out FILE] [--max-rollout-steps N]`.
 
 Writes one HTML file that needs nothing else to open (no network, images inlined): every logged
-metric plotted by group, the run's alarms, and a viewer of the dumped rollouts.
+metric plotted by group, the run's alarms, and a viewer of the dumped rollouts. A malformed line
+of a run file stops it with `FILE:LINE: what is wrong`; only the partial last line a killed run
+leaves is skipped, with a warning (see `vlrl.report.runfiles`).
 """
 
 from __future__ import annotations
