@@ -6,6 +6,11 @@
 - Every section forbids unknown keys: a typo is a ConfigError that names the file or override, the
   dotted key and a close valid name, e.g.
   `configs/x.yaml: rollout.group_sise: unknown key (did you mean 'group_size'?)`.
+- Values are checked as strictly: numbers are finite and never booleans (`train.lr=true` is an
+  error), algorithm names must be those of the tables in `vlrl.algos` (with "did you mean"), and
+  combinations whose maths would be silently wrong are refused (gspo without
+  seq_mean_token_mean, reinforce with ppo_epochs > 1, a group of 1 for a group-relative
+  advantage), in every stage too.
 - Path fields (model.path, data.train, data.eval, reward.functions files, train.output_dir,
   train.resume): `./x` and `../x` are relative to the folder of the YAML file that sets them, or
   to the working directory for an override; other relative paths are kept as given.
