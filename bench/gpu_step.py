@@ -33,7 +33,7 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -485,6 +485,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hbm-gbps", type=float, help="override the device table's HBM GB/s")
     p.add_argument("--device", default="auto", help="cuda, cpu, or auto")
     p.add_argument("--trl", action="store_true", help="also run TRL's GRPOTrainer (needs trl)")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if args.steps < 2:
         p.error("--steps must be at least 2: the first step is a warm-up and is not counted")
@@ -510,12 +511,25 @@ def main(argv: list[str] | None = None) -> dict:
         print_floor(run["counts"], run["shape"], floor, device_label)
         results["shape"], results["floor"] = run["shape"], floor
         results["vlrl"] = summarise(run["history"], run["wall"], run["shape"], floor)
+        results["vlrl"]["peak_memory"] = dict(zip(("gib", "measured"), run["memory"], strict=True))
         print_report("vlrl", results["vlrl"], run["memory"], args.steps - 1)
+        save_json(args, results)  # now too: vlrl's numbers stay when TRL then fails
         if args.trl:
             trl_run = run_trl(args, model, data, tmp / "trl", device)
             results["trl"] = summarise(trl_run["history"], trl_run["wall"], run["shape"], floor)
+            results["trl"]["peak_memory"] = dict(zip(("gib", "measured"), trl_run["memory"], strict=True))
             print_report("TRL GRPOTrainer", results["trl"], trl_run["memory"], args.steps - 1)
+            save_json(args, results)
     return results
+
+
+def save_json(args, results: dict) -> None:
+    """With --json: the results so far and the arguments, to that file."""
+    if args.json:
+        arguments = vars(args) | {"json": str(args.json)}
+        args.json.write_text(
+            json.dumps(results | {"shape": asdict(results["shape"]), "args": arguments}, indent=1)
+        )
 
 
 if __name__ == "__main__":

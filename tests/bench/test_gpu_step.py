@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -83,8 +84,8 @@ def _check_summary(summary: dict, floor: dict) -> None:
     assert summary["floor_s"] == floor["total"]
 
 
-def test_toy_harness_runs_on_cpu(capsys):
-    results = main(_toy_argv("--ppo-epochs", "2"))
+def test_toy_harness_runs_on_cpu(capsys, tmp_path):
+    results = main(_toy_argv("--ppo-epochs", "2", "--json", str(tmp_path / "r.json")))
     shape, floor = results["shape"], results["floor"]
     assert (shape.image_tokens, shape.patches) == (16, 64)  # a 112x112 image: 8x8 patches, 2x2 merged
     assert (shape.updates, shape.extra_forwards) == (2, 1)  # ppo_epochs 2: old log-probs pass
@@ -95,6 +96,9 @@ def test_toy_harness_runs_on_cpu(capsys):
     assert vlrl["timing_s/step"] <= vlrl["wall_s"]
     out = capsys.readouterr().out
     assert "ASSUMED H100 SXM" in out and "step / floor" in out
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["vlrl"]["wall_s"] == vlrl["wall_s"] and saved["shape"]["updates"] == 2
+    assert saved["vlrl"]["peak_memory"]["measured"].startswith("CPU peak RSS")
 
 
 def test_toy_harness_runs_trl_alike():
