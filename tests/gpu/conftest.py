@@ -1,7 +1,8 @@
 """The GPU tier (`pytest -m gpu`): tiny models and real-size shapes on one CUDA device.
 
-Every module here marks its tests `gpu` and skips them, with the reason, where CUDA is not
-available; a family whose transformers support is newer than the installed one skips too.
+Every test_gpu_* module but test_gpu_helpers (the version gate's CPU test) marks its tests `gpu`
+and skips them, with the reason, where CUDA is not available; a family whose transformers
+support is newer than the installed one skips too.
 """
 
 from __future__ import annotations
