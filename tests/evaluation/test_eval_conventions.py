@@ -149,6 +149,57 @@ def test_mmmu_open(text, answer, right):
     assert score == float(right)
 
 
+def mmmu_open(answer: str) -> Sample:
+    return Sample("mm", "q", answer, extra={"question_type": "open"})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the value is 3 = 4\ndone",  # a key phrase with "=", which a second parse splits again
+        "x is 2\nthus y is 3 so z = 4",
+        "The answer is 3.50.\nThat is all.",
+        "so it is 1,000 or is it\n= 3",
+        "<answer>therefore 3\nso 4</answer>",
+        "no indicator here: 3 and 4",
+    ],
+)
+@pytest.mark.parametrize("answer", ["3", "4", "3.5", "1000"])
+def test_mmmu_open_answer_is_parsed_once(text, answer):
+    # extract-then-score gives what MMMU's parse_open_response + eval_open give on the response.
+    from vlrl.evaluation.mmmu import eval_open, parse_open_response
+    from vlrl.rewards.tags import last_answer
+
+    sample = mmmu_open(answer)
+    response = last_answer(text) or text
+    assert judge("mmmu", text, sample)[1] == float(eval_open(answer, parse_open_response(response)))
+
+
+def test_mmmu_open_answer_keeps_candidates_a_second_parse_would_drop():
+    # Key phrase "3 = 4" (after "is "); parsed again as the last line, "=" would cut it to "4".
+    assert judge("mmmu", "the value is 3 = 4\ndone", mmmu_open("3")) == ("3 = 4", 1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "right"),
+    [
+        ("The answer is 160m", False),  # MMMU's `\d+\b`: a number glued to a word is no number
+        ("The answer is 160 m", True),
+        ("The answer is 1.5m", True),  # decimals have no boundary in MMMU's pattern
+    ],
+)
+def test_mmmu_numbers_end_at_a_word_boundary(text, right):
+    gold = "1.5" if "1.5" in text else "160"
+    assert judge("mmmu", text, mmmu_open(gold))[1] == float(right)
+
+
+@pytest.mark.parametrize("content", ["A. cat", "a) cat", "[A] cat", "(a)", "cat", "A"])
+def test_mmmu_answer_tag_reads_as_the_training_reward(content):
+    text = f"<think>t</think><answer>{content}</answer>"
+    reward = REWARDS["accuracy"]([text], answer=["A"], choices=[ANIMALS])[0]
+    assert judge("mmmu", text, mmmu_mc("A")) == ("A", reward) == ("A", 1.0)
+
+
 MATHVERSE_MC = Sample(
     "mvs", "Find the angle.\nChoices:\nA:30°\nB:60°\nC:90°", "B", extra={"question_type": "multi-choice"}
 )

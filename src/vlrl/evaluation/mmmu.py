@@ -8,7 +8,12 @@ One departure: when `parse_multi_choice_response` finds no option, MMMU picks a 
 (`random.choice`), which makes scores vary between runs and credits 1 / (number of options) for
 saying nothing. We return no answer instead (scored 0). And a response that is exactly one
 option's text names that option (MMMU looks for option text only in responses of more than five
-words, so "<answer>dog</answer>" would otherwise be a random pick).
+words, so "<answer>dog</answer>" would otherwise be a random pick). The content of an `<answer>`
+tag is first read as the training reward reads it (`matching.choice_index`: "A. cat", "[a]",
+an option's text or maths), so that eval and reward agree on it; MMMU's parsing is the fallback.
+
+An open answer is parsed once: `extract` gives the key phrases, one per line, and `score` reads
+those lines as the key phrases (`predictions`) rather than looking for key phrases in them again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import ast
 import re
 
 from vlrl.data.sample import Sample
+from vlrl.rewards.matching import choice_index
 from vlrl.rewards.tags import last_answer
 
 _INDICATORS = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
@@ -24,7 +30,7 @@ _TRIVIAL = {":", ",", ".", "!", "?", ";", "'"}
 _NUMBER_PATTERNS = (
     re.compile(r"-?\b\d{1,3}(?:,\d{3})+\b"),  # with thousands commas
     re.compile(r"-?\d+(?:\.\d+)?[eE][+-]?\d+"),  # scientific
-    re.compile(r"-?(?:\d+\.\d+|\.\d+|\d+)(?![eE][+-]?\d+)(?![,\d])"),  # plain
+    re.compile(r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])"),  # plain; "160m" is no number
 )
 
 
@@ -102,8 +108,11 @@ def extract_numbers(text: str) -> list[str]:
     As in MMMU, the plain pattern also picks up pieces of the others ("000" after a comma, "2" and
     "-3" of 2.5e-3): extra candidates, which can only add matches.
 
-    >>> extract_numbers("1,000 or 2.5e-3 or -7")
-    ['1,000', '2.5e-3', '000', '2', '-3', '-7']
+    An integer must end at a word boundary (MMMU's `\\d+\\b`), so "160m" holds no number; a
+    decimal need not ("1.5m" holds 1.5), as in MMMU.
+
+    >>> extract_numbers("1,000 or 2.5e-3 or -7"), extract_numbers("160m or 1.5m")
+    (['1,000', '2.5e-3', '000', '2', '-3', '-7'], ['1.5'])
     """
     return [n for pattern in _NUMBER_PATTERNS for n in pattern.findall(text)]
 
@@ -125,11 +134,16 @@ def normalize_str(text: str) -> list[str | float]:
     return [" " + text, text + " "] if len(text) == 1 else [text]
 
 
-def parse_open_response(response: str) -> list[str | float]:
-    """MMMU's `parse_open_response`: key phrases and the numbers in them, normalised, deduplicated."""
-    keys = key_subresponses(response)
+def predictions(keys: list[str]) -> list[str | float]:
+    """Key phrases and the numbers in them, normalised, deduplicated (the second half of MMMU's
+    `parse_open_response`)."""
     found = keys + [n for key in keys for n in extract_numbers(key)]
     return list(dict.fromkeys(v for item in found for v in normalize_str(item)))
+
+
+def parse_open_response(response: str) -> list[str | float]:
+    """MMMU's `parse_open_response`: key phrases and the numbers in them, normalised, deduplicated."""
+    return predictions(key_subresponses(response))
 
 
 def eval_open(gold: str | list[str], predictions: list[str | float]) -> bool:
@@ -162,26 +176,30 @@ def _gold(answer) -> str | list[str]:
 
 
 def extract(text: str, sample: Sample) -> str | None:
-    """The letter picked, or the key phrases of an open answer (joined by newlines).
+    """The letter picked, or the key phrases of an open answer, one per line; None for no answer.
 
-    The `<answer>` content when there is one, else MMMU's parsing of the whole response. Scoring
-    parses the open key phrases again, which finds the same phrases and numbers.
+    The `<answer>` content when there is one, else the whole response, parsed as MMMU parses a
+    response; a choice in the tag is first read as the training reward reads it.
 
     >>> s = Sample("1", "q", "12", extra={"question_type": "open"})
     >>> extract("<answer>12 apples</answer>", s), extract("We count.\\nThus the total is 12", s)
     ('12 apples', '12')
+    >>> extract("<answer>A. cat</answer>", Sample("2", "q", "A", choices=["cat", "dog"],
+    ...                                              extra={"question_type": "multiple-choice"}))
+    'A'
     """
     content = last_answer(text)
     response = text if content is None else content
     if is_multiple_choice(sample):
-        return parse_multi_choice(response, options(sample))
-    if content is not None:
-        return content.strip()
-    return "\n".join(key_subresponses(response))
+        opts = options(sample)
+        named = choice_index(content, opts) if content is not None and content.strip() else None
+        return chr(ord("A") + named) if named is not None else parse_multi_choice(response, opts)
+    return "\n".join(key_subresponses(response)) or None
 
 
 def score(extracted: str | None, sample: Sample) -> float | None:
-    """MMMU's `eval_multi_choice` (letter equality) or `eval_open`; no answer scores 0.
+    """MMMU's `eval_multi_choice` (letter equality) or `eval_open` on the extracted key phrases;
+    no answer scores 0.
 
     >>> score("B", Sample("1", "q", "B", choices=["a", "b"], extra={"question_type": "multiple-choice"}))
     1.0
@@ -191,4 +209,4 @@ def score(extracted: str | None, sample: Sample) -> float | None:
     gold = _gold(sample.answer)
     if is_multiple_choice(sample):
         return float(extracted in (gold if isinstance(gold, list) else [gold]))
-    return float(eval_open(gold, parse_open_response(extracted)))
+    return float(eval_open(gold, predictions(extracted.split("\n"))))

@@ -124,11 +124,11 @@ def _option_texts(options: Sequence[str]) -> list[str]:
     return texts
 
 
-def _choice_index(text: str, options: Sequence[str]) -> int | None:
+def choice_index(text: str, options: Sequence[str]) -> int | None:
     """Which option `text` names: by letter ("b", "(B)", "[B] dog"), by an option's own text, or
     as the one option equal to it as maths ("1/2" for "\\frac{1}{2}"); None if none or ambiguous.
 
-    >>> _choice_index("[d]", list("pqrs")), _choice_index("$2 \\pi$", ["\\pi", "2\\pi"])
+    >>> choice_index("[d]", list("pqrs")), choice_index("$2 \\pi$", ["\\pi", "2\\pi"])
     (3, 1)
     """
     label = _LETTER.fullmatch(_unwrap(text))
@@ -255,10 +255,10 @@ def answers_match(pred: str, gold, choices: Sequence[str] | None = None) -> bool
     """
     gold = str(gold)
     if choices:
-        truth = _choice_index(gold, choices)
+        truth = choice_index(gold, choices)
         if truth is None:  # a truth that names no option: the data is off, compare as text
             return normalize(pred) == normalize(gold)
-        return _choice_index(pred, choices) == truth
+        return choice_index(pred, choices) == truth
     if normalize(pred) == normalize(gold):
         return True
     if normalize(gold) in _YES_NO:
