@@ -77,7 +77,7 @@ class ColdStartConfig:
     timeout: float = 60.0
     """Seconds per request attempt."""
     backoff: float = 1.0
-    """First retry delay in seconds; doubles with each retry (see `client.backoff_delay`)."""
+    """First retry delay in seconds; doubles with each retry (see `vlrl.net.http.backoff_delay`)."""
     max_tokens: int = 4096
     """Completion limit of each request (descriptions and reasoning alike)."""
     temperature: float = 0.6

@@ -1,6 +1,6 @@
 """Rollout backends: sample G completions per encoded prompt, with behaviour log-probs.
 
-backend = make_backend("hf", model, adapter)                       # or BACKENDS[name](...)
+backend = make_backend("hf", model, adapter)                       # any name in BACKENDS
 groups = backend.generate(prompts, SamplingParams(group_size=8, max_new_tokens=256))
 groups[p][g].token_ids, .logprobs, .text, .finish_reason
 backend.sync_weights(model)                                       # after each policy update
@@ -15,6 +15,9 @@ from vlrl.rollout.base import (
     make_backend,
 )
 from vlrl.rollout.hf import HFRolloutBackend
+
+# Imported for their registration in BACKENDS: each joins under its name.
+from vlrl.rollout import server, vllm_engine  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "BACKENDS",

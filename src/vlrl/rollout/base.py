@@ -2,12 +2,13 @@
 
 Every backend (transformers, a colocated vLLM engine, a vLLM or SGLang server) takes already-encoded
 prompts (`Encoded`, as the adapter builds them) and returns, per completion, the sampled token
-ids with their behaviour log-probs, so the trainer never re-tokenises text and importance ratios
-start from exactly the probabilities the tokens were drawn with.
+ids with their behaviour log-probs (the probabilities the tokens were drawn with), so the trainer
+never re-tokenises text. The update recomputes log-probs with the training model; the behaviour
+log-probs are there for diagnostics and for correcting a rollout/training mismatch.
 
-Backends are looked up by name in `BACKENDS`; every factory has the signature
-`factory(model, adapter, **options) -> RolloutBackend`. Factories import their module when called,
-so an optional engine (vLLM) is imported only by the runs that choose it.
+Backends join `BACKENDS` by name with `@register_backend(name)`; every backend is constructed as
+`Backend(model, adapter, **options)`. A backend wrapping an optional engine (vLLM) imports the
+engine only when constructed, so only the runs that choose it need it installed.
 """
 
 from __future__ import annotations
@@ -84,29 +85,25 @@ class RolloutBackend(ABC):
         """Make the backend sample from `model`'s current weights (called after each policy update)."""
 
 
-def _hf(model: nn.Module, adapter: ModelAdapter, **options) -> RolloutBackend:
-    from vlrl.rollout.hf import HFRolloutBackend
-
-    return HFRolloutBackend(model, adapter, **options)
+BACKENDS: dict[str, type[RolloutBackend]] = {}
 
 
-def _vllm(model: nn.Module, adapter: ModelAdapter, **options) -> RolloutBackend:
-    from vlrl.rollout.vllm_engine import VLLMRolloutBackend
+def register_backend(name: str) -> Callable[[type[RolloutBackend]], type[RolloutBackend]]:
+    """Class decorator: make a backend available to `make_backend` under `name`.
 
-    return VLLMRolloutBackend(model, adapter, **options)
+    A backend's module registers itself when imported (`vlrl.rollout` imports them all); one that
+    wraps an optional engine imports the engine only when constructed.
+    """
 
+    def register(cls: type[RolloutBackend]) -> type[RolloutBackend]:
+        if name in BACKENDS:
+            raise ValueError(
+                f"rollout backend {name!r} is registered twice ({BACKENDS[name].__name__}, {cls.__name__})"
+            )
+        BACKENDS[name] = cls
+        return cls
 
-def _server(model: nn.Module, adapter: ModelAdapter, **options) -> RolloutBackend:
-    from vlrl.rollout.server import ServerRolloutBackend
-
-    return ServerRolloutBackend(model, adapter, **options)
-
-
-BACKENDS: dict[str, Callable[..., RolloutBackend]] = {
-    "hf": _hf,
-    "vllm": _vllm,
-    "server": _server,
-}
+    return register
 
 
 def make_backend(name: str, model: nn.Module, adapter: ModelAdapter, **options) -> RolloutBackend:

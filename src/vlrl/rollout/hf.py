@@ -23,10 +23,12 @@ from torch import Tensor, nn
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded
 from vlrl.models.prefix import Prefix, prefill
-from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams
+from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams, register_backend
+from vlrl.rollout.common import default_stop_ids
 from vlrl.rollout.sampling import row_uniforms, sample_next
 
 
+@register_backend("hf")
 class HFRolloutBackend(RolloutBackend):
     """Samples from `model` (shared with the trainer) with a shared-prefix decoding loop.
 
@@ -167,17 +169,6 @@ class HFRolloutBackend(RolloutBackend):
             text=self.tokenizer.decode(ids, skip_special_tokens=True),
             finish_reason="stop" if stopped else "length",
         )
-
-
-def default_stop_ids(model: nn.Module, tokenizer) -> list[int]:
-    """The generation config's EOS id(s) and the tokenizer's, without repeats."""
-    eos = model.generation_config.eos_token_id
-    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    if not ids:
-        raise ValueError("the model declares no EOS token: give stop_token_ids")
-    return list(dict.fromkeys(ids))
 
 
 @contextmanager

@@ -35,18 +35,18 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from vlrl.coldstart.client import RequestFailed, request_json
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded
-from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams
-from vlrl.rollout.hf import default_stop_ids
+from vlrl.net import RequestFailed, request_json
+from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams, register_backend
+from vlrl.rollout.common import check_prompt_ids, default_stop_ids, hf_weights, token_mask
 from vlrl.rollout.sampling import group_seed
-from vlrl.rollout.vllm_engine import check_prompt_ids, hf_weights, token_mask
 
 SERVER_KINDS = ("vllm", "sglang")
 WEIGHTS_FILE = "model.safetensors"
 
 
+@register_backend("server")
 class ServerRolloutBackend(RolloutBackend):
     """Samples from the server at `url`; `sync_dir` (shared with the server) carries the weights."""
 

@@ -25,20 +25,20 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded
-from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams
-from vlrl.rollout.hf import default_stop_ids
+from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams, register_backend
+from vlrl.rollout.common import check_prompt_ids, default_stop_ids, hf_weights, token_mask
 from vlrl.rollout.sampling import group_seed
 
 MIN_VLLM = (0, 10, 2)  # logprobs_mode (post-temperature log-probs) arrived in 0.10.2
 
 
+@register_backend("vllm")
 class VLLMRolloutBackend(RolloutBackend):
     """A vLLM `LLM` over the checkpoint at `model_path`, kept in step with the trained `model`."""
 
@@ -171,56 +171,6 @@ class VLLMRolloutBackend(RolloutBackend):
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
-
-
-def hf_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(checkpoint name, full tensor) for every weight of `model`, one at a time.
-
-    A peft model yields its merged weights under the base checkpoint's names (the adapters are
-    merged for the duration and unmerged after); FSDP2 shards are gathered one parameter at a
-    time, so peak memory grows by one full parameter, not one full model.
-    """
-    merged = hasattr(model, "merge_adapter")
-    if merged:
-        model.merge_adapter()
-    try:
-        base = model.get_base_model() if merged else model
-        for name, tensor in base.state_dict().items():
-            if "lora_" in name:
-                continue
-            if hasattr(tensor, "full_tensor"):
-                tensor = tensor.full_tensor()
-            yield name.replace(".base_layer.", "."), tensor.detach()
-    finally:
-        if merged:
-            model.unmerge_adapter()
-
-
-def token_mask(model: nn.Module, adapter: ModelAdapter) -> tuple[list[int], list[int]]:
-    """(blocked, allowed) token ids of `model`'s vocabulary, each sorted: an engine is told one of them."""
-    vocab = model.get_output_embeddings().weight.shape[0]
-    blocked = set(adapter.blocked_token_ids(vocab))
-    return sorted(blocked), [i for i in range(vocab) if i not in blocked]
-
-
-def check_prompt_ids(prompt: Encoded, engine_ids: list[int], index: int) -> None:
-    """Fail when the engine's prompt tokens differ from the trainer's for prompt `index`.
-
-    The completions would then be scored and trained after a different prompt than the one they
-    were sampled from (typically a different number of image tokens)."""
-    ours = prompt.tokens["input_ids"].tolist()
-    if engine_ids == ours:
-        return
-    at = next(
-        (i for i, (a, b) in enumerate(zip(engine_ids, ours, strict=False)) if a != b),
-        min(len(ours), len(engine_ids)),
-    )
-    raise RuntimeError(
-        f"rollout prompt {index}: the engine tokenised it into {len(engine_ids)} tokens, the trainer into "
-        f"{len(ours)}; first difference at position {at} (engine "
-        f"{engine_ids[at : at + 3]}, trainer {ours[at : at + 3]}). The two processors disagree (image size "
-        "bounds or chat template): align them before training, or use rollout.backend=hf"
-    )
 
 
 def import_vllm():

@@ -1,0 +1,77 @@
+"""What the rollout backends share: stop tokens, the token mask, the prompt check and weight export.
+
+Kept apart from the backends so that none imports another: the `server` backend needs the same
+token mask, prompt check and weight stream as the colocated vLLM engine, and every backend the
+same default stop tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from vlrl.models.adapters import ModelAdapter
+from vlrl.models.batching import Encoded
+
+
+def default_stop_ids(model: nn.Module, tokenizer) -> list[int]:
+    """The generation config's EOS id(s) and the tokenizer's, without repeats."""
+    eos = model.generation_config.eos_token_id
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("the model declares no EOS token: give stop_token_ids")
+    return list(dict.fromkeys(ids))
+
+
+def hf_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, full tensor) for every weight of `model`, one at a time.
+
+    A peft model yields its merged weights under the base checkpoint's names (the adapters are
+    merged for the duration and unmerged after); FSDP2 shards are gathered one parameter at a
+    time, so peak memory grows by one full parameter, not one full model.
+    """
+    merged = hasattr(model, "merge_adapter")
+    if merged:
+        model.merge_adapter()
+    try:
+        base = model.get_base_model() if merged else model
+        for name, tensor in base.state_dict().items():
+            if "lora_" in name:
+                continue
+            if hasattr(tensor, "full_tensor"):
+                tensor = tensor.full_tensor()
+            yield name.replace(".base_layer.", "."), tensor.detach()
+    finally:
+        if merged:
+            model.unmerge_adapter()
+
+
+def token_mask(model: nn.Module, adapter: ModelAdapter) -> tuple[list[int], list[int]]:
+    """(blocked, allowed) token ids of `model`'s vocabulary, each sorted: an engine is told one of them."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    blocked = set(adapter.blocked_token_ids(vocab))
+    return sorted(blocked), [i for i in range(vocab) if i not in blocked]
+
+
+def check_prompt_ids(prompt: Encoded, engine_ids: list[int], index: int) -> None:
+    """Fail when the engine's prompt tokens differ from the trainer's for prompt `index`.
+
+    The completions would then be scored and trained after a different prompt than the one they
+    were sampled from (typically a different number of image tokens)."""
+    ours = prompt.tokens["input_ids"].tolist()
+    if engine_ids == ours:
+        return
+    at = next(
+        (i for i, (a, b) in enumerate(zip(engine_ids, ours, strict=False)) if a != b),
+        min(len(ours), len(engine_ids)),
+    )
+    raise RuntimeError(
+        f"rollout prompt {index}: the engine tokenised it into {len(engine_ids)} tokens, the trainer into "
+        f"{len(ours)}; first difference at position {at} (engine "
+        f"{engine_ids[at : at + 3]}, trainer {ours[at : at + 3]}). The two processors disagree (image size "
+        "bounds or chat template): align them before training, or use rollout.backend=hf"
+    )
