@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vlrl.cli import train_and_report
+from vlrl.cli.train import run_trainer
 from vlrl.config import SFTConfig, load_config
 
 
@@ -17,4 +17,4 @@ def run(args: argparse.Namespace) -> int:
     from vlrl.training.sft import SFTTrainer
 
     cfg = load_config(args.config, args.overrides, schema=SFTConfig)
-    return train_and_report(SFTTrainer(cfg), cfg.train.output_dir, lambda last: f"loss={last['loss']:.4f}")
+    return run_trainer(args, SFTTrainer(cfg), lambda last: f"loss={last['loss']:.4f}")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+from collections.abc import Callable
 
 from vlrl.cli import train_and_report
 from vlrl.config import TrainConfig, load_config
@@ -18,8 +21,25 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides, schema=TrainConfig)
     keys = ("reward/total/mean", "acc", "response_length/mean", "timing_s/step")
-    return train_and_report(
+    return run_trainer(
+        args,
         GRPOTrainer(cfg),
-        cfg.train.output_dir,
         lambda last: ", ".join(f"{k}={last[k]:.3f}" for k in keys if k in last),
     )
+
+
+def run_trainer(args: argparse.Namespace, trainer, final: Callable[[dict], str]) -> int:
+    """`train_and_report` for `vlrl train` and `vlrl sft`; a run that stops early (divergence, a
+    failed save, SIGTERM / Ctrl-C) prints one line and, when interrupted, the command resuming it."""
+    from vlrl.training.guards import Interrupted, RunStopped
+
+    try:
+        return train_and_report(trainer, trainer.cfg.train.output_dir, final)
+    except RunStopped as exc:
+        if trainer.world.is_main:
+            print(f"vlrl {args.command}: {exc}", file=sys.stderr)
+            if isinstance(exc, Interrupted):
+                kept = [o for o in args.overrides if not o.startswith("train.resume=")]
+                command = ["vlrl", args.command, args.config, *kept, "train.resume=auto"]
+                print(f"resume with: {shlex.join(command)}", file=sys.stderr)
+        return exc.exit_code

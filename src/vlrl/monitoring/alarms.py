@@ -182,6 +182,32 @@ def clip_spike(history: list[dict], cfg: MonitorSection) -> str | None:
     return _spike(history, cfg, "clip_frac", cfg.clip_spike_factor, cfg.clip_spike_floor)
 
 
+def nonfinite_step(history: list[dict], cfg: MonitorSection) -> str | None:
+    """The latest step had a NaN or infinite loss or gradient and was not applied; a few in a row
+    stop the run (train.max_nonfinite_skips)."""
+    last = history[-1] if history else {}
+    if not last.get("train/skipped_nonfinite"):
+        return None
+    total = _finite(last.get("train/skipped_nonfinite_total"))
+    so_far = f" ({total:.0f} so far)" if total is not None else ""
+    return f"a NaN or infinite loss or gradient norm: the step was skipped{so_far}; is train.lr too high?"
+
+
+def skipped_steps(history: list[dict], cfg: MonitorSection) -> str | None:
+    """Many steps made no update because dynamic sampling found no group whose rewards differ:
+    the task is too easy or too hard for the policy, and the compute is spent for nothing."""
+    flags = series(history, first_of("train/skipped_no_signal"))
+    if len(flags) < cfg.min_steps:
+        return None
+    share = statistics.fmean(flags)
+    if share <= cfg.skipped_steps_max:
+        return None
+    return (
+        f"{share:.0%} of the last {len(flags)} steps made no update: no group's rewards differed "
+        f"(alarm above {cfg.skipped_steps_max:.0%})"
+    )
+
+
 Rule = Callable[[list[dict], MonitorSection], str | None]
 # name -> (rule, severity). "critical" marks conditions a run rarely recovers from.
 RULES: dict[str, tuple[Rule, str]] = {
@@ -193,6 +219,8 @@ RULES: dict[str, tuple[Rule, str]] = {
     "zero_std_groups_rising": (zero_std_groups_rising, "warning"),
     "kl_spike": (kl_spike, "critical"),
     "clip_spike": (clip_spike, "warning"),
+    "nonfinite_step": (nonfinite_step, "critical"),
+    "skipped_steps": (skipped_steps, "warning"),
 }
 
 

@@ -11,6 +11,11 @@ weights (gathered to rank 0, so transformers and vLLM load them as they are), `s
 every rank's model and optimizer shards (torch.distributed.checkpoint) for a fast resume at the
 same world size, and `rng_rank<r>.pt` each rank's generator states; `trainer_state.pt` then has
 no optimizer entry.
+
+`trainer_state` also holds the run's config (YAML). Resuming compares it with the config of the
+resuming run and refuses any difference outside `MAY_CHANGE_ON_RESUME`, so `train.resume=auto`
+cannot continue a different, earlier run that used the same output_dir; and a new run
+(`train.resume` unset) refuses a folder that already holds checkpoints.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
@@ -33,6 +39,30 @@ STATE_FILE = "trainer_state.pt"
 STEP_DIR = re.compile(r"step_(\d+)")
 # Exact types: numpy scalars subclass float but `torch.load(weights_only=True)` refuses them.
 PLAIN_SCALARS = (str, int, float, bool, type(None))
+# Config keys a resumed run may set differently from the run it continues: where it writes and
+# logs, how often it evaluates and saves, alarms, timeouts, and how far it goes (train.steps).
+# None of them changes what the steps already taken would have computed. A key ending in "." or
+# "_" covers every key it starts; another covers itself and the keys under it.
+MAY_CHANGE_ON_RESUME = (
+    "train.steps",
+    "train.resume",
+    "train.output_dir",
+    "train.device",
+    "train.save_every",
+    "train.log_every",
+    "train.eval_",
+    "train.max_nonfinite_skips",
+    "data.eval",
+    "logging.",
+    "monitor.",
+    "distributed.timeout_s",
+    "rollout.server_url",
+    "rollout.server_timeout_s",
+    "rollout.server_retries",
+    "sft.eval_max_new_tokens",
+    "sft.stop_at_acc",
+    "sft.stop_from_step",
+)
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -101,9 +131,13 @@ def save_checkpoint(step_dir: Path, model, processor, optimizer, scheduler, trai
         "trainer": trainer_state,
     }
     tmp = _fresh_tmp(step_dir)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    torch.save(state, tmp / STATE_FILE)
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        torch.save(state, tmp / STATE_FILE)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk needs the space back
+        raise
     _publish(tmp, step_dir)
 
 
@@ -237,6 +271,70 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
             f" use 'auto' for the latest one in {Path(output_dir) / CHECKPOINTS}"
         )
     return path
+
+
+def saved_config(step_dir: Path) -> dict | None:
+    """The config a checkpoint's run saved in its trainer_state, or None when it has none.
+
+    Memory-mapped: only the config is read, not the optimizer state beside it.
+    """
+    state = torch.load(Path(step_dir) / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+    text = state["trainer"].get("config")
+    return yaml.safe_load(text) if text else None
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    """Nested config sections as dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        flat |= flatten(value, name + ".") if isinstance(value, dict) else {name: value}
+    return flat
+
+
+def _may_change(key: str) -> bool:
+    return any(
+        key.startswith(k) if k.endswith((".", "_")) else key == k or key.startswith(k + ".")
+        for k in MAY_CHANGE_ON_RESUME
+    )
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """'key: saved -> current' for each key whose value differs and may not change on resume.
+
+    Keys only one side has are skipped: a key added to vlrl after the checkpoint was saved
+    defaults to the behaviour the checkpoint's run had.
+    """
+    old, new = flatten(saved), flatten(current)
+    return [
+        f"{k}: {old[k]!r} -> {new[k]!r}"
+        for k in old.keys() & new.keys()
+        if old[k] != new[k] and not _may_change(k)
+    ]
+
+
+def check_resume_config(step_dir: Path, current: dict) -> None:
+    """Refuse (ValueError) to resume `step_dir` with a config that differs from its run's."""
+    saved = saved_config(step_dir)
+    diffs = sorted(config_differences(saved, current)) if saved is not None else []
+    if diffs:
+        raise ValueError(
+            f"train.resume: checkpoint '{step_dir}' was saved by a run with other settings ("
+            + "; ".join(diffs)
+            + "): resume with that run's settings, or start a new run in another train.output_dir"
+        )
+
+
+def check_fresh_folder(output_dir: str | Path) -> None:
+    """Refuse (ValueError) to start a new run in a folder that holds an earlier run's checkpoints:
+    its metrics and checkpoints would mix with the new run's, and `resume=auto` would later pick
+    whichever step is highest."""
+    latest = latest_checkpoint(output_dir)
+    if latest is not None:
+        raise ValueError(
+            f"train.output_dir '{output_dir}' already holds checkpoints of a run (latest: {latest.name}): "
+            "continue it with train.resume=auto, or start a new run in another train.output_dir"
+        )
 
 
 def prune_checkpoints(output_dir: str | Path, keep_last: int | None) -> None:

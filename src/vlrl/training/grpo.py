@@ -12,6 +12,9 @@ Departures from the textbook algorithm, all deliberate:
 - With `algo.ppo_epochs == 1` the update is on-policy and the old log-probs are the current ones
   detached (ratio 1, as in DeepSeekMath's mu = 1 case) — one forward pass saved per micro-batch.
 - The vision placeholders are masked out of the distribution in rollout and update alike.
+- A step with nothing to learn from (DAPO dynamic sampling kept no group with differing rewards
+  after its extra rounds) or with a NaN / infinite gradient makes no update but still counts as
+  a step (`vlrl.training.run`), logged as `train/skipped_no_signal` / `train/skipped_nonfinite`.
 
 Data parallel (torchrun): the step's P prompts are the same on every rank; rank r samples its
 contiguous block of them (each group whole on one rank, with the draws it would have in one
@@ -22,6 +25,7 @@ and the loss metrics are summed over ranks.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -49,6 +53,7 @@ from vlrl.monitoring.rollouts import ROLLOUTS_FILE, rollout_record, write_rollou
 from vlrl.rewards.runner import check_rewards
 from vlrl.rollout import make_backend
 from vlrl.rollout.base import Completion, SamplingParams
+from vlrl.training.guards import StopSignals
 from vlrl.training.logprobs import grouped_response_logprobs, response_logprobs, token_budget_batches
 from vlrl.training.metrics import truncate_jsonl
 from vlrl.training.run import TrainingRun
@@ -66,6 +71,8 @@ class GroupBatch:
     rewards: torch.Tensor = None  # [P, G]
     reward_scores: dict[str, list[float | None]] = field(default_factory=dict)
     advantages: torch.Tensor = None  # [B]
+    kl: torch.Tensor = None  # [B] summed KL to the reference, when algo.kl_in_reward folds it in
+    informative: bool = True  # False: no group's rewards differ, there is nothing to learn
 
     @property
     def flat(self) -> list[Completion]:
@@ -77,8 +84,9 @@ class GroupBatch:
 
 
 class GRPOTrainer(TrainingRun):
+    skip_reasons = ("nonfinite", "no_signal")
+
     def __init__(self, cfg: TrainConfig):
-        self.base_cfg = cfg
         # A vLLM engine or server holds its own copy of the weights: an HF replica would be idle.
         self.replica_for_rollouts = cfg.rollout.backend == "hf"
         check_stages(cfg)  # before loading anything: a bad stage is a config error
@@ -98,8 +106,9 @@ class GRPOTrainer(TrainingRun):
         # Gradient checkpointing recomputes layers and cannot keep the prompt's KV cache.
         self.shared_prefix = not cfg.model.gradient_checkpointing
         self.monitor = AlarmMonitor(cfg.monitor)
-        # Resumed: the steps after the checkpoint are redone, so their old records go.
-        if self.step and self.world.is_main:
+        # The steps after the checkpoint (all of them when there is none) are redone: their old
+        # records go, as metrics.jsonl's do.
+        if self.world.is_main:
             for name in (ALARMS_FILE, ROLLOUTS_FILE):
                 truncate_jsonl(self.out / name, self.step)
 
@@ -152,32 +161,37 @@ class GRPOTrainer(TrainingRun):
         """
         history = []
         self.begin()
-        while self.step < min(until or self.total_steps, self.total_steps):
-            self.enter_stage()
-            t0 = time.perf_counter()
-            with self.precision():
-                batch, timing = self.rollout()
-                batch = self.score_and_filter(batch, timing)
-                self.compute_advantages(batch)
-                metrics = self.policy_update(batch, timing)
-            self.backend.sync_weights(self.model)
-            self.step += 1
-            timing["step"] = time.perf_counter() - t0
-            metrics |= self.batch_metrics(batch, timing)
-            if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
-                metrics |= self.evaluate()
-            self.observe(batch, metrics)
-            if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
-                self.logger.log(self.step, metrics)
-            history.append({"step": self.step, **metrics})
-            if self.should_save():
-                self.save()
-            # Rank 0's clock decides for every rank: ranks that disagreed would hang each other.
-            if deadline is not None and broadcast_object(time.perf_counter() > deadline, what="deadline"):
-                if self.step < self.total_steps:
+        with StopSignals() as signals, self.logger:
+            while self.step < min(until or self.total_steps, self.total_steps):
+                self.enter_stage()
+                t0 = time.perf_counter()
+                with self.precision():
+                    batch, timing = self.rollout()
+                    batch = self.score_and_filter(batch, timing)
+                    if batch.informative:
+                        self.compute_advantages(batch)
+                        metrics = self.policy_update(batch, timing)
+                    else:
+                        metrics = self.skip_update(batch)
+                self.backend.sync_weights(self.model)
+                self.step += 1
+                timing["step"] = time.perf_counter() - t0
+                metrics |= self.batch_metrics(batch, timing) | self.count_skip(_skip_reason(batch, metrics))
+                if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
+                    metrics |= self.evaluate()
+                self.observe(batch, metrics)
+                if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
+                    self.logger.log(self.step, metrics)
+                history.append({"step": self.step, **metrics})
+                self.check_diverged()
+                if self.should_save():
                     self.save()
-                break
-        self.logger.close()
+                self.stop_if_signalled(signals.received)
+                # Rank 0's clock decides for every rank: ranks that disagreed would hang each other.
+                if deadline is not None and broadcast_object(time.perf_counter() > deadline, what="deadline"):
+                    if self.step < self.total_steps:
+                        self.save()
+                    break
         return history
 
     def enter_stage(self) -> None:
@@ -221,25 +235,26 @@ class GRPOTrainer(TrainingRun):
 
     def score_and_filter(self, batch: GroupBatch, timing: dict) -> GroupBatch:
         """Phase 2: rewards; with DAPO dynamic sampling, keep only groups whose rewards differ,
-        drawing more prompts (up to rollout.max_resample_rounds) until P groups are kept."""
+        drawing more prompts (up to rollout.max_resample_rounds) until P groups are kept.
+
+        When no round kept any group, the first round's batch comes back marked not
+        `informative`: its metrics are logged, but the step makes no update (`skip_update`).
+        """
         t0 = time.perf_counter()
         self._score(batch)
         r = self.cfg.rollout
         if r.dynamic_sampling:
-            batch = self._keep_informative(batch)
+            first, batch = batch, self._keep_informative(batch)
             for round_ in range(1, r.max_resample_rounds + 1):
                 if len(batch.samples) >= r.prompts_per_step:
                     break
                 extra, _ = self.rollout(r.prompts_per_step, round_)
                 self._score(extra)
                 batch = _concat(batch, self._keep_informative(extra))
-            if not batch.samples:
-                raise RuntimeError(
-                    "dynamic sampling kept no group with differing rewards after "
-                    f"{r.max_resample_rounds} extra rounds (rollout.max_resample_rounds); "
-                    "the task is too easy or too hard for the current policy"
-                )
-            batch = _take(batch, r.prompts_per_step)
+            if batch.samples:
+                batch = _take(batch, r.prompts_per_step)
+            else:
+                batch, batch.informative = first, False
         timing["reward"] = time.perf_counter() - t0
         return batch
 
@@ -258,9 +273,16 @@ class GRPOTrainer(TrainingRun):
         is folded into the reward, as in the original PPO-RLHF recipe)."""
         rewards = batch.rewards
         if self.cfg.algo.kl_beta > 0 and self.cfg.algo.kl_in_reward:
-            kl = self._sequence_kl(batch)  # [B]
-            rewards = rewards - self.cfg.algo.kl_beta * kl.view_as(rewards)
+            batch.kl = self._sequence_kl(batch)  # [B]
+            rewards = rewards - self.cfg.algo.kl_beta * batch.kl.view_as(rewards)
         batch.advantages = get(ADVANTAGES, self.cfg.algo.advantage, "advantage")(rewards).reshape(-1)
+
+    def skip_update(self, batch: GroupBatch) -> dict[str, float]:
+        """Phase 3-4 of a step without signal: zero advantages, no gradient; the learning-rate
+        schedule moves on as for any step, so it stays a function of the step number."""
+        batch.advantages = torch.zeros(batch.rewards.numel())
+        self.scheduler.step()
+        return {"lr": self.scheduler.get_last_lr()[0]}
 
     def policy_update(self, batch: GroupBatch, timing: dict) -> dict[str, float]:
         """Phase 4: algo.ppo_epochs passes over token-budget micro-batches, one optimizer step each."""
@@ -281,6 +303,7 @@ class GRPOTrainer(TrainingRun):
         t0 = time.perf_counter()
         self.model.train()
         sums: dict[str, float] = {}
+        epochs = 0
         for _ in range(a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for k, (rows, w) in enumerate(zip(micro, weights, strict=True)):
@@ -306,11 +329,13 @@ class GRPOTrainer(TrainingRun):
                 weight = w * len(rows) / len(lengths)
                 for key, value in m.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * (w if key == "loss" else weight)
-            grad_norm = self.clip_gradients()
-            self.optimizer.step()
+            epochs += 1
+            grad_norm = self.apply_gradients()
+            if not math.isfinite(grad_norm):
+                break  # the next epoch would start from the same weights and fail the same way
         self.scheduler.step()
         timing["update"] = time.perf_counter() - t0
-        metrics = {k: v / a.ppo_epochs for k, v in all_reduce_sums(sums, "loss metrics").items()}
+        metrics = {k: v / epochs for k, v in all_reduce_sums(sums, "loss metrics").items()}
         metrics["grad_norm"] = float(grad_norm)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
@@ -432,6 +457,8 @@ class GRPOTrainer(TrainingRun):
         m["response_length/clip_ratio"] = sum(c.finish_reason == "length" for c in batch.flat) / len(lengths)
         std = batch.rewards.std(dim=1) if batch.rewards.shape[1] > 1 else torch.zeros(len(batch.samples))
         m["frac_zero_std_groups"] = (std == 0).float().mean().item()
+        if batch.kl is not None:  # per response token, as the in-loss `kl` (a mean over tokens)
+            m["kl"] = batch.kl.sum().item() / lengths.sum().item()
         for k, v in timing.items():
             m[f"timing_s/{k}"] = v
         if self.base_cfg.stages:
@@ -488,6 +515,13 @@ class GRPOTrainer(TrainingRun):
                 )
             )
         return records
+
+
+def _skip_reason(batch: GroupBatch, metrics: dict[str, float]) -> str | None:
+    """Why the step made no update (a `skip_reasons` entry), or None when it made one."""
+    if not batch.informative:
+        return "no_signal"
+    return None if math.isfinite(metrics["grad_norm"]) else "nonfinite"
 
 
 def _concat_features(parts: list[torch.Tensor | None] | None) -> torch.Tensor | None:

@@ -12,12 +12,20 @@ denominators, and rank 0 alone writes logs and evaluates. Sampling and evaluatio
 update (generation is a long sequence of small forwards whose per-layer all-gathers would
 otherwise keep every rank in lockstep); in one process, or when an engine outside transformers
 samples (`replica_for_rollouts` False), it is the policy itself.
+
+A step whose gradient norm is NaN or infinite (a NaN loss gives NaN gradients) is skipped: no
+optimizer update, but the step counter, the data position and the learning-rate schedule move on
+as for any step, so the schedule stays a function of the step number and a resumed run redoes
+exactly the same steps. Skips are counted (`train/skipped_<reason>` per step, `..._total` over
+the run) and `train.max_nonfinite_skips` of them in a row stop the run (`vlrl.training.guards`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
+import signal
 from pathlib import Path
 
 import torch
@@ -28,11 +36,16 @@ from vlrl.distributed.fsdp import shard_model
 from vlrl.evaluation.intraining import evaluate_during_training
 from vlrl.monitoring.dynamics import dynamics_metrics
 from vlrl.training.checkpoint import (
+    check_fresh_folder,
+    check_resume_config,
+    checkpoint_dir,
+    latest_checkpoint,
     load_trainer_state,
     resolve_resume,
     save_checkpoint,
     save_sharded_checkpoint,
 )
+from vlrl.training.guards import Diverged, Interrupted, SaveFailed, check_output_dir, weights_finite
 from vlrl.training.metrics import MetricsLogger, require_extras
 from vlrl.training.sampler import PromptSampler
 from vlrl.training.schedule import build_scheduler
@@ -51,9 +64,11 @@ class TrainingRun:
 
     # Whether distributed runs sample from a gathered replica of the policy (see the module doc).
     replica_for_rollouts = True
+    # Why a step's update may be skipped; each gets its metrics (see the module doc).
+    skip_reasons: tuple[str, ...] = ("nonfinite",)
 
     def __init__(self, cfg, total_steps_fn=None):
-        self.cfg = cfg
+        self.cfg = self.base_cfg = cfg
         self.out = Path(cfg.train.output_dir)
         self.device = pick_device(cfg.train.device)
         d = cfg.distributed
@@ -63,7 +78,12 @@ class TrainingRun:
         if self.world.distributed and self.device.type == "cuda":
             self.device = torch.device("cuda", self.world.local_rank)
         seed_everything(cfg.train.seed)
+        check_output_dir(self.out, self.world.rank)  # before minutes of loading
         resume_dir = resolve_resume(cfg.train.resume, self.out)
+        if resume_dir is None and cfg.train.resume is None:
+            check_fresh_folder(self.out)
+        if resume_dir is not None:
+            check_resume_config(resume_dir, cfg.model_dump(mode="json"))
         self.lm = load_policy(cfg.model, cfg.data, self.device, path=resume_dir)
         self.model, self.adapter = self.lm.model, self.lm.adapter
         self.rollout_model = self.model
@@ -97,6 +117,9 @@ class TrainingRun:
         # Scored exactly as the rollout sampled: without the tokens it can never produce.
         self.blocked_ids = torch.tensor(self.adapter.blocked_token_ids(vocab), dtype=torch.long)
         self.step = 0
+        self.skipped = dict.fromkeys(self.skip_reasons, 0)
+        self.nonfinite_streak = 0
+        self.last_saved: Path | None = None
         self.logger = MetricsLogger(
             self.out,
             jsonl=cfg.logging.jsonl,
@@ -119,6 +142,8 @@ class TrainingRun:
             )
             self.step = state["step"]
             self.sampler.load_state_dict(state["sampler"])
+            self.skipped |= state.get("skipped", {})
+            self.nonfinite_streak = state.get("nonfinite_streak", 0)
         # A fresh run in a used folder, or a resumed one, must not keep metrics of steps it redoes.
         if self.world.is_main:
             self.logger.truncate_after(self.step)
@@ -126,7 +151,7 @@ class TrainingRun:
     def begin(self) -> None:
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(dump_config(self.cfg))
+            (self.out / "config.yaml").write_text(dump_config(self.base_cfg))
 
     def lockstep(self, micro: list[list[int]]) -> tuple[list[list[int]], list[float]]:
         """Micro-batches padded to the same count on every rank, with their loss weights.
@@ -151,6 +176,58 @@ class TrainingRun:
         return float(
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm)
         )
+
+    def apply_gradients(self) -> float:
+        """Clip and take the optimizer step, unless the gradient norm is NaN or infinite: then the
+        gradients are dropped and the weights stay as they are. Returns the norm, which is the
+        global one under FSDP2, so every rank makes the same choice."""
+        grad_norm = self.clip_gradients()
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def count_skip(self, reason: str | None) -> dict[str, float]:
+        """Record why the step just taken made no update (None: it did); returns its metrics,
+        `train/skipped_<reason>` (1 or 0) and `train/skipped_<reason>_total` for every reason."""
+        if reason == "nonfinite":
+            self.nonfinite_streak += 1
+        elif reason is None:
+            self.nonfinite_streak = 0
+        metrics = {}
+        for name in self.skip_reasons:
+            self.skipped[name] += reason == name
+            metrics[f"train/skipped_{name}"] = float(reason == name)
+            metrics[f"train/skipped_{name}_total"] = float(self.skipped[name])
+        return metrics
+
+    def check_diverged(self) -> None:
+        """Stop once `train.max_nonfinite_skips` steps in a row were non-finite."""
+        limit = self.cfg.train.max_nonfinite_skips
+        if self.nonfinite_streak >= limit:
+            raise Diverged(
+                f"stopped at step {self.step}: the last {self.nonfinite_streak} steps had a NaN or infinite "
+                f"loss or gradient norm (train.max_nonfinite_skips={limit}) and were not applied: lower "
+                f"train.lr (now {self.cfg.train.lr:g}) or check the rewards and data; {self._last_checkpoint_text()}"
+            )
+
+    def stop_if_signalled(self, received: int) -> None:
+        """After a finished step: when any rank got SIGTERM / SIGINT (`received`, 0 for none), save
+        and raise `Interrupted`. The ranks take the maximum, so they all stop at the same step."""
+        signum = all_reduce_max(received, "stop signal")
+        if not signum or self.step >= self.total_steps:
+            return
+        step_dir = self.last_saved if self.last_saved == checkpoint_dir(self.out, self.step) else self.save()
+        raise Interrupted(
+            f"stopped by {signal.Signals(signum).name} after step {self.step}; saved {step_dir}. "
+            "Resume with the same config and train.resume=auto",
+            signum,
+        )
+
+    def _last_checkpoint_text(self) -> str:
+        latest = latest_checkpoint(self.out)
+        return f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved yet"
 
     def evaluate_sets(self, backend, max_new_tokens: int, reflection_words: list[str]) -> dict[str, float]:
         """In-training evaluation of every data.eval set, with the accuracy reward's extractor:
@@ -186,11 +263,32 @@ class TrainingRun:
         return self.step == self.total_steps or (every > 0 and self.step % every == 0)
 
     def save(self) -> Path:
-        step_dir = self.out / "checkpoints" / f"step_{self.step:06d}"
-        state = {"step": self.step, "sampler": self.sampler.state_dict(), "config": dump_config(self.cfg)}
+        """Write the checkpoint of the current step; refuses (`Diverged`) weights holding NaN or
+        infinity, and turns a failed write (disk full, permissions) into `SaveFailed`."""
+        step_dir = checkpoint_dir(self.out, self.step)
+        if all_reduce_max(int(not weights_finite(self.model)), "weights check"):
+            raise Diverged(
+                f"refusing to save {step_dir}: the weights hold NaN or infinite values; lower train.lr "
+                f"(now {self.cfg.train.lr:g}); {self._last_checkpoint_text()}"
+            )
+        state = {
+            "step": self.step,
+            "sampler": self.sampler.state_dict(),
+            "config": dump_config(self.base_cfg),
+            "skipped": dict(self.skipped),
+            "nonfinite_streak": self.nonfinite_streak,
+        }
         parts = (step_dir, self.model, self.lm.processor, self.optimizer, self.scheduler, state)
-        if self.world.distributed:
-            save_sharded_checkpoint(*parts, rank=self.world.rank, world_size=self.world.size)
-        else:
-            save_checkpoint(*parts)
+        try:
+            if self.world.distributed:
+                save_sharded_checkpoint(*parts, rank=self.world.rank, world_size=self.world.size)
+            else:
+                save_checkpoint(*parts)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise SaveFailed(
+                f"could not write checkpoint {step_dir}: {exc.strerror or exc}{where}; "
+                f"{self._last_checkpoint_text()} (free the space, then resume with train.resume=auto)"
+            ) from exc
+        self.last_saved = step_dir
         return step_dir

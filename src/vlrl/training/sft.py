@@ -5,7 +5,8 @@ resume, logging); the step is cross-entropy on the response tokens only, average
 response tokens of the batch (micro-batches share that denominator, so accumulation is exact).
 Its checkpoints are what `vlrl train` starts from. Data parallel (torchrun), each rank takes a
 contiguous block of the batch and the token count is summed over ranks first, so the loss is
-the same mean as in one process.
+the same mean as in one process. A step with a NaN or infinite gradient is skipped as in RL
+(`vlrl.training.run`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vlrl.config.sections import REFLECTION_WORDS
 from vlrl.data import DataError, Sample
 from vlrl.distributed import all_reduce_sums, shard_range
 from vlrl.rollout import make_backend
+from vlrl.training.guards import StopSignals
 from vlrl.training.logprobs import response_logprobs, token_budget_batches
 from vlrl.training.run import TrainingRun
 
@@ -50,25 +52,28 @@ class SFTTrainer(TrainingRun):
     def train(self, until: int | None = None) -> list[dict]:
         history = []
         self.begin()
-        while self.step < min(until or self.total_steps, self.total_steps):
-            t0 = time.perf_counter()
-            with self.precision():
-                metrics = self.sft_step()
-            self.step += 1
-            metrics["timing_s/step"] = time.perf_counter() - t0
-            metrics["perf/throughput"] = metrics.pop("tokens") / metrics["timing_s/step"]
-            if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
-                metrics |= self.evaluate()
-            reached = self.reached_target(metrics)
-            if reached or self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
-                self.logger.log(self.step, metrics)
-            history.append({"step": self.step, **metrics})
-            if reached or self.should_save():
-                self.save()
-            if reached:
-                print(f"sft: stopped at step {self.step}: {reached}", flush=True)
-                break
-        self.logger.close()
+        with StopSignals() as signals, self.logger:
+            while self.step < min(until or self.total_steps, self.total_steps):
+                t0 = time.perf_counter()
+                with self.precision():
+                    metrics = self.sft_step()
+                self.step += 1
+                metrics["timing_s/step"] = time.perf_counter() - t0
+                metrics["perf/throughput"] = metrics.pop("tokens") / metrics["timing_s/step"]
+                metrics |= self.count_skip(None if math.isfinite(metrics["grad_norm"]) else "nonfinite")
+                if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
+                    metrics |= self.evaluate()
+                reached = self.reached_target(metrics)
+                if reached or self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
+                    self.logger.log(self.step, metrics)
+                history.append({"step": self.step, **metrics})
+                self.check_diverged()
+                if reached or self.should_save():
+                    self.save()
+                if reached:
+                    print(f"sft: stopped at step {self.step}: {reached}", flush=True)
+                    break
+                self.stop_if_signalled(signals.received)
         return history
 
     def reached_target(self, metrics: dict[str, float]) -> str | None:
@@ -117,8 +122,7 @@ class SFTTrainer(TrainingRun):
             (loss * (w * self.loss_scale)).backward()
             loss_sum += loss.item() * w
         loss_sum = all_reduce_sums({"loss": loss_sum}, "loss")["loss"]
-        grad_norm = self.clip_gradients()
-        self.optimizer.step()
+        grad_norm = self.apply_gradients()
         self.scheduler.step()
         return {
             "loss": loss_sum,
