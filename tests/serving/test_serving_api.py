@@ -183,7 +183,7 @@ BAD_REQUESTS = {
     "temperature not a number": (
         {**_message("hi"), "temperature": "hot"},
         400,
-        "'temperature' must be a number",
+        "'temperature' must be a finite number, got 'hot'",
     ),
     "n over max batch": ({**_message("hi"), "n": 5}, 400, "--max-batch 4"),
     "n zero": ({**_message("hi"), "n": 0}, 400, "'n' must be an integer >= 1"),
@@ -196,6 +196,29 @@ BAD_REQUESTS = {
     "unknown model": ({**_message("hi"), "model": "gpt-4o"}, 404, "model 'gpt-4o' is not served here"),
     "invalid json": (b"{not json", 400, "not valid JSON"),
     "json not an object": (b"[1, 2]", 400, "must be a JSON object"),
+    "role not a string": ({"messages": [{"role": ["user"], "content": "x"}]}, 400, "role ['user']"),
+    "nested 100000 deep": (b"[" * 100_000 + b"]" * 100_000, 400, "nests JSON arrays or objects too deeply"),
+    "nested in a field": (
+        b'{"messages": [], "temperature": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        400,
+        "too deeply",
+    ),
+    "integer of 5000 digits": (
+        b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"9" * 5000 + b"}",
+        400,
+        "not valid JSON (Exceeds the limit (4300 digits)",
+    ),
+    "integer beyond float": ({**_message("hi"), "top_p": 10**400}, 400, "'top_p' must be a finite number"),
+    **{
+        f"{name} {literal}": (
+            b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "%s": %s}'
+            % (name.encode(), literal.encode()),
+            400,
+            f"'{name}' must be a finite number, got {shown}",
+        )
+        for name in ("temperature", "top_p")
+        for literal, shown in (("Infinity", "inf"), ("-Infinity", "-inf"), ("NaN", "nan"), ("1e999", "inf"))
+    },
 }
 
 
@@ -207,6 +230,12 @@ def test_bad_requests_get_openai_errors_naming_the_problem(api, case):
     assert fragment in body["error"]["message"], body
     assert body["error"]["type"] == "invalid_request_error" and "code" in body["error"]
     assert api("/v1/models")[0] == 200  # and the server lives on
+
+
+def test_a_huge_bad_value_is_shown_shortened_in_the_error(api):
+    status, body = api(CHAT, {**_message("hi"), "temperature": [0] * 100_000})
+    assert status == 400
+    assert body["error"]["message"] == "'temperature' must be a finite number, got [0, 0, 0, 0, 0, 0, ...]"
 
 
 def test_unknown_routes_and_wrong_methods(api):

@@ -8,6 +8,8 @@ are kept: a multi-turn conversation is rendered whole by the chat template.
 
 from __future__ import annotations
 
+import reprlib
+import sys
 from dataclasses import dataclass
 
 from PIL import Image
@@ -96,9 +98,10 @@ def parse_messages(raw: object) -> tuple[list[dict], list[Image.Image]]:
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise RequestError(f"{where} must be an object with 'role' and 'content'", param=where)
-        if message.get("role") not in ROLES:
+        if not isinstance(message.get("role"), str) or message["role"] not in ROLES:  # a list is unhashable
             raise RequestError(
-                f"{where}: role {message.get('role')!r} is not one of {', '.join(ROLES)}", param=where
+                f"{where}: role {reprlib.repr(message.get('role'))} is not one of {', '.join(ROLES)}",
+                param=where,
             )
         content = message.get("content")
         if isinstance(content, list):
@@ -134,7 +137,7 @@ def _integer(body: dict, name: str, default: int | None, minimum: int | None = 1
         return default
     if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
         bound = "" if minimum is None else f" >= {minimum}"
-        raise RequestError(f"'{name}' must be an integer{bound}, got {value!r}", param=name)
+        raise RequestError(f"'{name}' must be an integer{bound}, got {reprlib.repr(value)}", param=name)
     return value
 
 
@@ -142,8 +145,10 @@ def _number(body: dict, name: str, default: float) -> float:
     value = body.get(name)
     if value is None:
         return default
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise RequestError(f"'{name}' must be a number, got {value!r}", param=name)
+    # Python's json reads NaN, Infinity and 1e999 (as inf); the bound refuses them and integers
+    # float() cannot hold (an int-float comparison is exact, NaN compares false).
+    if not isinstance(value, int | float) or isinstance(value, bool) or not abs(value) <= sys.float_info.max:
+        raise RequestError(f"'{name}' must be a finite number, got {reprlib.repr(value)}", param=name)
     return float(value)
 
 
