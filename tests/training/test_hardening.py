@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers_rl import COMMON, has_e_args
+from safetensors.torch import load_file
 
 from vlrl.cli import main
 from vlrl.config import SFTConfig, TrainConfig, load_config
@@ -117,6 +118,18 @@ def test_nonfinite_steps_are_skipped_counted_alarmed_and_stop_the_run(workspace,
     alarms = [a for a in read_alarms(tmp_path / ALARMS_FILE) if a.name == "nonfinite_step"]
     assert [a.step for a in alarms] == [2, 4] and alarms[0].severity == "critical"
     assert latest_checkpoint(tmp_path) is None
+
+
+def test_a_learning_rate_of_1e10_stops_with_a_message_and_saves_no_nan(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    cfg = config_file(workspace, tmp_path, f"{workspace['reward']}:has_e", out)
+    assert main(["train", str(cfg), "train.lr=1e10", "train.steps=8", "train.save_every=1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vlrl train: stopped at step ") and "lower train.lr (now 1e+10)" in err
+    assert "\n" not in err
+    for folder in (out / "checkpoints").iterdir():
+        tensors = load_file(folder / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in tensors.values()), folder.name
 
 
 def test_sft_skips_nonfinite_steps_too(tiny_models, tmp_path):
@@ -290,7 +303,7 @@ def test_a_full_disk_while_saving_keeps_the_last_checkpoint(workspace, tmp_path,
     ckpts = out / "checkpoints"
     assert err.strip() == (
         f"vlrl train: could not write checkpoint {ckpts / 'step_000004'}: No space left on device "
-        f"({ckpts / 'step_000004.tmp' / STATE_FILE}); the last good checkpoint is {ckpts / 'step_000002'} "
+        f"({ckpts / 'step_000004.tmp' / STATE_FILE}); the last complete checkpoint is {ckpts / 'step_000002'} "
         "(free the space, then resume with train.resume=auto)"
     )
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_000002"]  # the half-written one is gone

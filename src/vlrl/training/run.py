@@ -227,7 +227,7 @@ class TrainingRun:
 
     def _last_checkpoint_text(self) -> str:
         latest = latest_checkpoint(self.out)
-        return f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved yet"
+        return f"the last complete checkpoint is {latest}" if latest else "no checkpoint was saved yet"
 
     def evaluate_sets(self, backend, max_new_tokens: int, reflection_words: list[str]) -> dict[str, float]:
         """In-training evaluation of every data.eval set, with the accuracy reward's extractor:
