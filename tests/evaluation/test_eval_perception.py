@@ -51,8 +51,21 @@ def test_detection_dataset_map_and_count():
     ]
     assert [r.scores[0] for r in records] == pytest.approx([1.0, 0.0])
     metrics = det.metrics(records)
-    # Category "red circle": found, AP 1; "blue square": missed, AP 0 -> mean 0.5.
+    # Category "red circle": found, AP 1; "blue square": missed, AP 0 -> mean 0.5. Recall alike.
     assert metrics["coco_map50"] == pytest.approx(0.5)
+    assert metrics["coco_mar100"] == pytest.approx(0.5)
     count = get_benchmark("count")
     assert count.score("<answer>3</answer>", _sample("3")) == 1.0
     assert count.score("<answer>4</answer>", _sample("3")) == 0.0
+
+
+def test_detection_metrics_do_not_depend_on_record_order():
+    # Boxes carry no scores, so every answer's first box ranks 1.0: tied across images.
+    hit = _sample([{"bbox": [0, 0, 10, 10], "label": "cat"}])
+    miss = _sample([{"bbox": [20, 20, 30, 30], "label": "cat"}])
+    records = [
+        _record(hit, '<answer>[{"bbox_2d": [0, 0, 10, 10], "label": "cat"}]</answer>'),
+        _record(miss, '<answer>[{"bbox_2d": [50, 50, 60, 60], "label": "cat"}]</answer>'),
+    ]
+    det = get_benchmark("detection")
+    assert det.metrics(records) == det.metrics(records[::-1])

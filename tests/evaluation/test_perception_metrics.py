@@ -10,11 +10,14 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from vlrl.evaluation.perception import coco_map, count_accuracy, rec_accuracy
-from vlrl.rewards.boxes import IOU_THRESHOLDS, average_precision
+from vlrl.rewards.boxes import IOU_THRESHOLDS, average_precision, average_recall, canonical_order
 
 
-def oracle(predictions, ground_truth) -> np.ndarray | None:
-    """[T] pycocotools' mAP at each IoU threshold (its `summarize` restricted to one threshold)."""
+def oracle(predictions, ground_truth, recall: bool = False) -> np.ndarray | None:
+    """[T] pycocotools' mAP (or with `recall`, AR@100) at each IoU threshold, images in
+    `canonical_order` as ours are (pycocotools ranks detections with tied scores by image id)."""
+    order = canonical_order(predictions, ground_truth)
+    predictions, ground_truth = [predictions[i] for i in order], [ground_truth[i] for i in order]
     labels = sorted({lab for im in ground_truth for _, lab in im} | {d[1] for im in predictions for d in im})
     ids = {label: k for k, label in enumerate(labels, 1)}
 
@@ -39,8 +42,12 @@ def oracle(predictions, ground_truth) -> np.ndarray | None:
         ev = COCOeval(build(ground_truth, False), build(predictions, True), "bbox")
         ev.evaluate()
         ev.accumulate()
+    if recall:
+        found = ev.eval["recall"][:, :, 0, -1]  # [T, K] at area "all", 100 detections
+        valid = found[0] > -1  # categories with truth
+        return None if not valid.any() else found[:, valid].mean(axis=1)
     precision = ev.eval["precision"][:, :, :, 0, -1]  # [T, R, K] at area "all", 100 detections
-    valid = precision[0, 0] > -1  # categories with truth
+    valid = precision[0, 0] > -1
     return None if not valid.any() else precision[:, :, valid].mean(axis=(1, 2))
 
 
@@ -96,6 +103,7 @@ def test_numpy_ap_equals_pycocotools_on_random_datasets(seed):
     for _ in range(15):
         predictions, truth = random_dataset(rng)
         assert_same(average_precision(predictions, truth), oracle(predictions, truth))
+        assert_same(average_recall(predictions, truth), oracle(predictions, truth, recall=True))
         for p, t in zip(predictions, truth, strict=True):  # each image alone: the reward's case
             assert_same(average_precision([p], [t]), oracle([p], [t]))
 
@@ -107,8 +115,9 @@ def test_coco_map_reports_the_oracle():
         expected = oracle(predictions, truth)
         got = coco_map(predictions, truth)
         if expected is None:
-            assert got == {"map": None, "map50": None, "map75": None}
+            assert got == {"map": None, "map50": None, "map75": None, "mar100": None}
             continue
+        assert got["mar100"] == pytest.approx(oracle(predictions, truth, recall=True).mean(), abs=1e-6)
         assert got["map"] == pytest.approx(expected.mean(), abs=1e-6)
         assert got["map50"] == pytest.approx(expected[0], abs=1e-6)
         assert got["map75"] == pytest.approx(expected[list(IOU_THRESHOLDS).index(0.75)], abs=1e-6)
@@ -150,13 +159,46 @@ def test_more_than_100_detections_per_image_are_cut_by_score():
 def test_empty_sides():
     truth = [[([0, 0, 10, 10], "a")], []]
     assert average_precision([[], []], truth).tolist() == [0.0] * 10  # truth, no predictions
-    assert coco_map([[], []], truth) == {"map": 0.0, "map50": 0.0, "map75": 0.0}
+    assert coco_map([[], []], truth) == {"map": 0.0, "map50": 0.0, "map75": 0.0, "mar100": 0.0}
+    assert average_recall([[], []], truth).tolist() == [0.0] * 10
     assert average_precision([[([0, 0, 10, 10], "a", 1.0)]], [[]]) is None  # nothing to find
-    assert coco_map([[([0, 0, 10, 10], "a", 1.0)]], [[]]) == {"map": None, "map50": None, "map75": None}
+    assert coco_map([[([0, 0, 10, 10], "a", 1.0)]], [[]]) == {
+        "map": None,
+        "map50": None,
+        "map75": None,
+        "mar100": None,
+    }
     # A prediction on an image without truth is a false positive for the dataset.
     with_stray = [[([0, 0, 10, 10], "a", 0.5)], [([0, 0, 10, 10], "a", 0.9)]]
     assert average_precision(with_stray, truth)[0] == pytest.approx(coco_map(with_stray, truth)["map50"])
     assert coco_map(with_stray, truth)["map50"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_tied_scores_across_images_do_not_depend_on_image_order():
+    # Image 1 has a hit, image 2 a miss, both at score 1.0; recall stops at 1/2, so AP@0.5 is
+    # precision at the 51 recall points 0, 0.01, ..., 0.5 over 101: ranked hit first that is 1
+    # (51 / 101), miss first 1/2 (25.5 / 101). By content, image 1 (truth [0, ...]) sorts before
+    # image 2 (truth [20, ...]): hit first, whichever order they come in.
+    truth = [[([0, 0, 10, 10], "a")], [([20, 20, 30, 30], "a")]]
+    predictions = [[([0, 0, 10, 10], "a", 1.0)], [([50, 50, 60, 60], "a", 1.0)]]
+    expected = 51 / 101
+    for order in ([0, 1], [1, 0]):
+        preds, truths = [predictions[i] for i in order], [truth[i] for i in order]
+        assert average_precision(preds, truths)[0] == pytest.approx(expected)
+        assert coco_map(preds, truths)["map50"] == pytest.approx(expected, abs=1e-6)
+        assert coco_map(preds, truths)["mar100"] == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_shuffling_images_changes_nothing(seed):
+    rng = random.Random(100 + seed)
+    for _ in range(5):
+        predictions, truth = random_dataset(rng)
+        order = list(range(len(truth)))
+        rng.shuffle(order)
+        shuffled = [predictions[i] for i in order], [truth[i] for i in order]
+        assert_same(average_precision(*shuffled), average_precision(predictions, truth))
+        assert coco_map(*shuffled) == pytest.approx(coco_map(predictions, truth), abs=1e-12)
 
 
 def test_mismatched_lengths_fail():

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from scipy.optimize import linear_sum_assignment
 
-from vlrl.rewards.boxes import Detection, Truth, pairwise_iou
+from vlrl.rewards.boxes import Detection, Truth, canonical_order, pairwise_iou
 
 Box = Sequence[float]
 
@@ -68,13 +68,17 @@ def count_accuracy(pred_counts: Sequence[int | None], gt_counts: Sequence[int], 
 def coco_map(
     predictions: Sequence[Sequence[Detection]], ground_truth: Sequence[Sequence[Truth]]
 ) -> dict[str, float | None]:
-    """{"map", "map50", "map75"} of a dataset by pycocotools' COCOeval (bbox); None without truth.
+    """{"map", "map50", "map75", "mar100"} of a dataset by pycocotools' COCOeval (bbox); None without
+    truth. "mar100" is COCO's AR@100: recall with at most 100 detections per image, averaged over
+    IoU 0.5:0.95 and categories.
 
     Image i holds `predictions[i]` and `ground_truth[i]`; each distinct label is one category.
+    Images get their ids in `canonical_order` (by content), since pycocotools ranks detections whose
+    scores tie by image id: the result does not depend on the order the images come in.
 
     >>> result = coco_map([[([0, 0, 10, 10], "cat", 0.9)], []], [[([0, 0, 10, 10], "cat")], [([5, 5, 9, 9], "dog")]])
     >>> {key: round(value, 6) for key, value in result.items()}  # COCO's precision is tp / (tp + fp + eps)
-    {'map': 0.5, 'map50': 0.5, 'map75': 0.5}
+    {'map': 0.5, 'map50': 0.5, 'map75': 0.5, 'mar100': 0.5}
     """
     # Imported here: pycocotools is needed for this one function only.
     from pycocotools.coco import COCO
@@ -82,6 +86,8 @@ def coco_map(
 
     if len(predictions) != len(ground_truth):
         raise ValueError(f"{len(predictions)} prediction lists for {len(ground_truth)} images")
+    order = canonical_order(predictions, ground_truth)
+    predictions, ground_truth = [predictions[i] for i in order], [ground_truth[i] for i in order]
     labels = {lab for image in ground_truth for _, lab in image} | {
         d[1] for image in predictions for d in image
     }
@@ -110,8 +116,10 @@ def coco_map(
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    stats = [float(s) for s in evaluation.stats[:3]]
-    return {key: None if s < 0 else s for key, s in zip(("map", "map50", "map75"), stats, strict=True)}
+    # COCOeval.stats: 0-2 AP, AP50, AP75; 8 AR at maxDets=100, area "all".
+    stats = [float(evaluation.stats[i]) for i in (0, 1, 2, 8)]
+    keys = ("map", "map50", "map75", "mar100")
+    return {key: None if s < 0 else s for key, s in zip(keys, stats, strict=True)}
 
 
 # ---- benchmark conventions for `vlrl eval` (registered in benchmarks.BENCHMARKS) -------------
@@ -148,7 +156,11 @@ def detection_score(extracted: str | None, sample) -> float | None:
 
 
 def detection_metrics(records) -> dict[str, float | None]:
-    """COCO mAP over the whole dataset from each question's first completion (pycocotools)."""
+    """COCO mAP and AR@100 over the whole dataset from each question's first completion (pycocotools).
+
+    The model gives no confidences, so a box's score is its rank in the answer (1 - i / n): the
+    first boxes of all images tie, and `coco_map` fixes their order by content, not record order.
+    """
     from vlrl.rewards.boxes import parse_boxes, truth_boxes
     from vlrl.rewards.perception import to_pixels
 

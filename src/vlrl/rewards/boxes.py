@@ -23,10 +23,13 @@ as is one with a coordinate beyond MAX_COORD: it can overlap nothing, and leavin
 IoU free of divisions by zero. When every box written is dropped the answer is a failure, not an
 empty list, so a degenerate box never passes for "there is none".
 
-Measuring. `pairwise_iou` (IoU, GIoU) and `average_precision`, a short numpy re-implementation of
-pycocotools' COCOeval for boxes (greedy matching by score, 101-point interpolated precision, area
-range "all", at most 100 detections per image and category), which the per-sample `ovd_map` reward
-uses: fast and silent. It agrees with pycocotools to 1e-6 on randomised datasets
+Measuring. `pairwise_iou` (IoU, GIoU), and `average_precision` and `average_recall`, a short
+numpy re-implementation of pycocotools' COCOeval for boxes (greedy matching by score, 101-point
+interpolated precision, area range "all", at most 100 detections per image and category), which
+the per-sample `ovd_map` reward uses: fast and silent. Where scores tie across images, COCO ranks
+the tied detections by image (pycocotools: by image id), so its mAP depends on the order images
+come in; both implementations here first put the images in one order by content
+(`canonical_order`), which makes the result independent of it. It agrees with pycocotools to 1e-6 on randomised datasets
 (tests/evaluation/test_perception_metrics.py). One known difference: COCO's area range "all" stops
 at 1e10 px^2 (a 100000-pixel square) and pycocotools ignores larger boxes; here they count. Dataset
 metrics, pycocotools' own mAP among them, are in `vlrl.evaluation.perception`.
@@ -221,20 +224,62 @@ def _match(dt: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return matched
 
 
-def _category_precision(scores: np.ndarray, matched: np.ndarray, n_truth: int) -> np.ndarray:
-    """[T] mean interpolated precision at RECALL_POINTS of one category over the dataset."""
+def _category_curves(scores: np.ndarray, matched: np.ndarray, n_truth: int) -> tuple[np.ndarray, np.ndarray]:
+    """([T] mean interpolated precision at RECALL_POINTS, [T] recall reached) of one category.
+
+    As pycocotools' `accumulate`: recall is the last point of the curve, 0 without detections.
+    """
     order = np.argsort(-scores, kind="mergesort")  # stable, as pycocotools
     tp = np.cumsum(matched[:, order], axis=1, dtype=float)  # [T, D]
     fp = np.cumsum(~matched[:, order], axis=1, dtype=float)
     precision = np.zeros((len(IOU_THRESHOLDS), len(RECALL_POINTS)))
+    reached_recall = np.zeros(len(IOU_THRESHOLDS))
     for t in range(len(IOU_THRESHOLDS)):
         recall = tp[t] / n_truth
+        reached_recall[t] = recall[-1] if len(recall) else 0.0
         # Precision made non-increasing in recall, then read at the first point reaching each level.
         envelope = np.maximum.accumulate((tp[t] / (tp[t] + fp[t] + np.spacing(1)))[::-1])[::-1]
         at = np.searchsorted(recall, RECALL_POINTS, side="left")
         reached = at < len(recall)
         precision[t, reached] = envelope[at[reached]]
-    return precision.mean(axis=1)
+    return precision.mean(axis=1), reached_recall
+
+
+def canonical_order(predictions: Sequence[Sequence], ground_truth: Sequence[Sequence]) -> list[int]:
+    """Image indices sorted by the images' content (truth, then detections): a fixed order for
+    detections whose scores tie across images, whatever order the images come in.
+
+    >>> canonical_order([[], []], [[([5, 5, 9, 9], "b")], [([0, 0, 4, 4], "a")]])
+    [1, 0]
+    """
+    return sorted(range(len(ground_truth)), key=lambda i: repr((ground_truth[i], predictions[i])))
+
+
+def _evaluate(
+    predictions: Sequence[Sequence[Detection]], ground_truth: Sequence[Sequence[Truth]]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """([K, T] AP, [K, T] AR) per category with truth, images in `canonical_order`; None if none."""
+    if len(predictions) != len(ground_truth):
+        raise ValueError(f"{len(predictions)} prediction lists for {len(ground_truth)} images")
+    order = canonical_order(predictions, ground_truth)
+    predictions, ground_truth = [predictions[i] for i in order], [ground_truth[i] for i in order]
+    # Sorted so that the mean over categories adds up in the same order on every run.
+    labels = sorted({label for image in ground_truth for _, label in image}, key=repr)
+    if not labels:
+        return None
+    curves = []
+    for label in labels:
+        scores, matched, n_truth = [], [], 0
+        for dets, truths in zip(predictions, ground_truth, strict=True):
+            dets = [d for d in dets if d[1] == label]
+            ranked = np.argsort([-d[2] for d in dets], kind="mergesort")[:MAX_DETECTIONS]
+            dt = _xywh([dets[i][0] for i in ranked])
+            gt = _xywh([box for box, lab in truths if lab == label])
+            scores.append(np.asarray([dets[i][2] for i in ranked], dtype=float))
+            matched.append(_match(dt, gt))
+            n_truth += len(gt)
+        curves.append(_category_curves(np.concatenate(scores), np.hstack(matched), n_truth))
+    return np.array([c[0] for c in curves]), np.array([c[1] for c in curves])
 
 
 def average_precision(
@@ -251,22 +296,19 @@ def average_precision(
     >>> round(float(average_precision([[([0, 0, 10, 10], "cat", 0.9)]], truth)[0]), 3)  # 51 of 101 points
     0.505
     """
-    if len(predictions) != len(ground_truth):
-        raise ValueError(f"{len(predictions)} prediction lists for {len(ground_truth)} images")
-    # Sorted so that the mean over categories adds up in the same order on every run.
-    labels = sorted({label for image in ground_truth for _, label in image}, key=repr)
-    if not labels:
-        return None
-    per_category = []
-    for label in labels:
-        scores, matched, n_truth = [], [], 0
-        for dets, truths in zip(predictions, ground_truth, strict=True):
-            dets = [d for d in dets if d[1] == label]
-            order = np.argsort([-d[2] for d in dets], kind="mergesort")[:MAX_DETECTIONS]
-            dt = _xywh([dets[i][0] for i in order])
-            gt = _xywh([box for box, lab in truths if lab == label])
-            scores.append(np.asarray([dets[i][2] for i in order], dtype=float))
-            matched.append(_match(dt, gt))
-            n_truth += len(gt)
-        per_category.append(_category_precision(np.concatenate(scores), np.hstack(matched), n_truth))
-    return np.mean(per_category, axis=0)
+    result = _evaluate(predictions, ground_truth)
+    return None if result is None else result[0].mean(axis=0)
+
+
+def average_recall(
+    predictions: Sequence[Sequence[Detection]], ground_truth: Sequence[Sequence[Truth]]
+) -> np.ndarray | None:
+    """[T] COCO recall at each of IOU_THRESHOLDS with at most MAX_DETECTIONS per image, averaged
+    over categories; None without any truth. Its mean is COCO's AR@100.
+
+    >>> truth = [[([0, 0, 10, 10], "cat"), ([20, 0, 30, 10], "cat")]]
+    >>> float(average_recall([[([0, 0, 10, 10], "cat", 0.9)]], truth).mean())  # 1 of 2 found
+    0.5
+    """
+    result = _evaluate(predictions, ground_truth)
+    return None if result is None else result[1].mean(axis=0)
