@@ -1,22 +1,20 @@
-"""masked_mean / masked_whiten and the logits helpers against direct PyTorch formulas."""
+"""masked_mean and the logits helpers against direct PyTorch formulas."""
 
 import math
 
 import torch
 from torch.testing import assert_close
 
-from vlrl.algos import entropy_from_logits, logprobs_from_logits, masked_mean, masked_whiten
+from vlrl.algos import entropy_from_logits, logprobs_from_logits, masked_mean
 
 
-def test_masked_mean_and_whiten():
+def test_masked_mean():
     x = torch.tensor([[1.0, 3.0, 99.0], [5.0, 99.0, 99.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     # valid [1, 3, 5]: mean 3; per row [2, 5]
     assert_close(masked_mean(x, mask), torch.tensor(3.0))
     assert_close(masked_mean(x, mask, dim=-1), torch.tensor([2.0, 5.0]))
     assert masked_mean(x, torch.zeros_like(mask)).item() == 0.0  # nothing valid -> 0, not NaN
-    # valid [1, 3, 5]: mean 3, var (unbiased) (4+0+4)/2 = 4, std 2 -> [-1, 0, 1]; masked -> 0
-    assert_close(masked_whiten(x, mask), torch.tensor([[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), atol=1e-5, rtol=0)
 
 
 def test_entropy_uniform_and_reference():

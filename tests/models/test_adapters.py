@@ -11,6 +11,7 @@ from vlrl.data.sample import Sample
 from vlrl.models.adapters import MODULE_GROUPS, InternVLAdapter, adapter_class
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
+from vlrl.rewards.perception import to_pixels
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3")
 PLAIN = TEMPLATES["answer_only"]
@@ -161,7 +162,9 @@ def test_box_round_trip_through_the_family_convention(loaded, family):
     adapter = loaded[family].adapter
     box = [30, 18, 150, 90]
     written = adapter.box_from_pixels(box, (300, 180))
-    back = adapter.box_to_pixels(written, (300, 180))
+    # Read back as the box rewards read a completion, in the convention the adapter declares.
+    model_size = adapter.model_image_size((300, 180))
+    [(back, _)] = to_pixels([(written, None)], adapter.box_convention, (300, 180), model_size)
     assert back == pytest.approx(box, abs=1.0)
 
 

@@ -19,7 +19,7 @@ from vlrl.algos.aggregation import AGGREGATIONS, aggregate, aggregation_denomina
 from vlrl.algos.kl import KL_ESTIMATORS
 from vlrl.algos.policy_losses import POLICY_LOSSES, LossConfig
 from vlrl.algos.registry import get
-from vlrl.algos.tensor_ops import entropy_from_logits, logprobs_from_logits, masked_mean, masked_whiten
+from vlrl.algos.tensor_ops import entropy_from_logits, logprobs_from_logits, masked_mean
 
 __all__ = [
     "ADVANTAGES",
@@ -33,5 +33,4 @@ __all__ = [
     "get",
     "logprobs_from_logits",
     "masked_mean",
-    "masked_whiten",
 ]

@@ -25,20 +25,6 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return masked_sum(x, mask, dim) / count.clamp(min=1)
 
 
-def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
-    """(x - mean) / (std + eps) over all valid positions (unbiased std); masked positions -> 0.
-
-    Used for token-level whitening as in REINFORCE++ (arXiv 2501.03262). Fewer than two valid
-    positions -> zeros (the std is undefined).
-    """
-    n = mask.to(x.dtype).sum()
-    if n < 2:
-        return torch.zeros_like(x)
-    mean = masked_mean(x, mask)
-    var = masked_sum((x - mean) ** 2, mask) / (n - 1)
-    return torch.where(mask.bool(), (x - mean) / (var.sqrt() + eps), torch.zeros_like(x))
-
-
 def entropy_from_logits(
     logits: Tensor, chunk_size: int = 1024, temperature: float = 1.0, blocked: Tensor | None = None
 ) -> Tensor:

@@ -199,11 +199,6 @@ class ModelAdapter(ABC):
         size = image_size(sample.images[0])
         return rewrite_boxes(text, lambda box: self.box_from_pixels(box, size))
 
-    def box_to_pixels(self, box, original_size: tuple[int, int]) -> list[float]:
-        """A box as the model writes it -> original-image pixels."""
-        to_px, _ = BOX_CONVENTIONS[self.box_convention]
-        return to_px(box, original_size, self.model_image_size(original_size))
-
     def box_from_pixels(self, box, original_size: tuple[int, int]) -> list[float]:
         """A box in original-image pixels -> as the model should write it."""
         _, from_px = BOX_CONVENTIONS[self.box_convention]
