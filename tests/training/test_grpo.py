@@ -243,6 +243,32 @@ def test_frozen_vision_runs_once_per_prompt_per_step(workspace, tmp_path):
 
 
 def test_kl_in_reward_shapes_the_advantages(workspace, tmp_path):
+    # Equal rewards in every group: without the KL term every advantage is 0. With it, under
+    # Dr. GRPO (A = r - mean_group(r)), r = 1 - beta * KL gives A = -beta * (KL - mean_group(KL)).
+    cfg = make_config(
+        workspace,
+        tmp_path,
+        f"reward.functions=['{workspace['reward']}:constant']",
+        "algo.advantage=dr_grpo",
+        "algo.kl_beta=0.5",
+        "algo.kl_in_reward=true",
+    )
+    trainer = GRPOTrainer(cfg)
+    with torch.no_grad():  # move the policy off the reference, so that the KL is not 0
+        head = trainer.model.get_output_embeddings().weight
+        head.add_(torch.randn(head.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
+    batch, _ = trainer.rollout()
+    trainer._score(batch)
+    assert torch.equal(batch.rewards, torch.ones_like(batch.rewards))
+    trainer.compute_advantages(batch)
+    kl = batch.kl.view_as(batch.rewards)  # [P, G]
+    assert (kl > 0).any()
+    expected = -0.5 * (kl - kl.mean(1, keepdim=True))
+    torch.testing.assert_close(batch.advantages, expected.reshape(-1))
+    assert batch.advantages.abs().max() > 0
+
+
+def test_kl_in_reward_is_logged(workspace, tmp_path):
     trainer = GRPOTrainer(
         make_config(workspace, tmp_path, "algo.kl_beta=0.5", "algo.kl_in_reward=true", "train.steps=3")
     )
