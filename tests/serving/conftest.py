@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import struct
 import threading
 import urllib.error
 import urllib.request
+import zlib
 
 import pytest
 
@@ -13,9 +15,12 @@ from vlrl.serving import make_server
 
 
 @pytest.fixture(scope="module")
-def server(tiny_models):
-    """A running server (max_batch 4) in a background thread, shut down after the module."""
-    srv = make_server(tiny_models["qwen2_vl"], "127.0.0.1", 0, max_batch=4)
+def server(tiny_models, images):
+    """A running server (max_batch 4, paths served from the `images` folder) in a background
+    thread, shut down after the module."""
+    srv = make_server(
+        tiny_models["qwen2_vl"], "127.0.0.1", 0, max_batch=4, image_roots=[images["small"].parent]
+    )
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv
     srv.shutdown()
@@ -39,3 +44,20 @@ def api(server):
             return exc.code, json.load(exc)
 
     return call
+
+
+@pytest.fixture(scope="session")
+def png_header():
+    """`png_header(width, height)`: a 65-byte PNG that declares width x height RGB pixels and holds
+    none, a decompression bomb as far as a loader that trusts the header is concerned."""
+    return _png_header
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )

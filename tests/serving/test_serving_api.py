@@ -91,7 +91,7 @@ def test_a_request_encodes_exactly_like_the_adapter_encodes_the_sample(server, i
         for m in build_messages(sample, template)
     ]
     adapter = server.engine.adapter
-    got = adapter.encode_messages(*parse_messages(openai))
+    got = adapter.encode_messages(*parse_messages(openai, server.images))
     want = adapter.encode(sample, template)
     assert got.tokens.keys() == want.tokens.keys() and got.vision.keys() == want.vision.keys()
     for key in want.tokens:
@@ -172,12 +172,18 @@ BAD_REQUESTS = {
     "missing image file": (
         _message([image("/no/such/dir/cat.png")]),
         400,
-        "messages[0].content[0]: cannot read image '/no/such/dir/cat.png'",
+        "messages[0].content[0]: '/no/such/dir/cat.png' is not a readable image file under the server's "
+        "--image-root",
+    ),
+    "file outside the image root": (
+        _message([image("file:///etc/hostname")]),
+        400,
+        "messages[0].content[0]: '/etc/hostname' is not a readable image file under the server's --image-root",
     ),
     "relative path": (_message([image("cat.png")]), 400, "'cat.png'"),
     "remote url": (_message([image("https://example.com/cat.png")]), 400, "(https) is not served here"),
     "bad base64": (_message([image("data:image/png;base64,@@@")]), 400, "not valid base64"),
-    "not an image": (_message([image("data:image/png;base64,aGVsbG8=")]), 400, "no readable image"),
+    "not an image": (_message([image("data:image/png;base64,aGVsbG8=")]), 400, "cannot read image data"),
     "unknown part": (_message([{"type": "input_audio"}]), 400, "got type 'input_audio'"),
     "negative temperature": ({**_message("hi"), "temperature": -1}, 400, "temperature"),
     "temperature not a number": (
@@ -230,6 +236,24 @@ def test_bad_requests_get_openai_errors_naming_the_problem(api, case):
     assert fragment in body["error"]["message"], body
     assert body["error"]["type"] == "invalid_request_error" and "code" in body["error"]
     assert api("/v1/models")[0] == 200  # and the server lives on
+
+
+def test_decompression_bombs_are_refused_from_the_header_by_data_url_and_by_path(api, images, png_header):
+    """144 megapixels declared in 65 bytes: refused before 432 MB of RGB is allocated."""
+    bomb = png_header(12000, 12000)
+    path = images["small"].parent / "bomb.png"  # under the server's --image-root
+    path.write_bytes(bomb)
+    over = "is 12000x12000 = 144.0 megapixels, over the limit of 64.0 megapixels (--max-image-pixels)"
+    for url, name in [
+        ("data:image/png;base64," + base64.b64encode(bomb).decode(), "image data"),
+        (str(path), f"image '{path}'"),
+    ]:
+        status, body = api(CHAT, _message([image(url)]))
+        assert status == 400
+        assert (
+            body["error"]["message"]
+            == f"messages[0].content[0]: {name} {over}; raise --max-image-pixels to load it"
+        )
 
 
 def test_a_huge_bad_value_is_shown_shortened_in_the_error(api):

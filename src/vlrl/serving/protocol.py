@@ -16,7 +16,7 @@ from PIL import Image
 
 from vlrl.rollout import SamplingParams
 from vlrl.serving.errors import RequestError
-from vlrl.serving.images import open_image_url
+from vlrl.serving.images import ImageSource
 
 # OpenAI role -> chat-template role ("developer" is the newer name of "system").
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -55,8 +55,9 @@ class ChatRequest:
     model: str | None = None
 
 
-def parse_chat_request(body: object, max_batch: int) -> ChatRequest:
-    """Check a decoded JSON body and build the `ChatRequest`; a `RequestError` names the bad field."""
+def parse_chat_request(body: object, max_batch: int, source: ImageSource) -> ChatRequest:
+    """Check a decoded JSON body and build the `ChatRequest`, its images taken from `source`; a
+    `RequestError` names the bad field."""
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
     for name in UNSUPPORTED:
@@ -64,7 +65,7 @@ def parse_chat_request(body: object, max_batch: int) -> ChatRequest:
             raise RequestError(
                 f"'{name}' is not supported by this server", param=name, code="unsupported_parameter"
             )
-    messages, images = parse_messages(body.get("messages"))
+    messages, images = parse_messages(body.get("messages"), source)
     n = _integer(body, "n", 1)
     if n > max_batch:
         raise RequestError(f"n={n} exceeds the server's --max-batch {max_batch}", param="n")
@@ -88,7 +89,7 @@ def parse_chat_request(body: object, max_batch: int) -> ChatRequest:
     return ChatRequest(messages, images, params, _stop(body.get("stop")), bool(logprobs), model)
 
 
-def parse_messages(raw: object) -> tuple[list[dict], list[Image.Image]]:
+def parse_messages(raw: object, source: ImageSource) -> tuple[list[dict], list[Image.Image]]:
     """OpenAI messages -> (chat-template messages, images in the order of their parts)."""
     if not isinstance(raw, list) or not raw:
         raise RequestError("'messages' must be a non-empty list of {role, content} objects", param="messages")
@@ -105,14 +106,14 @@ def parse_messages(raw: object) -> tuple[list[dict], list[Image.Image]]:
             )
         content = message.get("content")
         if isinstance(content, list):
-            content = [_part(part, f"{where}.content[{j}]", images) for j, part in enumerate(content)]
+            content = [_part(part, f"{where}.content[{j}]", images, source) for j, part in enumerate(content)]
         elif not isinstance(content, str):
             raise RequestError(f"{where}: content must be a string or a list of parts", param=where)
         messages.append({"role": ROLES[message["role"]], "content": content})
     return messages, images
 
 
-def _part(part: object, where: str, images: list[Image.Image]) -> dict:
+def _part(part: object, where: str, images: list[Image.Image], source: ImageSource) -> dict:
     """One content part in template form; an image part's image is decoded and appended to `images`."""
     kind = part.get("type") if isinstance(part, dict) else None
     if kind == "text" and isinstance(part.get("text"), str):
@@ -122,7 +123,7 @@ def _part(part: object, where: str, images: list[Image.Image]) -> dict:
         url = ref.get("url") if isinstance(ref, dict) else ref  # some clients send the URL bare
         if not isinstance(url, str):
             raise RequestError(f"{where}: image_url needs a 'url' string", param=where)
-        images.append(open_image_url(url, where))
+        images.append(source.open(url, where))
         return {"type": "image"}
     raise RequestError(
         f"{where}: a part must be {{'type': 'text', 'text': str}} or {{'type': 'image_url', "
