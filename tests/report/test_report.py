@@ -8,14 +8,16 @@ import pytest
 from vlrl.cli import COMMANDS
 from vlrl.cli import report as cli_report
 from vlrl.report import build_report, write_report
-from vlrl.report.plots import group_metrics
+from vlrl.report.plots import constant_value, group_metrics
 
 XSS = "<script>alert(1)</script>"  # in a response of the crafted run (conftest.py)
 
 
 def test_report_has_a_plot_per_group_and_the_alarm(run_dir):
     html = build_report(run_dir)
-    assert html.count("<svg") >= 15
+    # Rewards, accuracy, length and timing overlays; reflection, KL, entropy, clip fraction,
+    # gradient norm, throughput: one each. The six constant metrics have no chart.
+    assert html.count("<svg") == 10
     for section in [
         "Rewards",
         "Accuracy",
@@ -113,3 +115,37 @@ def test_write_report_and_cli(run_dir, tmp_path, capsys):
         cli_report.run(parser.parse_args([str(tmp_path / "nope")]))
     with pytest.raises(ValueError, match="--max-rollout-steps"):
         cli_report.run(parser.parse_args([str(run_dir), "--max-rollout-steps", "0"]))
+
+
+def test_constant_metrics_are_listed_folded_not_plotted(run_dir):
+    html = build_report(run_dir)
+    plots = html[html.index('<section id="plots">') : html.index('<section id="rollouts">')]
+    folded = plots[plots.index('<details class="constants">') :]
+    assert "<summary>6 constant metrics</summary>" in folded
+    for name, value in [
+        ("lr", "1e-05"),
+        ("frac_zero_std_groups", "0.3"),
+        ("response_length/clip_ratio", "0.05"),
+        ("timing_s/update", "1"),
+    ]:
+        assert f"<tr><td>{name}</td><td>{value}</td></tr>" in folded
+        assert f'aria-label="{name}"' not in plots and f"</i>{name} <b>" not in plots  # no chart, no legend
+    assert "</i>timing_s/gen <b>" in plots  # its varying neighbours are still overlaid
+
+
+def test_constant_value_reads_gaps_and_all_null():
+    assert constant_value([(1, 0.3), (2, None), (3, 0.3)]) == "0.3 (null at 1 step)"
+    assert constant_value([(1, None), (2, None)]) == "null at every step"
+    assert constant_value([(1, 0.3), (2, 0.31)]) is None
+    assert constant_value([(5, 2.0)]) == "2"
+
+
+def test_metric_names_are_escaped_in_the_folded_list(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 1, "<b>c</b>": 1.0, "acc": 0.1}\n{"step": 2, "<b>c</b>": 1.0, "acc": 0.2}\n'
+    )
+    html = build_report(tmp_path)
+    assert (
+        "<summary>1 constant metric</summary><table><tr><td>&lt;b&gt;c&lt;/b&gt;</td><td>1</td></tr>" in html
+    )
+    assert "<b>c</b>" not in html

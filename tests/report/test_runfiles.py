@@ -129,3 +129,25 @@ def _broken(run: Path) -> Path:
         json.dumps({"step": None, "name": "a", "message": "b", "severity": "c"}) + "\n"
     )
     return run
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "model:\n  path: [a\nrollout: 2\n",
+            r"config.yaml:3: not YAML \(expected ',' or '\]', but got ':'\)$",
+        ),
+        ("- a\n- b\n", r"config.yaml: expected a mapping of config sections, got a list$"),
+    ],
+)
+def test_a_broken_config_yaml_is_one_line_naming_it(run_dir, text, message):
+    (run_dir / "config.yaml").write_text(text)
+    with pytest.raises(RunFileError, match=message):
+        read_run(run_dir)
+
+
+def test_config_yaml_that_is_not_utf8_is_named(run_dir):
+    (run_dir / "config.yaml").write_bytes(b"model:\n  path: \xff\n")
+    with pytest.raises(RunFileError, match=r"config.yaml: not UTF-8 text$"):
+        read_run(run_dir)

@@ -21,6 +21,16 @@ svg.plot .grid { stroke: #eee; }
 svg.plot .tick { font-size: 10px; fill: #666; }
 .legend { font-size: 12px; display: flex; flex-wrap: wrap; gap: 4px 10px; }
 .legend i { display: inline-block; width: 10px; height: 10px; margin-right: 4px; border-radius: 2px; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: 6px 0 12px; }
+dl.facts dt { font-weight: 600; }
+dl.facts dd { margin: 0; overflow-wrap: anywhere; }
+table.summary, details.constants table { border-collapse: collapse; }
+table.summary td, table.summary th, details.constants td { border: 1px solid #ddd; padding: 2px 8px; text-align: left; }
+table.summary small { color: #777; }
+table.summary td.na { color: #999; }
+.note { font-size: 12.5px; color: #666; }
+details.constants { margin-top: 14px; }
+details.constants summary { cursor: pointer; font-weight: 600; color: #444; }
 table.alarms { border-collapse: collapse; }
 table.alarms td, table.alarms th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 tr.critical td { background: #fde8e8; }

@@ -1,9 +1,9 @@
 """`build_report(run_dir)`: one self-contained HTML page about a run folder.
 
-The page reads what the trainer wrote: metrics.jsonl (plots), and where present alarms.jsonl (a
-table), rollouts.jsonl (the viewer) and config.yaml, every line checked by runfiles.py. It loads
-nothing from the network, and its Content-Security-Policy allows only its own script (by hash), so
-even text that escaped escaping could not run or fetch anything.
+The page reads what the trainer wrote: metrics.jsonl (the summary and plots), and where present
+alarms.jsonl (a table), rollouts.jsonl (the viewer) and config.yaml, every line checked by
+runfiles.py. It loads nothing from the network, and its Content-Security-Policy allows only its
+own script (by hash), so even text that escaped escaping could not run or fetch anything.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from vlrl.monitoring.alarms import Alarm
 from vlrl.report.assets import CSS, JS
 from vlrl.report.plots import plots_html
 from vlrl.report.runfiles import RunFiles, read_run
+from vlrl.report.summary import summary_section
 from vlrl.report.viewer import viewer_html
 
 REPORT_FILE = "report.html"
@@ -34,11 +35,11 @@ def alarms_html(alarms: list[Alarm]) -> str:
     return f'<table class="alarms"><tr><th>step</th><th>severity</th><th>alarm</th><th>what was seen</th></tr>{rows}</table>'
 
 
-def config_html(path: Path) -> str:
+def config_html(text: str | None) -> str:
     """The run's config.yaml, folded."""
-    if not path.is_file():
+    if text is None:
         return '<p class="empty">No config.yaml in the run folder.</p>'
-    return f"<details><summary>config.yaml</summary><pre>{escape(path.read_text())}</pre></details>"
+    return f"<details><summary>config.yaml</summary><pre>{escape(text)}</pre></details>"
 
 
 def summary_html(run_dir: Path, run: RunFiles) -> str:
@@ -68,11 +69,12 @@ def build_report(run_dir: str | Path, max_rollout_steps: int = 50) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)}</title><style>{CSS}</style></head>
 <body><header><h1>{escape(title)}</h1>{summary_html(run_dir, run)}
-<nav><a href="#alarms">Alarms</a><a href="#plots">Metrics</a><a href="#rollouts">Rollouts</a><a href="#config">Config</a></nav></header>
+<nav><a href="#summary">Summary</a><a href="#alarms">Alarms</a><a href="#plots">Metrics</a><a href="#rollouts">Rollouts</a><a href="#config">Config</a></nav></header>
+<section id="summary"><h2>Summary</h2>{summary_section(run_dir, run)}</section>
 <section id="alarms"><h2>Alarms</h2>{alarms_html(run.alarms)}</section>
 <section id="plots"><h2>Metrics</h2>{plots_html(run.metrics)}</section>
 <section id="rollouts"><h2>Rollouts</h2>{viewer_html(run.rollouts, max_rollout_steps)}</section>
-<section id="config"><h2>Config</h2>{config_html(run_dir / "config.yaml")}</section>
+<section id="config"><h2>Config</h2>{config_html(run.config_text)}</section>
 <script>{JS}</script></body></html>
 """
 

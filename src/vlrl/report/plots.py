@@ -3,7 +3,9 @@
 Sections come from a table, first match wins, so a new metric lands somewhere without code
 changes ("Other" takes the rest). In a section, the metrics its overlay test accepts share one
 chart (rewards by component, train and eval accuracy, time per phase) and every other metric gets
-a chart of its own, so that no metric is hidden by another's scale.
+a chart of its own, so that no metric is hidden by another's scale. Metrics that never change
+(or are null at every step) are not plotted: flat lines would fill the page, so they are listed
+with their value in one folded list.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from html import escape
 from typing import NamedTuple
 
-from vlrl.report.charts import Series, line_chart
+from vlrl.report.charts import Series, fmt, line_chart
 
 
 def _eval_length(name: str) -> bool:
@@ -87,6 +89,30 @@ def metric_series(records: list[dict], name: str) -> Series:
     return [(r["step"], r[name]) for r in records if name in r]
 
 
+def constant_value(series: Series) -> str | None:
+    """How a metric that never changes reads in the folded list ('0.3', '0.3 (null at 2 steps)',
+    'null at every step'), or None when it changes."""
+    values = [y for _, y in series if y is not None]
+    if len(set(values)) > 1:
+        return None
+    if not values:
+        return "null at every step"
+    nulls = len(series) - len(values)
+    return fmt(values[0]) + (f" (null at {nulls} step{'s' * (nulls > 1)})" if nulls else "")
+
+
+def constants_html(constants: dict[str, str]) -> str:
+    """The folded list of metrics that never change, with their values."""
+    if not constants:
+        return ""
+    n = len(constants)
+    rows = "".join(f"<tr><td>{escape(name)}</td><td>{escape(v)}</td></tr>" for name, v in constants.items())
+    return (
+        f'<details class="constants"><summary>{n} constant metric{"s" * (n > 1)}</summary>'
+        f"<table>{rows}</table></details>"
+    )
+
+
 def section_html(group: Group, names: list[str], records: list[dict]) -> str:
     """One section: the overlay chart when it has two or more metrics, then one chart per metric."""
     together = [n for n in names if group.overlay(n)]
@@ -101,7 +127,11 @@ def section_html(group: Group, names: list[str], records: list[dict]) -> str:
 
 
 def plots_html(records: list[dict]) -> str:
-    """All sections (`records`: metrics.jsonl, at least one step)."""
-    grouped = group_metrics(metric_names(records))
+    """All sections of the metrics that change, then the folded list of those that do not
+    (`records`: metrics.jsonl, at least one step)."""
+    names = metric_names(records)
+    constants = {n: v for n in names if (v := constant_value(metric_series(records, n))) is not None}
+    grouped = group_metrics([n for n in names if n not in constants])
     by_title = {g.title: g for g in GROUPS}
-    return "".join(section_html(by_title[title], names, records) for title, names in grouped.items())
+    sections = "".join(section_html(by_title[title], names, records) for title, names in grouped.items())
+    return sections + constants_html(constants)

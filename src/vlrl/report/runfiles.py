@@ -5,6 +5,7 @@ A last line that lacks its newline and is not JSON is what a run killed while wr
 behind: it is skipped with a warning (logged and shown on the page), because the report of a
 crashed run is when one needs it most. Any other bad line is a `RunFileError`. NaN and Infinity,
 which some JSON writers produce, read as null: a gap, as the trainer writes non-finite numbers.
+config.yaml (optional) must be a YAML mapping, as the trainer writes it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from vlrl.monitoring.alarms import ALARMS_FILE, Alarm
 from vlrl.monitoring.rollouts import ROLLOUTS_FILE
 from vlrl.training.metrics import METRICS_FILE
 
 logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
 
 Check = Callable[[dict], str | None]  # a record -> what is wrong with it, or None
 
@@ -143,14 +148,37 @@ def read_jsonl(path: Path, check: Check, warnings: list[str]) -> list[dict]:
     return records
 
 
+def read_config(path: Path) -> tuple[str, dict]:
+    """config.yaml's text (shown as written) and its mapping (read for the summary)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise RunFileError(f"{path}: not UTF-8 text") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise RunFileError(f"{path}{where}: not YAML ({problem})") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise RunFileError(f"{path}: expected a mapping of config sections, got a {_json_type(tree)}")
+    return text, tree
+
+
 @dataclass
 class RunFiles:
-    """What a run folder holds for the report; `warnings` lists the lines that were skipped."""
+    """What a run folder holds for the report; `warnings` lists the lines that were skipped.
+    `config_text` is None when the folder has no config.yaml (then `config` is empty)."""
 
     metrics: list[dict]
     alarms: list[Alarm]
     rollouts: list[dict]
     warnings: list[str] = field(default_factory=list)
+    config_text: str | None = None
+    config: dict = field(default_factory=dict)
 
 
 def _run_folders_below(folder: Path) -> list[str]:
@@ -161,7 +189,7 @@ def _run_folders_below(folder: Path) -> list[str]:
 
 def read_run(run_dir: Path) -> RunFiles:
     """metrics.jsonl (required: a folder without logged steps is not a run to report on),
-    alarms.jsonl and rollouts.jsonl (optional), checked line by line."""
+    alarms.jsonl and rollouts.jsonl (optional), checked line by line, and config.yaml (optional)."""
     if not run_dir.exists():
         raise FileNotFoundError(f"{run_dir}: no such run folder")
     if not run_dir.is_dir():
@@ -180,9 +208,13 @@ def read_run(run_dir: Path) -> RunFiles:
     alarms_path, rollouts_path = run_dir / ALARMS_FILE, run_dir / ROLLOUTS_FILE
     alarms = read_jsonl(alarms_path, alarm_problem, warnings) if alarms_path.is_file() else []
     rollouts = read_jsonl(rollouts_path, rollout_problem, warnings) if rollouts_path.is_file() else []
+    config_path = run_dir / CONFIG_FILE
+    config_text, config = read_config(config_path) if config_path.is_file() else (None, {})
     return RunFiles(
         metrics=metrics,
         alarms=[Alarm(r["step"], r["name"], r["message"], r["severity"]) for r in alarms],
         rollouts=rollouts,
         warnings=warnings,
+        config_text=config_text,
+        config=config,
     )
