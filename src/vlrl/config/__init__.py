@@ -15,13 +15,17 @@
   train.resume): `./x` and `../x` are relative to the folder of the YAML file that sets them, or
   to the working directory for an override; other relative paths are kept as given.
 - `dump_config` writes the resolved config as YAML; loading that file gives an equal config.
+- `config_template` writes the defaults with `???` at each required key (`vlrl config` without a
+  file); `load_config` refuses a `???` left in, naming the key.
+- `reference_markdown` documents every key of both schemas (docs/config.md, `vlrl config --reference`).
 - `TrainConfig.stages` is a curriculum; `apply_stage(cfg, i)` gives the config of stage i.
 - Schemas: `TrainConfig` for RL runs, `SFTConfig` for supervised fine-tuning. By convention the
   example files in configs/ named `sft_*.yaml` use SFTConfig and all others TrainConfig.
 """
 
 from vlrl.config.errors import ConfigError
-from vlrl.config.loader import apply_stage, dump_config, load_config
+from vlrl.config.loader import MISSING, apply_stage, config_template, dump_config, load_config
+from vlrl.config.reference import reference_markdown
 from vlrl.config.schema import SFTConfig, TrainConfig
 from vlrl.config.sections import (
     AlgoSection,
@@ -43,6 +47,7 @@ __all__ = [
     "DistributedSection",
     "LoggingSection",
     "LoraSection",
+    "MISSING",
     "ModelSection",
     "RewardSection",
     "RolloutSection",
@@ -51,6 +56,8 @@ __all__ = [
     "TrainConfig",
     "TrainSection",
     "apply_stage",
+    "config_template",
     "dump_config",
     "load_config",
+    "reference_markdown",
 ]

@@ -33,6 +33,23 @@ def _unknown(name: str, known: list[str]) -> str:
     return f"unknown key (valid keys: {', '.join(known)})"
 
 
+def required_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted keys of the leaves that have no default, in schema order.
+
+    >>> from vlrl.config import TrainConfig
+    >>> required_keys(TrainConfig)
+    ['model.path', 'data.train']
+    """
+    keys = []
+    for name, field in schema.model_fields.items():
+        section = section_type(field)
+        if section is not None:
+            keys += required_keys(section, f"{prefix}{name}.")
+        elif field.is_required():
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
 def field_at(schema: type[BaseModel], key: str) -> FieldInfo:
     """The field a dotted key names; BadKey names the first part that does not exist."""
     parts = key.split(".")

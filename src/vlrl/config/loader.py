@@ -2,6 +2,9 @@
 
 Each layer is flattened to {dotted key: value} (see `vlrl.config.keys`). A later layer replaces
 single leaves, and each leaf remembers which file or override set it, so that an error names it.
+
+`???` (`MISSING`) stands for a required value not filled in yet: `config_template` writes it where
+the defaults have none, and `load_config` refuses a config that still holds one, naming the key.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from vlrl.config.errors import BadKey, ConfigError, describe, dotted, join_key
-from vlrl.config.keys import flatten, resolve_paths, section_type, set_dotted
+from vlrl.config.keys import flatten, required_keys, resolve_paths, section_type, set_dotted
 from vlrl.config.schema import TrainConfig
 
 C = TypeVar("C", bound=BaseModel)
+
+# OmegaConf's spelling of "required, no value yet", which YAML reads as a plain string.
+MISSING = "???"
 
 
 def load_config(
@@ -36,20 +42,64 @@ def load_config(
     (5, ['a.jsonl'])
     """
     default_source = "defaults" if path is None else str(path)
+    tree, values, origins = _merge(path, overrides, schema)
+    unfilled = [
+        (origins[key], key, f"is required: replace {MISSING} with a value")
+        for key, value in values.items()
+        if _is_missing(value)
+    ]
+    if unfilled:
+        raise ConfigError(unfilled)
+    return _validate_all(schema, tree, origins, default_source)
+
+
+def config_template(overrides: Sequence[str] = (), schema: type[C] = TrainConfig) -> str:
+    """The defaults with `overrides` applied, as YAML, with `???` at each required key that no
+    override sets (what `vlrl config` prints without a file). Once every `???` is replaced,
+    `load_config` reads the text back as the config it describes.
+
+    >>> template = yaml.safe_load(config_template(["rollout.top_k=5"]))
+    >>> template["model"]["path"], template["data"]["train"], template["rollout"]["top_k"]
+    ('???', '???', 5)
+    """
+    tree, values, origins = _merge(None, overrides, schema)
+    unset = [key for key in required_keys(schema) if _is_missing(values.get(key, MISSING))]
+    for key in unset:
+        set_dotted(tree, key, MISSING)  # a string every required field accepts, replaced below
+    dumped = _validate_all(schema, tree, origins, "defaults").model_dump(mode="json")
+    for key in unset:
+        set_dotted(dumped, key, MISSING)
+    return yaml.safe_dump(dumped, sort_keys=False, allow_unicode=True)
+
+
+def _merge(
+    path: str | os.PathLike[str] | None, overrides: Sequence[str], schema: type[BaseModel]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """The file and overrides as one nested tree, plus its {dotted leaf: value} and {leaf: source}."""
     layers = [] if path is None else [_read_file(Path(path), schema)]
     layers += [_read_override(text, schema) for text in overrides]
     # Empty sections to start from, so that a missing required key is named in full (model.path).
     tree: dict[str, Any] = {name: {} for name, field in schema.model_fields.items() if section_type(field)}
+    values: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for source, flat in layers:
         for key, value in flat.items():
             set_dotted(tree, key, value)
-            origins[key] = source
+            values[key], origins[key] = value, source
+    return tree, values, origins
+
+
+def _validate_all(schema: type[C], tree: dict[str, Any], origins: dict[str, str], default_source: str) -> C:
+    """The validated config, every stage of it checked by applying it."""
     cfg = _validate(schema, tree, lambda key: _origin(key, origins, default_source))
     if isinstance(cfg, TrainConfig):
         for index in range(len(cfg.stages)):
             _apply_stage(cfg, index, origins.get("stages", default_source))
     return cfg
+
+
+def _is_missing(value: Any) -> bool:
+    return value == MISSING or value == [MISSING]
 
 
 def dump_config(cfg: BaseModel) -> str:
