@@ -191,6 +191,11 @@ BAD_REQUESTS = {
         400,
         "'temperature' must be a finite number, got 'hot'",
     ),
+    "temperature 1e-45": (
+        {**_message("hi"), "temperature": 1e-45},
+        400,
+        "must be 0 (greedy) or at least 1e-05",
+    ),
     "n over max batch": ({**_message("hi"), "n": 5}, 400, "--max-batch 4"),
     "n zero": ({**_message("hi"), "n": 0}, 400, "'n' must be an integer >= 1"),
     "max_tokens zero": ({**_message("hi"), "max_tokens": 0}, 400, "'max_tokens'"),

@@ -33,6 +33,10 @@ UNSUPPORTED = (
     "presence_penalty",
 )
 
+# Below this a positive temperature overflows float32 logits / T to inf and the log-probs sent
+# back to NaN; it decodes greedily anyway (vLLM treats temperatures under 1e-5 as 0).
+MIN_TEMPERATURE = 1e-5
+
 # Without max_tokens a random or base model could decode up to its whole context; clients should
 # always send it, as OpenAI's own docs advise for reasoning models.
 DEFAULT_MAX_TOKENS = 1024
@@ -70,11 +74,17 @@ def parse_chat_request(body: object, max_batch: int, source: ImageSource) -> Cha
     if n > max_batch:
         raise RequestError(f"n={n} exceeds the server's --max-batch {max_batch}", param="n")
     limit_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    temperature = _number(body, "temperature", 1.0)
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise RequestError(
+            f"'temperature' must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature}",
+            param="temperature",
+        )
     try:
         params = SamplingParams(
             group_size=n,
             max_new_tokens=_integer(body, limit_name, DEFAULT_MAX_TOKENS),
-            temperature=_number(body, "temperature", 1.0),
+            temperature=temperature,
             top_p=_number(body, "top_p", 1.0),
             seed=_integer(body, "seed", None, minimum=None),
         )
