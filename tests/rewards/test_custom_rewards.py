@@ -107,3 +107,12 @@ def test_vlrl_train_prints_one_line_before_loading_a_model(tmp_path, shapes, cap
         f"vlrl train: error: reward.functions[1]: reward file {shapes} has no function 'shape_wrods' "
         "(did you mean 'shape_words'?)\n"
     )
+
+
+def test_check_rewards_refuses_two_rewards_scored_under_one_name(tmp_path, shapes):
+    cfg = _config(tmp_path, f"reward.functions=[format,{shapes}:shape_words,{shapes}:shape_words]")
+    with pytest.raises(
+        ConfigError,
+        match=r"^reward\.functions: .* \(entries 1 and 2\) would both be scored as 'my_rewards\.shape_words'",
+    ):
+        check_rewards(cfg)

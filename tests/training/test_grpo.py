@@ -126,7 +126,7 @@ def test_raising_user_reward_gets_fallback_and_training_continues(workspace, tmp
     trainer = GRPOTrainer(cfg)
     history = trainer.train()
     assert len(history) == 3
-    assert trainer.scorer.failures[flaky] > 0
+    assert trainer.scorer.failures["flaky"] > 0
 
 
 def test_lora_run_saves_reloads_and_merges(workspace, tmp_path):

@@ -14,6 +14,7 @@ import math
 import numbers
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -190,6 +191,34 @@ def load_reward(spec: str) -> RewardFn:
     return fn
 
 
+def reward_names(specs: Sequence[str]) -> dict[str, str]:
+    """The name each reward of `reward.functions` is scored and logged under (`reward/<name>/mean`).
+
+    A built-in keeps its table name; a user reward `path/to/file.py:fn` is named `fn`, since
+    its path would spell a metric nobody can read. When names collide (a user `format` beside
+    the built-in, or `fn` from two files), the user rewards among them are named `<file stem>.fn`;
+    two specs that still share a name (the same file listed twice, or `a/r.py:fn` and `b/r.py:fn`)
+    are an error naming both.
+
+    >>> reward_names(["format", "/x/a.py:format", "/x/b.py:shape_words"])
+    {'format': 'format', '/x/a.py:format': 'a.format', '/x/b.py:shape_words': 'shape_words'}
+    """
+    short = {spec: spec if spec in REWARDS else spec.rpartition(":")[2] for spec in specs}
+    taken = Counter(short[spec] for spec in specs)
+    names: dict[str, str] = {}
+    for i, spec in enumerate(specs):
+        path, _, attr = spec.rpartition(":")
+        name = short[spec] if taken[short[spec]] == 1 or spec in REWARDS else f"{Path(path).stem}.{attr}"
+        first = next((j for j, other in enumerate(specs[:i]) if names[other] == name), None)
+        if first is not None:
+            raise RewardLoadError(
+                f"'{specs[first]}' and '{spec}' (entries {first} and {i}) would both be scored as "
+                f"'{name}': list each reward once, or rename one of the functions"
+            )
+        names[spec] = name
+    return names
+
+
 def check_rewards(cfg: TrainConfig) -> None:
     """Load every reward of `cfg` and of each of its stages, so that a misspelt function or a
     broken file fails at setup, before a model loads, rather than when its stage begins.
@@ -203,6 +232,10 @@ def check_rewards(cfg: TrainConfig) -> None:
                 load_reward(spec)
             except RewardLoadError as exc:
                 raise ConfigError([("", join_key(prefix, f"reward.functions[{i}]"), str(exc))]) from None
+        try:
+            reward_names(stage_cfg.reward.functions)
+        except RewardLoadError as exc:
+            raise ConfigError([("", join_key(prefix, "reward.functions"), str(exc))]) from None
 
 
 def combine(

@@ -11,6 +11,7 @@ from vlrl.config.sections import RewardSection
 from vlrl.data import Sample
 from vlrl.models.adapters import ModelAdapter
 from vlrl.rewards import call_reward, combine, load_reward
+from vlrl.rewards.runner import reward_names
 from vlrl.rollout.base import Completion
 
 
@@ -20,8 +21,13 @@ class RewardScorer:
     def __init__(self, cfg: RewardSection, adapter: ModelAdapter):
         self.cfg = cfg
         self.adapter = adapter
-        self.functions = {spec: load_reward(spec) for spec in cfg.functions}
-        self.weights = dict(zip(cfg.functions, cfg.weights, strict=True)) if cfg.weights else None
+        names = reward_names(cfg.functions)  # what reward/<name>/... metrics and `failures` are keyed by
+        self.functions = {names[spec]: load_reward(spec) for spec in cfg.functions}
+        self.weights = (
+            {names[spec]: w for spec, w in zip(cfg.functions, cfg.weights, strict=True)}
+            if cfg.weights
+            else None
+        )
         self.failures: Counter[str] = Counter()  # reward name -> samples that got the fallback, whole run
 
     def fields(self, samples: list[Sample], groups: list[list[Completion]], max_new_tokens: int) -> dict:
