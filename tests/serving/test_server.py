@@ -8,6 +8,8 @@ import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from vlrl.serving.server import ChatServer
 
 
@@ -46,3 +48,21 @@ def _get_models(server: ChatServer, sock: socket.socket) -> tuple[int, dict]:
     answer = response.status, json.load(response)
     conn.close()
     return answer
+
+
+@pytest.mark.parametrize("length", ["abc", "\u00b2", "-1"])
+def test_a_content_length_that_is_not_a_byte_count_is_a_400(length):
+    with ChatServer(("127.0.0.1", 0), StubEngine()) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            conn = http.client.HTTPConnection(*server.server_address, timeout=20)
+            conn.putrequest("GET", "/v1/models")
+            conn.putheader("Content-Length", length)
+            conn.endheaders()
+            response = conn.getresponse()
+            status, body = response.status, json.load(response)
+            conn.close()
+        finally:
+            server.shutdown()
+    assert status == 400
+    assert body["error"]["message"] == f"Content-Length {length!r} is not a byte count"

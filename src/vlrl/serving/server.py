@@ -127,9 +127,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if length is None:
             return b""
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        # isdigit() alone takes "²", which int() refuses
+        counts = length.isascii() and length.isdigit()
+        if not counts or int(length) > MAX_BODY_BYTES:
             self.close_connection = True  # the unread body would be parsed as the next request
-            if not length.isdigit():
+            if not counts:
                 raise RequestError(f"Content-Length {length!r} is not a byte count")
             raise RequestError(f"request body of {length} bytes is over the {MAX_BODY_BYTES} byte limit", 413)
         return self.rfile.read(int(length))
