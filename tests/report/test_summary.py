@@ -1,12 +1,13 @@
 """The report's summary: start, end and best of the key metrics, eval accuracy, alarms by kind,
 run time and the config essentials, on hand-made run folders with hand-derived numbers."""
 
+import doctest
 import json
 import os
 from pathlib import Path
 
 from vlrl.monitoring.alarms import Alarm, append_alarms
-from vlrl.report import build_report
+from vlrl.report import build_report, charts, summary
 from vlrl.report.summary import KeyMetric, key_metrics, run_time
 
 RECORDS = [  # four steps; "best" below is worked out by hand from these
@@ -42,8 +43,8 @@ def test_start_end_and_best_by_hand():
 
 def test_summary_on_the_page(tmp_path):
     config = (
-        "model:\n  path: runs/<sft>\nrollout:\n  group_size: 8\nalgo:\n  advantage: dr_grpo\n"
-        "  policy_loss: ppo_clip\n  loss_agg: seq_mean_token_sum_norm\n  kl_beta: 0.0\n"
+        "model:\n  path: runs/<sft>\ntrain:\n  steps: 10\nrollout:\n  group_size: 8\n"
+        "algo:\n  advantage: dr_grpo\n  policy_loss: ppo_clip\n  loss_agg: seq_mean_token_sum_norm\n  kl_beta: 0.0\n"
     )
     run = _run(tmp_path / "run", RECORDS, config)
     alarm = Alarm(2, "kl_spike", "kl jumped", "warning")
@@ -51,7 +52,7 @@ def test_summary_on_the_page(tmp_path):
     html = build_report(run)
     summary = html[html.index('<section id="summary">') : html.index('<section id="alarms">')]
     for fact, value in [
-        ("steps run", "4 (4 logged)"),
+        ("steps run", "4 of 10 planned (4 logged)"),
         ("run time", "2 min 23 s (sum of timing_s/step;"),  # 30 + 42 + 31 + 40.4 = 143.4 s
         ("eval accuracy", "val 0.4 at step 4"),
         ("alarms", "3 (kl_spike x2, length_collapse x1)"),
@@ -70,9 +71,9 @@ def test_summary_on_the_page(tmp_path):
     assert "<tr><td>reward/&lt;i&gt;/mean</td><td>-0.4 <small>step 1</small></td>" in summary
     assert "<i>" not in summary
     assert (
-        '<tr><td>response_length/mean</td><td>100 <small>step 1</small></td><td>120 <small>step 4</small></td><td class="na"'
-        in summary
-    )
+        "<tr><td>response_length/mean</td><td>100 <small>step 1</small></td>"
+        '<td>120 <small>step 4</small></td><td class="na"'
+    ) in summary
     assert html.index('id="summary"') < html.index('id="alarms"') < html.index('id="plots"')
 
 
@@ -94,12 +95,22 @@ def test_run_time_from_logged_steps_or_file_times(tmp_path):
 def test_group_size_by_stage_and_sft_runs(tmp_path):
     staged = [{"step": 1, "rollout/group_size": 16}, {"step": 2, "rollout/group_size": 16},
               {"step": 3, "rollout/group_size": 8}]  # fmt: skip
-    config = "rollout:\n  group_size: 4\nstages:\n- {steps: 2, rollout.group_size: 16}\n- {steps: 1, rollout: {group_size: 8}}\n"
+    config = (
+        "train:\n  steps: 100\nrollout:\n  group_size: 4\n"
+        "stages:\n- {steps: 2, rollout.group_size: 16}\n- {steps: 1, rollout: {group_size: 8}}\n"
+    )
     html = build_report(_run(tmp_path / "staged", staged, config))
     assert "<dt>group size</dt><dd>16 -&gt; 8 (by stage)</dd>" in html
-    html = build_report(_run(tmp_path / "sft", [{"step": 1, "loss": 2.0}], "sft:\n  batch_size: 4\n"))
+    assert "<dt>steps run</dt><dd>3 (3 logged)</dd>" in html  # stages set the length, not train.steps
+    sft = "train:\n  steps: 50\nsft:\n  epochs: 2\n"  # the run ends after 2 epochs or 50 steps
+    html = build_report(_run(tmp_path / "sft", [{"step": 1, "loss": 2.0}], sft))
     assert "<dt>algorithm</dt><dd>supervised fine-tuning (vlrl sft)</dd>" in html
+    assert "<dt>steps run</dt><dd>1 (1 logged)</dd>" in html
     assert "No key metric logged." in html
     html = build_report(_run(tmp_path / "bare", [{"step": 1, "acc": 0.5}]))
     assert "<dt>config</dt><dd>no config.yaml in the run folder</dd>" in html
     assert "<dt>eval accuracy</dt><dd>none logged" in html and "<dt>alarms</dt><dd>0</dd>" in html
+
+
+def test_doctests():  # duration() here, tick labels in charts.py
+    assert doctest.testmod(summary).failed == 0 and doctest.testmod(charts).failed == 0

@@ -1,7 +1,9 @@
 """`vlrl report RUN_DIR [--out FILE] [--max-rollout-steps N]`.
 
-Writes one HTML file that needs nothing else to open (no network, images inlined): every logged
-metric plotted by group, the run's alarms, and a viewer of the dumped rollouts. A malformed line
+Writes one HTML file that needs nothing else to open (no network, images inlined): a summary
+(start, end and best of the key metrics, eval accuracy, alarms, run time, config essentials), every
+logged metric that changes plotted by group (the constant ones listed, folded), the run's alarms,
+and a viewer of the dumped rollouts. A malformed line
 of a run file stops it with `FILE:LINE: what is wrong`; only the partial last line a killed run
 leaves is skipped, with a warning (see `vlrl.report.runfiles`).
 """

@@ -107,7 +107,8 @@ def run_time(run_dir: Path, records: list[dict]) -> str:
     if config.is_file():
         wall = (run_dir / METRICS_FILE).stat().st_mtime - config.stat().st_mtime
         if wall >= 0:
-            return f"about {duration(wall)} (from the file times of {CONFIG_FILE} to {METRICS_FILE}'s last write)"
+            source = f"from the file times of {CONFIG_FILE} to {METRICS_FILE}'s last write"
+            return f"about {duration(wall)} ({source})"
     return f"unknown (no timing_s/step logged, no {CONFIG_FILE} to date the start)"
 
 
@@ -125,6 +126,15 @@ def _get(tree: dict, dotted: str):
             return None
         tree = tree[key]
     return tree
+
+
+def steps_run(config: dict, records: list[dict]) -> str:
+    """The last step, and the plan when train.steps alone sets it (stages and SFT epochs change
+    the length, and the trainer prints that)."""
+    done, planned = records[-1]["step"], _get(config, "train.steps")
+    plain = not config.get("stages") and _get(config, "sft.epochs") is None
+    of = f" of {planned} planned" if plain and isinstance(planned, int) and planned != done else ""
+    return f"{done}{of} ({len(records)} logged)"
 
 
 def config_essentials(config: dict, records: list[dict]) -> dict[str, str]:
@@ -166,7 +176,7 @@ def summary_section(run_dir: Path, run: RunFiles) -> str:
     """The facts list and the key-metric table (`run.metrics`: at least one step)."""
     metrics = key_metrics(run.metrics)
     facts = {
-        "steps run": f"{run.metrics[-1]['step']} ({len(run.metrics)} logged)",
+        "steps run": steps_run(run.config, run.metrics),
         "run time": run_time(run_dir, run.metrics),
         "eval accuracy": _eval_accuracy(metrics),
         "alarms": alarm_counts(run.alarms),
@@ -185,5 +195,6 @@ def summary_section(run_dir: Path, run: RunFiles) -> str:
         " accuracy; length, KL, entropy, clip fraction and gradient norm should stay in a band, so"
         " they have no best.</p>"
     )
-    table = f'<table class="summary"><tr><th>metric</th><th>start</th><th>end</th><th>best</th></tr>{rows}</table>'
+    head = "<tr><th>metric</th><th>start</th><th>end</th><th>best</th></tr>"
+    table = f'<table class="summary">{head}{rows}</table>'
     return f'<dl class="facts">{facts_html}</dl>{table}{note}'
