@@ -33,7 +33,7 @@ import torch
 from vlrl.config import dump_config
 from vlrl.distributed import all_reduce_max, broadcast_object, init_world
 from vlrl.distributed.fsdp import shard_model
-from vlrl.evaluation.intraining import evaluate_during_training
+from vlrl.evaluation.intraining import eval_benchmark, evaluate_during_training
 from vlrl.monitoring.dynamics import dynamics_metrics
 from vlrl.training.checkpoint import (
     check_fresh_folder,
@@ -105,6 +105,12 @@ class TrainingRun:
             name: load_data([f], cfg.data, self.adapter, self.template)[0]
             for name, f in cfg.data.eval.items()
         }
+        # Chosen, or refused, now rather than at the first evaluation hours into the run.
+        self.eval_benchmarks = {
+            name: eval_benchmark(samples, cfg.train.eval_benchmark, name)
+            for name, samples in self.eval_sets.items()
+        }
+        self.last_eval: dict[str, list[dict]] = {}  # set -> records of its last evaluation, for the flips
         self.load_reports = [r.summary() for r in reports]
         self.total_steps = total_steps_fn(len(self.train_samples)) if total_steps_fn else cfg.train.steps
         self.sampler = PromptSampler(len(self.train_samples), cfg.data.seed, shuffle=cfg.data.shuffle)
@@ -230,9 +236,9 @@ class TrainingRun:
         return f"the last complete checkpoint is {latest}" if latest else "no checkpoint was saved yet"
 
     def evaluate_sets(self, backend, max_new_tokens: int, reflection_words: list[str]) -> dict[str, float]:
-        """In-training evaluation of every data.eval set, with the accuracy reward's extractor:
-        greedy acc / format / length, pass@k when train.eval_samples > 1, and MAYE's dynamics
-        (length and reflection split by correctness) under eval/<set>/..."""
+        """In-training evaluation of every data.eval set, by its convention (`eval_benchmark`):
+        greedy acc / format / length, pass@k when train.eval_samples > 1, the flips since the last
+        evaluation, and MAYE's dynamics (length and reflection split by correctness) under eval/<set>/..."""
         t = self.cfg.train
         out: dict[str, float] = {}
         # Rank 0 evaluates alone (with the replica: no collectives); the others wait for its numbers.
@@ -245,10 +251,11 @@ class TrainingRun:
                 max_new_tokens,
                 n=t.eval_samples,
                 k_list=t.eval_pass_k,
-                benchmark=t.eval_benchmark,
+                benchmark=self.eval_benchmarks[name],
                 batch_size=t.eval_batch_size,
+                previous=self.last_eval.get(name),
             )
-            records = result.pop("records")
+            records = self.last_eval[name] = result.pop("records")
             dynamics = dynamics_metrics(
                 [r["text"] for r in records],
                 [r["correct"] for r in records],
