@@ -556,8 +556,12 @@ class MonitorSection(Section):
 class SFTSection(Section):
     """Supervised fine-tuning specifics."""
 
-    epochs: int = Field(
-        1, ge=1, description="Passes over data.train; training stops earlier if train.steps is reached."
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="None: the run lasts train.steps steps, passing over data.train as often as that"
+        " takes. A number: the run ends after that many passes over data.train, or at train.steps if"
+        " that comes first; the run prints its number of steps and which of the two set it.",
     )
     batch_size: int = Field(8, ge=1, description="Samples per optimizer step.")
     target_field: str = Field(

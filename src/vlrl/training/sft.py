@@ -26,11 +26,25 @@ from vlrl.training.logprobs import response_logprobs, token_budget_batches
 from vlrl.training.run import TrainingRun
 
 
+def sft_length(cfg: SFTConfig, n_samples: int) -> tuple[int, str]:
+    """The number of steps of an SFT run over `n_samples` training samples, and what sets it:
+    train.steps, unless sft.epochs is set and its passes over the data end sooner."""
+    steps, batch, epochs = cfg.train.steps, cfg.sft.batch_size, cfg.sft.epochs
+    by_epochs = math.inf if epochs is None else math.ceil(epochs * n_samples / batch)
+    if by_epochs < steps:
+        return by_epochs, (
+            f"sft.epochs {epochs} ({epochs} x {n_samples} samples / sft.batch_size {batch}),"
+            f" before train.steps {steps}"
+        )
+    return steps, f"train.steps ({steps * batch / n_samples:.1f} passes over {n_samples} samples)"
+
+
 class SFTTrainer(TrainingRun):
     def __init__(self, cfg: SFTConfig):
-        super().__init__(
-            cfg, lambda n: min(cfg.train.steps, math.ceil(cfg.sft.epochs * n / cfg.sft.batch_size))
-        )
+        super().__init__(cfg, lambda n: sft_length(cfg, n)[0])
+        if self.world.is_main:
+            # Stated up front: a run cut short by sft.epochs never writes the step_* a config expects.
+            print(f"sft: {self.total_steps} steps, set by {sft_length(cfg, len(self.train_samples))[1]}")
         self.targets = [self._target(s) for s in self.train_samples]
         if cfg.sft.batch_size < self.world.size:
             raise ValueError(
