@@ -90,8 +90,8 @@ def _open(source: str | Path | bytes, max_pixels: int | None) -> Image.Image:
     if max_pixels is not None and width * height > max_pixels:
         im.close()
         raise ImageTooLargeError(
-            f"{name} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit "
-            f"of {max_pixels / 1e6:.1f} megapixels ({LIMIT_KEY}); raise {LIMIT_KEY} to load it"
+            f"{name} is {width}x{height} = {width * height:,} pixels, over the limit "
+            f"of {max_pixels:,} pixels ({LIMIT_KEY}); raise {LIMIT_KEY} to load it"
         )
     return im
 
