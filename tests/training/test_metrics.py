@@ -153,6 +153,8 @@ def test_wandb_sink_calls(tmp_path, monkeypatch):
     calls = []
 
     class Run:
+        id = "run1"
+
         def log(self, metrics, step):
             calls.append(("log", metrics, step))
 

@@ -440,8 +440,28 @@ class LoggingSection(Section):
 
     jsonl: bool = Field(True, description="Write metrics to output_dir/metrics.jsonl.")
     tensorboard: bool = Field(False, description="Write TensorBoard events (needs the tensorboard extra).")
-    wandb: bool = Field(False, description="Log to Weights & Biases (needs the wandb extra).")
+    wandb: bool = Field(
+        False,
+        description="Log to Weights & Biases (needs the wandb extra). A run resumed with train.resume"
+        " continues the same wandb run: its id is kept in output_dir/wandb_run_id.txt.",
+    )
     wandb_project: str = Field("vlrl", description="Weights & Biases project name.")
+    wandb_entity: str | None = Field(
+        None, description="Team or user the wandb run belongs to; None: your default entity."
+    )
+    wandb_name: str | None = Field(
+        None, description="Display name of the wandb run; None: the name of the train.output_dir folder."
+    )
+    wandb_group: str | None = Field(
+        None, description="wandb group to show the run in (e.g. the seeds of one experiment); None: none."
+    )
+    wandb_tags: list[str] = Field([], description="Tags of the wandb run.")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
+        None,
+        description="online: sync while running; offline: write under output_dir/wandb for a later"
+        " `wandb sync`; disabled: log nothing; None: wandb's own default (the WANDB_MODE environment"
+        " variable, else online).",
+    )
     progress: bool = Field(True, description="Show a progress bar on the terminal.")
     rollouts_every: int = Field(
         1,

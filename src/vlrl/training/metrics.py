@@ -118,19 +118,50 @@ class TensorBoardSink:
         self._writer.close()
 
 
+# Where a run folder keeps its wandb run id, so that resuming the run continues the wandb run.
+WANDB_RUN_ID_FILE = "wandb_run_id.txt"
+# logging.wandb_<key> -> the wandb.init argument it sets when not None or empty.
+WANDB_OPTIONS = ("entity", "group", "tags", "mode")
+
+
+def wandb_init_kwargs(project: str, run_dir: Path, config: dict | None) -> dict:
+    """wandb.init's arguments for a run logging to `run_dir`.
+
+    The options come from the run config the trainer logs (`logging.wandb_*`). When that config
+    resumes (`train.resume` set) and `run_dir` holds the id of an earlier wandb run, the same
+    run continues (`id`, `resume="allow"`); otherwise wandb starts a new one.
+    """
+    options = (config or {}).get("logging", {})
+    resume = (config or {}).get("train", {}).get("resume")
+    kwargs = {
+        "project": project,
+        "dir": str(run_dir),
+        "name": options.get("wandb_name") or run_dir.name,
+        "config": config,
+    }
+    kwargs |= {key: options[f"wandb_{key}"] for key in WANDB_OPTIONS if options.get(f"wandb_{key}")}
+    saved = run_dir / WANDB_RUN_ID_FILE
+    if resume is not None and saved.is_file():
+        kwargs |= {"id": saved.read_text().strip(), "resume": "allow"}
+    return kwargs
+
+
 class WandbSink:
-    """A Weights & Biases run; WANDB_MODE=offline (read by wandb itself) keeps it local."""
+    """A Weights & Biases run, set up by `wandb_init_kwargs`; its id is saved in the run folder."""
 
     def __init__(self, project: str, run_dir: Path, config: dict | None):
         import wandb
 
-        self._run = wandb.init(project=project, dir=str(run_dir), name=run_dir.name, config=config)
+        self._run = wandb.init(**wandb_init_kwargs(project, run_dir, config))
+        (run_dir / WANDB_RUN_ID_FILE).write_text(f"{self._run.id}\n")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self._run.log({k: float(v) for k, v in metrics.items()}, step=step)
 
     def truncate_after(self, step: int) -> None:
-        """Nothing to forget: every process starts a new wandb run, so it holds no later steps."""
+        """Nothing to do: wandb keeps a run's steps increasing and ignores, with a warning, the steps
+        a resumed run redoes after its checkpoint; resuming redoes them with the same samples and
+        losses, so the values wandb kept stand."""
 
     def close(self) -> None:
         self._run.finish()
