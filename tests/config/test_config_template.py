@@ -66,4 +66,7 @@ def test_an_override_fills_a_question_mark_left_in_the_file(write_yaml):
 def test_question_marks_in_an_override_are_refused_like_in_a_file():
     with pytest.raises(ConfigError) as info:
         load_config(None, [*REQUIRED, "data.image_root=???"], schema=TrainConfig)
-    assert str(info.value) == "override 'data.image_root=???': data.image_root: is required: replace ??? with a value"
+    assert (
+        str(info.value)
+        == "override 'data.image_root=???': data.image_root: is required: replace ??? with a value"
+    )

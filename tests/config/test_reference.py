@@ -41,7 +41,7 @@ def test_rows_give_type_bounds_default_and_description():
         " Checkpoint folder (Hugging Face layout) to start training from. |"
     ) in lines
     assert "| `reward.weights` | list[float] or null | `null` |" in "\n".join(lines)
-    assert "| `rollout.backend` | one of hf, vllm, server | `\"hf\"` |" in "\n".join(lines)
+    assert '| `rollout.backend` | one of hf, vllm, server | `"hf"` |' in "\n".join(lines)
 
 
 def test_sections_shared_by_both_schemas_are_written_once():

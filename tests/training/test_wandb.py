@@ -6,9 +6,12 @@ import sys
 import types
 
 import pytest
+from helpers_rl import COMMON
 
-from vlrl.config import ConfigError, load_config
+from vlrl.config import ConfigError, SFTConfig, load_config
+from vlrl.synth import generate_dataset
 from vlrl.training.metrics import WANDB_RUN_ID_FILE, MetricsLogger
+from vlrl.training.sft import SFTTrainer
 
 
 @pytest.fixture
@@ -39,7 +42,9 @@ def _start(out, *overrides: str) -> dict:
     """Open and close the logger as a trainer does: with the resolved config it logs."""
     cfg = load_config(None, ["model.path=/m", "data.train=t.jsonl", f"train.output_dir={out}", *overrides])
     config = cfg.model_dump()
-    with MetricsLogger(out, wandb=True, wandb_project=cfg.logging.wandb_project, config=config, progress=False):
+    with MetricsLogger(
+        out, wandb=True, wandb_project=cfg.logging.wandb_project, config=config, progress=False
+    ):
         pass
     return config
 
@@ -97,5 +102,25 @@ def test_resuming_without_a_saved_id_starts_a_new_wandb_run(tmp_path, fake_wandb
 
 
 def test_a_bad_wandb_mode_is_a_config_error_naming_the_key():
-    with pytest.raises(ConfigError, match=r"logging.wandb_mode: Input should be 'online', 'offline' or 'disabled'"):
+    with pytest.raises(
+        ConfigError, match=r"logging.wandb_mode: Input should be 'online', 'offline' or 'disabled'"
+    ):
         load_config(None, ["model.path=/m", "data.train=t.jsonl", "logging.wandb_mode=ofline"])
+
+
+def test_vlrl_sft_resumed_with_auto_logs_to_the_same_wandb_run(tiny_models, tmp_path, fake_wandb):
+    data = generate_dataset("count_shapes", 6, tmp_path / "data", seed=0, heldout=1)
+    args = [
+        *COMMON,
+        f"model.path={tiny_models['qwen2_vl']}",
+        f"data.train={data['train']}",
+        f"train.output_dir={tmp_path / 'run'}",
+        "train.steps=2",
+        "train.save_every=1",
+        "sft.batch_size=2",
+        "logging.wandb=true",
+    ]
+    SFTTrainer(load_config(None, args, schema=SFTConfig)).train(until=1)  # stopped after step 1
+    SFTTrainer(load_config(None, [*args, "train.resume=auto"], schema=SFTConfig)).train()
+    assert "id" not in fake_wandb[0]
+    assert fake_wandb[1]["id"] == "new1" and fake_wandb[1]["resume"] == "allow"

@@ -17,7 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.group_size=8")
     p.add_argument("--sft", action="store_true", help="validate against the SFT schema")
     p.add_argument(
-        "--reference", action="store_true", help="print every config key, type, default and description (markdown)"
+        "--reference",
+        action="store_true",
+        help="print every config key, type, default and description (markdown)",
     )
 
 

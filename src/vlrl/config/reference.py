@@ -137,9 +137,7 @@ def section_markdown(prefix: str, model: type[BaseModel]) -> list[str]:
     return lines
 
 
-def schema_markdown(
-    command: str, schema: type[BaseModel], documented: set[type[BaseModel]]
-) -> list[str]:
+def schema_markdown(command: str, schema: type[BaseModel], documented: set[type[BaseModel]]) -> list[str]:
     """A schema: its top-level keys, then each section not already in `documented` (which it extends)."""
     lines = [f"## `{command}` ({schema.__name__})", "", _summary(schema), ""]
     lines += ["| key | type | default | description |", "|---|---|---|---|"]
