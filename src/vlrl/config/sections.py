@@ -185,7 +185,9 @@ class RolloutSection(Section):
     """Sampling G completions per prompt."""
 
     backend: Literal["hf", "vllm", "server"] = Field(
-        "hf", description="Generation engine: hf (transformers generate), vllm (in process), server (HTTP)."
+        "hf",
+        description="Generation engine: hf (the training model, in vlrl's own decoding loop that prefills each "
+        "prompt once for its whole group), vllm (in process), server (HTTP).",
     )
     server_url: str | None = Field(
         None, description="Address of the generation server; needed by backend server."
@@ -385,8 +387,9 @@ class TrainSection(Section):
     eval_every: int = Field(0, ge=0, description="Evaluate on data.eval every this many steps; 0 never.")
     eval_benchmark: str = Field(
         "math_verify",
-        description="Scoring convention of in-training evaluation (vlrl.evaluation.BENCHMARKS); "
-        "math_verify is the accuracy reward's own extractor.",
+        description="Scoring convention of in-training evaluation (vlrl.evaluation.BENCHMARKS) for text "
+        "answers; math_verify is the accuracy reward's own extractor. Sets whose answers are boxes are "
+        "scored by rec (Acc@IoU0.5), or detection for labelled objects, unless this names one of them.",
     )
     eval_samples: int = Field(
         1,
