@@ -102,7 +102,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         perception.whole_text,
         perception.detection_score,
         layout="vlrl",
-        source="open-vocabulary detection: per-image s * mAP (VLM-R1) and dataset COCO mAP (pycocotools)",
+        source="open-vocabulary detection: per-image s * mAP (VLM-R1), dataset COCO mAP and AR@100 (pycocotools)",
         metrics=perception.detection_metrics,
     ),
     "count": Benchmark(
