@@ -22,7 +22,10 @@ def test_without_epochs_train_steps_decides_however_many_passes_it_takes():
 def test_epochs_that_end_before_train_steps_set_the_length_and_say_so():
     # The old sft_tiny.yaml: 50 steps asked for, 2 x 180 / 8 = 45 run, so step_000050 never existed.
     cfg = sft_cfg("train.steps=50", "sft.batch_size=8", "sft.epochs=2")
-    assert sft_length(cfg, 180) == (45, "sft.epochs 2 (2 x 180 samples / sft.batch_size 8), before train.steps 50")
+    assert sft_length(cfg, 180) == (
+        45,
+        "sft.epochs 2 (2 x 180 samples / sft.batch_size 8), before train.steps 50",
+    )
     assert sft_length(cfg, 400) == (50, "train.steps (1.0 passes over 400 samples)")
 
 
