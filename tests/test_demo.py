@@ -35,6 +35,10 @@ def small_demo(out, **changes) -> DemoSettings:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
+    # An earlier demo's checkpoint in the folder: a second `vlrl demo` starts over, not refused.
+    stale = out / "grpo" / "checkpoints" / "step_000001"
+    stale.mkdir(parents=True)
+    (stale / "trainer_state.pt").write_bytes(b"")
     return out, run_demo(small_demo(out))
 
 

@@ -34,6 +34,7 @@ temperature 1 were malformed.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,9 @@ def run_demo(s: DemoSettings) -> dict:
     )
     data["probe"] = split_off(data["train"], s.n_probe, data["train"].with_name("probe.jsonl"))
 
+    # A demo starts over: trainers refuse a folder that holds an earlier run's checkpoints.
+    for run in ("sft", "grpo"):
+        shutil.rmtree(s.out / run, ignore_errors=True)
     _phase(2, f"cold-start SFT, stopped once {s.sft_target:.0%} of {s.n_probe} probe items are right")
     sft = SFTTrainer(sft_config(s, model, data))
     sft.train()

@@ -55,6 +55,9 @@ FAILING = {
     "zero_std_groups_rising": changed(20, frac_zero_std_groups=lambda s: 0.2 + 0.04 * s),
     "kl_spike": changed(20, kl=lambda s: 0.6 if s == 20 else 0.01),
     "clip_spike": changed(20, clip_frac=lambda s: 0.4 if s == 20 else 0.02),
+    "nonfinite_step": changed(20, **{"train/skipped_nonfinite": lambda s: float(s == 20)}),
+    # Every other step skipped: 50% of the window, above the 25% default.
+    "skipped_steps": changed(20, **{"train/skipped_no_signal": lambda s: float(s % 2 == 0)}),
 }
 
 
@@ -155,6 +158,31 @@ def test_alarms_jsonl_round_trip(tmp_path):
     append_alarms(path, [])
     append_alarms(path, second)
     assert read_alarms(path) == first + second
+
+
+def test_nonfinite_step_fires_on_every_episode_of_skipped_steps():
+    # Skips at steps 3 and 7-8: two alarms (a run of skips is one episode), counting the total.
+    flags = {3: 1, 7: 2, 8: 3}
+    records = [
+        {
+            "train/skipped_nonfinite": float(s in flags),
+            "train/skipped_nonfinite_total": float(flags.get(s, 0)),
+        }
+        for s in range(1, 11)
+    ]
+    alarms = feed(records)
+    assert [(a.step, a.name, a.severity) for a in alarms] == [
+        (3, "nonfinite_step", "critical"),
+        (7, "nonfinite_step", "critical"),
+    ]
+    assert "(2 so far)" in alarms[1].message
+
+
+def test_skipped_steps_fire_above_the_share_only():
+    # 1 step in 4 skipped is at most 25%: not above monitor.skipped_steps_max (0.25); 1 in 2 is.
+    assert feed(changed(20, **{"train/skipped_no_signal": lambda s: float(s % 4 == 0)})) == []
+    (alarm,) = feed(changed(20, **{"train/skipped_no_signal": lambda s: float(s % 2 == 0)}))
+    assert alarm.name == "skipped_steps" and "made no update" in alarm.message
 
 
 def test_min_steps_cannot_exceed_the_window():
