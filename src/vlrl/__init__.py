@@ -33,7 +33,7 @@ _EXPORTS = {
     "load_config": "vlrl.config",
     "GRPOTrainer": "vlrl.training.grpo",
     "SFTTrainer": "vlrl.training.sft",
-    "read_metrics": "vlrl.training.metrics",
+    "read_metrics": "vlrl.io",
 }
 
 __all__ = sorted(_EXPORTS)

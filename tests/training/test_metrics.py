@@ -12,7 +12,8 @@ import pytest
 
 from vlrl.cli import main
 from vlrl.config import ConfigError
-from vlrl.training.metrics import METRICS_FILE, LineProgress, MetricsLogger, progress_text, read_metrics
+from vlrl.io import METRICS_FILE, read_metrics
+from vlrl.training.metrics import MetricsLogger
 
 
 def _logger(tmp_path, **kw):
@@ -68,23 +69,6 @@ def test_a_corrupt_line_names_file_and_line(tmp_path):
     path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON line"):
         read_metrics(path)
-
-
-def test_progress_text_shows_the_key_numbers_in_order():
-    metrics = {
-        "timing_s/step": 1.234,
-        "response_length/mean": 87.25,
-        "reward/total/mean": 0.53125,
-        "other": 9,
-    }
-    assert progress_text(metrics) == "reward 0.531  len 87.2  s/step 1.23"
-
-
-def test_line_progress_without_tqdm(capsys):
-    progress = LineProgress(total=10)
-    progress.log(3, {"reward/accuracy/mean": 0.25})
-    progress.close()
-    assert capsys.readouterr().err == "step 3/10  acc 0.25\n"  # not a terminal: one line per step
 
 
 def test_tqdm_progress_goes_to_stderr(tmp_path, capsys):

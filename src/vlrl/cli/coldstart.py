@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", default="think_answer", choices=list(SOLUTION_LAYOUTS), help="SFT layout")
     p.add_argument("--max-tokens", type=int, default=4096, help="completion limit of each request")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature of both models")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         temperature=args.temperature,
     )
-    report = run_coldstart(args.data, args.out, cfg)
+    report = run_coldstart(args.data, args.out, cfg, progress=not args.no_progress)
     rejected = ", ".join(f"{n} {reason}" for reason, n in report["rejected"].items() if n) or "none"
     print(
         f"kept {report['kept']} of {report['total']} samples (rejected: {rejected}; "

@@ -58,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first L questions")
     p.add_argument("--device", default="auto", help="torch device (auto: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         image_root=args.image_root,
         max_image_pixels=args.max_image_pixels,
         skip_invalid=args.skip_invalid,
+        progress=not args.no_progress,
     )
     print(format_summary(summary))
     if args.out:

@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="held-out share (0.1) or count (200); default 0.1",
     )
     p.add_argument("--image-size", type=int, default=112, help="square image side in pixels")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def _count_or_fraction(text: str) -> int | float:
@@ -27,7 +28,13 @@ def _count_or_fraction(text: str) -> int | float:
 
 def run(args: argparse.Namespace) -> int:
     paths = generate_dataset(
-        args.task, args.n, args.out, args.seed, heldout=args.heldout, image_size=args.image_size
+        args.task,
+        args.n,
+        args.out,
+        args.seed,
+        heldout=args.heldout,
+        image_size=args.image_size,
+        progress=not args.no_progress,
     )
     for split, path in paths.items():
         n = len(path.read_text(encoding="utf-8").splitlines())

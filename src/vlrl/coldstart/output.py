@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import IO
+
+from vlrl.io import JsonlAppender
 
 REQUEST_FAILED = "request failed"
 REASONS = ("wrong answer", "no answer tag", "bad format", "unverifiable truth", REQUEST_FAILED)
@@ -25,15 +26,14 @@ class Ledger:
         self.report_path = Path(f"{out}.report.json")
         self.kept: set[str] = set(_read_ids(self.out, None))
         self.rejected: dict[str, str] = _read_ids(self.rejected_path, "reason")
-        self._files: list[IO[str]] = []
+        self._files: list[JsonlAppender] = []
 
     def decided(self, sample_id: str) -> bool:
         """Whether an earlier run settled `sample_id` (kept, or rejected for a final reason)."""
         return sample_id in self.kept or self.rejected.get(sample_id, REQUEST_FAILED) != REQUEST_FAILED
 
     def __enter__(self) -> Ledger:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._files = [open(p, "a", encoding="utf-8") for p in (self.out, self.rejected_path)]  # noqa: SIM115
+        self._files = [JsonlAppender(p) for p in (self.out, self.rejected_path)]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -41,13 +41,13 @@ class Ledger:
             f.close()
 
     def keep(self, row: dict) -> None:
-        _append(self._files[0], row)
+        self._files[0].write(row)
         self.kept.add(row["id"])
 
     def reject(self, sample_id: str, reason: str, detail: str) -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown rejection reason {reason!r}; valid: {', '.join(REASONS)}")
-        _append(self._files[1], {"id": sample_id, "reason": reason, "detail": detail})
+        self._files[1].write({"id": sample_id, "reason": reason, "detail": detail})
         self.rejected[sample_id] = reason
 
     def report(self, ids: list[str], resumed: int) -> dict:
@@ -60,12 +60,6 @@ class Ledger:
             "rejected": {reason: reasons.get(reason, 0) for reason in REASONS},
             "resumed": resumed,
         }
-
-
-def _append(f: IO[str], row: dict) -> None:
-    # One whole line per write, flushed: a killed run leaves at most one cut-off line behind.
-    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    f.flush()
 
 
 def _read_ids(path: Path, key: str | None) -> dict[str, object]:

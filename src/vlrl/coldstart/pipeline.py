@@ -17,7 +17,6 @@ interrupted run loses only the samples in flight and a re-run resumes (see `outp
 from __future__ import annotations
 
 import json
-import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -28,12 +27,9 @@ from vlrl.coldstart.client import RequestFailed, chat, list_models
 from vlrl.coldstart.output import REQUEST_FAILED, Ledger
 from vlrl.coldstart.prompts import describe_messages, reason_messages
 from vlrl.data import Sample, load_samples
+from vlrl.io import ProgressBar
 from vlrl.rewards.accuracy import accuracy_reward
 from vlrl.rewards.tags import has_layout, last_answer
-
-logger = logging.getLogger(__name__)
-
-PROGRESS_EVERY = 100
 
 
 class Layout(NamedTuple):
@@ -107,8 +103,13 @@ class Verdict:
     solution: str = ""
 
 
-def run_coldstart(data: str | os.PathLike, out: str | os.PathLike, cfg: ColdStartConfig) -> dict:
-    """Bridge every sample of `data` not yet decided in `out`; returns the report (also written to disk)."""
+def run_coldstart(
+    data: str | os.PathLike, out: str | os.PathLike, cfg: ColdStartConfig, progress: bool = False
+) -> dict:
+    """Bridge every sample of `data` not yet decided in `out`; returns the report (also written to disk).
+
+    `progress`: a bar with ETA and the kept count on stderr.
+    """
     samples, _ = load_samples(data)
     ledger = Ledger(out)
     todo = [s for s in samples if not ledger.decided(s.id)]
@@ -119,14 +120,11 @@ def run_coldstart(data: str | os.PathLike, out: str | os.PathLike, cfg: ColdStar
     out_dir = Path(out).resolve().parent
     pool = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="coldstart")
     try:
-        with ledger:
+        with ledger, ProgressBar(len(todo), "coldstart", unit="sample", enabled=progress) as bar:
             futures: dict[Future, Sample] = {pool.submit(bridge, s, cfg, *models): s for s in todo}
-            for done, future in enumerate(as_completed(futures), 1):
+            for future in as_completed(futures):
                 _record(ledger, futures[future], future, cfg.template, out_dir)
-                if done % PROGRESS_EVERY == 0:
-                    logger.info(
-                        "coldstart: %d/%d samples done, %d kept so far", done, len(todo), len(ledger.kept)
-                    )
+                bar.update(kept=len(ledger.kept))
     finally:
         pool.shutdown(cancel_futures=True)  # on an interrupt, start nothing new
     report = {

@@ -17,8 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import vlrl.evaluation.mathverse as mathverse
+import vlrl.evaluation.mathvista as mathvista
+import vlrl.evaluation.mmmu as mmmu
+import vlrl.evaluation.perception as perception
 from vlrl.data.sample import Sample
-from vlrl.evaluation import mathverse, mathvista, mmmu, perception
 from vlrl.evaluation.records import Record, by_fields
 from vlrl.rewards.matching import answers_match
 from vlrl.rewards.tags import last_answer

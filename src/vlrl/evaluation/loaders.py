@@ -30,6 +30,7 @@ from vlrl.data.formats import RowProblem
 from vlrl.data.loading import READERS, Rows
 from vlrl.data.prompts import render_choices
 from vlrl.data.sample import IMAGE_MARKER
+from vlrl.io import write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ def load_converted(
         raise DataError(str(path), None, None, "no rows: nothing to evaluate")
     with tempfile.TemporaryDirectory() as tmp:
         canonical_file = Path(tmp) / f"{path.stem}.jsonl"
-        canonical_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        write_jsonl(canonical_file, rows)
         try:
             samples, report = load_samples(canonical_file, format="canonical", image_root=root, **options)
         except RowError as err:

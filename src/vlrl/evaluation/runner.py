@@ -10,12 +10,10 @@ the mean score over questions (over their n completions), with a 95% Wilson inte
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from vlrl.data.images import DEFAULT_MAX_PIXELS
@@ -24,6 +22,7 @@ from vlrl.data.sample import Sample
 from vlrl.evaluation.benchmarks import Benchmark, get_benchmark
 from vlrl.evaluation.loaders import load_benchmark
 from vlrl.evaluation.records import Record, accuracy_summary, breakdown, category_of, mean_pass_at_k
+from vlrl.io import ProgressBar, write_jsonl
 from vlrl.models.adapters import ModelAdapter
 from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams, make_backend
 
@@ -76,11 +75,17 @@ def generate_records(
     params: SamplingParams,
     batch_size: int = 16,
     category_field: str | None = None,
+    progress: bool = False,
 ) -> list[Record]:
-    """Generate `params.group_size` completions per sample, `batch_size` prompts at a time, and score them."""
+    """Generate `params.group_size` completions per sample, `batch_size` prompts at a time, and score them.
+
+    `progress`: a bar with ETA and the running accuracy on stderr (for `vlrl eval`; the evaluations
+    inside a training run leave the run's own progress display alone).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     records: list[Record] = []
+    bar = ProgressBar(len(samples), f"eval {benchmark.name}", unit="question", enabled=progress)
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         groups = backend.generate([adapter.encode(s, template) for s in chunk], params)
@@ -95,6 +100,8 @@ def generate_records(
             for s, group in zip(chunk, groups, strict=True)
         ]
         logger.info("%s: %d / %d questions", benchmark.name, len(records), len(samples))
+        bar.update(len(chunk), acc=accuracy_summary(records)["accuracy"])
+    bar.close()
     return records
 
 
@@ -121,11 +128,7 @@ def summarise(records: list[Record], benchmark: Benchmark, k_list: Sequence[int]
 
 def write_predictions(records: list[Record], path: str | os.PathLike) -> None:
     """One JSON line per question (see `Record.to_json`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+    write_jsonl(path, (record.to_json() for record in records))
 
 
 def _pct(x: float) -> str:
@@ -166,17 +169,20 @@ def run_eval(
     seed: int | None = 0,
     category_field: str | None = None,
     out: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> dict:
     """Evaluate the model behind `backend` on `samples`; write predictions to `out` if given.
 
-    `k` defaults to (1, n). Returns the summary of `summarise`.
+    `k` defaults to (1, n); `progress` as in `generate_records`. Returns the summary of `summarise`.
     """
     bench = get_benchmark(benchmark)
     template = get_template(template) if isinstance(template, str) else template
     k_list = sorted(set(k or (1, n)))
     check_k(k_list, n)
     params = sampling_params(n, temperature, max_new_tokens, seed)
-    records = generate_records(backend, adapter, template, samples, bench, params, batch_size, category_field)
+    records = generate_records(
+        backend, adapter, template, samples, bench, params, batch_size, category_field, progress
+    )
     if out is not None:
         write_predictions(records, out)
     return summarise(records, bench, k_list, params.temperature)
@@ -200,8 +206,7 @@ def evaluate_model(
     float32 on the CPU; `image_root`, `max_image_pixels` and `skip_invalid` are as in
     `vlrl.data.load_samples`; `options` go to `run_eval`.
     """
-    from vlrl.models.loading import load_model
-    from vlrl.training.setup import pick_device
+    from vlrl.models.loading import load_model, pick_device
 
     bench = get_benchmark(benchmark)
     torch_device = pick_device(device, setting="--device")

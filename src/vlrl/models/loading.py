@@ -20,6 +20,16 @@ from vlrl.models.processors import IMAGE_ONLY_PROCESSORS, torchvision_usable
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def pick_device(name: str, setting: str = "train.device") -> torch.device:
+    """The torch device `name` (auto, cpu, cuda, cuda:N); `setting` is where the user chose it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        # Otherwise the first tensor moved there fails deep inside torch with no hint of the setting.
+        raise ValueError(f"{setting}={name}: CUDA is not available on this machine; use cpu or auto")
+    return torch.device(name)
+
+
 @dataclass
 class LoadedModel:
     model: PreTrainedModel

@@ -7,6 +7,6 @@ reward code):
     metrics |= dynamics.dynamics_metrics(texts, correct, lengths, cfg.monitor.reflection_words)
     metrics |= answers.answer_health(texts)
     new = monitor.update(step, metrics)              # monitor = alarms.AlarmMonitor(cfg.monitor)
-    alarms.append_alarms(out / alarms.ALARMS_FILE, new)
-    rollouts.write_rollouts(out / rollouts.ROLLOUTS_FILE, [rollouts.rollout_record(...), ...])
+    alarms.append_alarms(out / vlrl.io.ALARMS_FILE, new)
+    rollouts.write_rollouts(out / vlrl.io.ROLLOUTS_FILE, [rollouts.rollout_record(...), ...])
 """

@@ -11,7 +11,6 @@ stopped firing for a step: a condition that lasts a hundred steps is one alarm, 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import statistics
@@ -21,11 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vlrl.config.sections import MonitorSection
-from vlrl.training.metrics import read_metrics
+from vlrl.io import append_jsonl, read_jsonl
 
 logger = logging.getLogger(__name__)
 
-ALARMS_FILE = "alarms.jsonl"
 FORMAT_KEYS = ("reward/format/mean", "reward/caption_format/mean")
 ACCURACY_KEYS = ("acc", "reward/accuracy/mean")
 
@@ -253,12 +251,10 @@ class AlarmMonitor:
 def append_alarms(path: str | Path, alarms: list[Alarm]) -> None:
     """Append `alarms` to an alarms.jsonl file, one flushed JSON object per alarm."""
     if alarms:
-        with Path(path).open("a") as f:
-            f.writelines(json.dumps(asdict(a)) + "\n" for a in alarms)
+        append_jsonl(path, (asdict(a) for a in alarms))
 
 
 def read_alarms(path: str | Path) -> list[Alarm]:
     """The alarms of an alarms.jsonl file; [] when there is none (the run raised no alarm)."""
     path = Path(path)
-    # metrics.jsonl's reader: the same line rules (a killed run's partial last line is skipped).
-    return [Alarm(**record) for record in read_metrics(path)] if path.is_file() else []
+    return [Alarm(**record) for record in read_jsonl(path)] if path.is_file() else []

@@ -12,13 +12,10 @@ JSON has neither NaN nor infinity.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from vlrl.training.metrics import read_metrics
-
-ROLLOUTS_FILE = "rollouts.jsonl"
+from vlrl.io import append_jsonl, read_jsonl
 
 
 def _number(value) -> float | None:
@@ -76,12 +73,10 @@ def write_rollouts(path: str | Path, records: list[dict]) -> None:
     Parts of an answer that JSON cannot hold (a set, a numpy number) are written as their strings.
     """
     if records:
-        with Path(path).open("a") as f:
-            f.writelines(json.dumps(r, allow_nan=False, default=str) + "\n" for r in records)
+        append_jsonl(path, records, default=str)
 
 
 def read_rollouts(path: str | Path) -> list[dict]:
     """The records of a rollouts.jsonl file in file order; [] when the run dumped none."""
     path = Path(path)
-    # metrics.jsonl's reader: the same line rules (a killed run's partial last line is skipped).
-    return read_metrics(path) if path.is_file() else []
+    return read_jsonl(path) if path.is_file() else []

@@ -18,13 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from vlrl.monitoring.alarms import ALARMS_FILE, Alarm
-from vlrl.monitoring.rollouts import ROLLOUTS_FILE
-from vlrl.training.metrics import METRICS_FILE
+from vlrl.io import ALARMS_FILE, CONFIG_FILE, METRICS_FILE, ROLLOUTS_FILE
+from vlrl.monitoring.alarms import Alarm
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
 
 Check = Callable[[dict], str | None]  # a record -> what is wrong with it, or None
 

@@ -21,10 +21,10 @@ from html import escape
 from pathlib import Path
 from typing import NamedTuple
 
+from vlrl.io import CONFIG_FILE, METRICS_FILE
 from vlrl.monitoring.alarms import Alarm
 from vlrl.report.charts import fmt
-from vlrl.report.runfiles import CONFIG_FILE, RunFiles
-from vlrl.training.metrics import METRICS_FILE
+from vlrl.report.runfiles import RunFiles
 
 
 class Family(NamedTuple):

@@ -12,18 +12,26 @@ import random
 from pathlib import Path
 from typing import Any
 
+from vlrl.io import ProgressBar, write_jsonl
 from vlrl.synth.render import render
 from vlrl.synth.scene import captions
 from vlrl.synth.tasks import TASKS, Item, Task, answer_text, get_task
 
 
 def generate_dataset(
-    task: str, n: int, out_dir: Path, seed: int, heldout: int | float = 0.1, image_size: int = 112
+    task: str,
+    n: int,
+    out_dir: Path,
+    seed: int,
+    heldout: int | float = 0.1,
+    image_size: int = 112,
+    progress: bool = False,
 ) -> dict[str, Path]:
     """Generate `n` examples of `task` and split off the last `heldout` of them.
 
     `heldout` is a count (int) or a fraction of `n` (float). Returns the paths of the two files as
-    {"train": ..., "heldout": ...}. The same arguments give byte-identical files.
+    {"train": ..., "heldout": ...}. The same arguments give byte-identical files. `progress`
+    shows a bar with ETA on stderr while the images are written.
     """
     make = get_task(task)
     if n < 1:
@@ -32,7 +40,11 @@ def generate_dataset(
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     items = distinct_items(make, random.Random(seed), n, image_size)
-    rows = [write_example(task, f"{task}-{i:06d}", item, out_dir, image_size) for i, item in enumerate(items)]
+    rows = []
+    with ProgressBar(n, f"synth {task}", unit="sample", enabled=progress) as bar:
+        for i, item in enumerate(items):
+            rows.append(write_example(task, f"{task}-{i:06d}", item, out_dir, image_size))
+            bar.update()
     paths = {"train": out_dir / "train.jsonl", "heldout": out_dir / "heldout.jsonl"}
     write_jsonl(paths["train"], rows[: n - n_heldout])
     write_jsonl(paths["heldout"], rows[n - n_heldout :])
@@ -97,10 +109,3 @@ def task_texts(n_per_task: int, seed: int, image_size: int = 112) -> list[str]:
             texts.extend(f"{chr(65 + i)}. {c}" for i, c in enumerate(item.extra.get("choices", [])))
             texts.append(solution_text(item, captions(item.scenes, image_size, item.positions)))
     return texts
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """One JSON object per line, UTF-8, `\\n` line endings, keys in the rows' own fixed order."""
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")

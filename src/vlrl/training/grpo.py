@@ -45,17 +45,17 @@ from vlrl.config import TrainConfig
 from vlrl.data import Sample
 from vlrl.distributed import all_gather_objects, all_reduce_sums, broadcast_object, shard_range
 from vlrl.distributed.fsdp import shard_model
+from vlrl.io import ALARMS_FILE, ROLLOUTS_FILE, truncate_jsonl
 from vlrl.models.batching import Encoded
-from vlrl.monitoring.alarms import ALARMS_FILE, AlarmMonitor, append_alarms
+from vlrl.monitoring.alarms import AlarmMonitor, append_alarms
 from vlrl.monitoring.answers import answer_health
 from vlrl.monitoring.dynamics import dynamics_metrics
-from vlrl.monitoring.rollouts import ROLLOUTS_FILE, rollout_record, write_rollouts
+from vlrl.monitoring.rollouts import rollout_record, write_rollouts
 from vlrl.rewards.runner import check_rewards
 from vlrl.rollout import make_backend
 from vlrl.rollout.base import Completion, SamplingParams
 from vlrl.training.guards import StopSignals
 from vlrl.training.logprobs import grouped_response_logprobs, response_logprobs, token_budget_batches
-from vlrl.training.metrics import truncate_jsonl
 from vlrl.training.run import TrainingRun
 from vlrl.training.scoring import RewardScorer
 from vlrl.training.stages import check_stages, stage_config, stage_index, total_steps

@@ -1,4 +1,4 @@
-"""Metrics: one JSON line per logged step, optionally TensorBoard and wandb, and a progress line.
+"""Metrics: one JSON line per logged step, optionally TensorBoard and wandb, and a progress display.
 
 Names follow verl: `reward/<name>/mean`, `response_length/mean`, `timing_s/gen`, `timing_s/step`.
 `<output_dir>/metrics.jsonl` holds `{"step": s, name: value, ...}` per line, flushed as written
@@ -14,20 +14,10 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
-import sys
 from pathlib import Path
 
 from vlrl.config import ConfigError
-
-METRICS_FILE = "metrics.jsonl"
-# Metric -> short label, in the order the progress line shows them.
-PROGRESS_KEYS = {
-    "reward/total/mean": "reward",
-    "reward/accuracy/mean": "acc",
-    "response_length/mean": "len",
-    "timing_s/step": "s/step",
-}
+from vlrl.io import METRICS_FILE, JsonlAppender, step_progress, truncate_jsonl
 
 
 def finite_or_none(value) -> float | None:
@@ -36,57 +26,20 @@ def finite_or_none(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a metrics.jsonl file, in file order.
-
-    A last line without its newline is the write of a killed run and is skipped; a malformed
-    complete line is an error naming the file and line.
-    """
-    *complete, _partial = Path(path).read_text().split("\n")
-    records = []
-    for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not a JSON line ({exc})") from exc
-    return records
-
-
-def rewrite_jsonl(path: Path, records: list[dict]) -> None:
-    """Replace a JSONL file's contents by `records` (via a renamed temporary file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
-    os.replace(tmp, path)
-
-
-def truncate_jsonl(path: Path, step: int) -> None:
-    """Keep only the records of a step-keyed JSONL file with "step" <= `step`: the steps a
-    resumed run redoes must not appear twice. A missing file is left missing."""
-    if path.is_file():
-        rewrite_jsonl(path, [r for r in read_metrics(path) if r["step"] <= step])
-
-
 class JsonlSink:
     """Appends to metrics.jsonl, one flushed line per `log`."""
 
     def __init__(self, path: Path):
         self.path = path
-        text = path.read_text() if path.is_file() else ""
-        if text and not text.endswith("\n"):
-            rewrite_jsonl(path, read_metrics(path))  # drop a killed run's partial line before appending
-        self._file = path.open("a")
+        self._file = JsonlAppender(path)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        record = {"step": step, **{k: finite_or_none(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
-        self._file.flush()
+        self._file.write({"step": step, **{k: finite_or_none(v) for k, v in metrics.items()}})
 
     def truncate_after(self, step: int) -> None:
         self._file.close()
         truncate_jsonl(self.path, step)
-        self._file = self.path.open("a")
+        self._file = JsonlAppender(self.path)
 
     def close(self) -> None:
         self._file.close()
@@ -167,71 +120,6 @@ class WandbSink:
         self._run.finish()
 
 
-def progress_text(metrics: dict[str, float]) -> str:
-    """The key numbers of a step, e.g. 'reward 0.531  acc 0.4  len 87.2  s/step 1.23'."""
-    return "  ".join(
-        f"{label} {float(metrics[key]):.3g}" for key, label in PROGRESS_KEYS.items() if key in metrics
-    )
-
-
-class TqdmProgress:
-    """A tqdm bar on stderr, created at the first logged step so a resumed run starts there."""
-
-    def __init__(self, total: int | None, tqdm):
-        self.total = total
-        self._tqdm = tqdm
-        self._bar = None
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self._bar is None:
-            # mininterval=0: steps take seconds, and a throttled bar would skip showing some.
-            self._bar = self._tqdm(
-                total=self.total, initial=step, unit="step", mininterval=0, dynamic_ncols=True
-            )
-        self._bar.set_postfix_str(progress_text(metrics), refresh=False)
-        self._bar.update(step - self._bar.n)
-
-    def truncate_after(self, step: int) -> None:
-        """Nothing to do: the bar starts at the first step logged after resuming."""
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-class LineProgress:
-    """The same information as `TqdmProgress` without tqdm: one rewritten line on a terminal."""
-
-    def __init__(self, total: int | None):
-        self.total = total
-        self._stream = sys.stderr
-        self._wrote = False
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        position = f"step {step}" if self.total is None else f"step {step}/{self.total}"
-        line = f"{position}  {progress_text(metrics)}".rstrip()
-        # On a terminal, return to the line start and clear it; in a log file, one line per step.
-        self._stream.write(f"\r{line}\x1b[K" if self._stream.isatty() else line + "\n")
-        self._stream.flush()
-        self._wrote = True
-
-    def truncate_after(self, step: int) -> None:
-        """Nothing to do: the line shows whatever step is logged next."""
-
-    def close(self) -> None:
-        if self._wrote and self._stream.isatty():
-            self._stream.write("\n")
-
-
-def progress_display(total: int | None) -> TqdmProgress | LineProgress:
-    """A tqdm bar when tqdm is installed, else the plain line."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return LineProgress(total)
-    return TqdmProgress(total, tqdm)
-
-
 # Config key of an optional sink -> (the module it imports, the extra that installs it).
 EXTRAS = {
     "logging.tensorboard": ("torch.utils.tensorboard", "tensorboard"),
@@ -298,7 +186,7 @@ class MetricsLogger:
             if wandb:
                 self.sinks.append(WandbSink(wandb_project, self.output_dir, config))
             if progress:
-                self.sinks.append(progress_display(total_steps))
+                self.sinks.append(step_progress(total_steps))
         except BaseException:
             self.close()  # a sink that fails to start must not leave the files opened before it
             raise

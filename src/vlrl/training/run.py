@@ -34,6 +34,8 @@ from vlrl.config import dump_config
 from vlrl.distributed import all_reduce_max, broadcast_object, init_world
 from vlrl.distributed.fsdp import shard_model
 from vlrl.evaluation.intraining import eval_benchmark, evaluate_during_training
+from vlrl.io import CONFIG_FILE
+from vlrl.models.loading import pick_device
 from vlrl.monitoring.dynamics import dynamics_metrics
 from vlrl.training.checkpoint import (
     check_fresh_folder,
@@ -53,7 +55,6 @@ from vlrl.training.setup import (
     build_optimizer,
     load_data,
     load_policy,
-    pick_device,
     seed_everything,
     template_for,
 )
@@ -157,7 +158,7 @@ class TrainingRun:
     def begin(self) -> None:
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(dump_config(self.base_cfg))
+            (self.out / CONFIG_FILE).write_text(dump_config(self.base_cfg))
 
     def lockstep(self, micro: list[list[int]]) -> tuple[list[list[int]], list[float]]:
         """Micro-batches padded to the same count on every rank, with their loss weights.

@@ -29,16 +29,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str, setting: str = "train.device") -> torch.device:
-    """The torch device `name` (auto, cpu, cuda, cuda:N); `setting` is where the user chose it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        # Otherwise the first tensor moved there fails deep inside torch with no hint of the setting.
-        raise ValueError(f"{setting}={name}: CUDA is not available on this machine; use cpu or auto")
-    return torch.device(name)
-
-
 def frozen_groups(cfg: ModelSection) -> set[str]:
     flags = {"vision": cfg.freeze_vision, "connector": cfg.freeze_connector, "language": cfg.freeze_language}
     return {group for group, frozen in flags.items() if frozen}

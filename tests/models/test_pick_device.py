@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vlrl.training.setup import pick_device
+from vlrl.models.loading import pick_device
 
 
 @pytest.mark.parametrize("name", ["cuda", "cuda:1"])
