@@ -15,15 +15,16 @@ from safetensors.torch import load_file
 
 from vlrl.cli import main
 from vlrl.config import SFTConfig, TrainConfig, load_config
-from vlrl.monitoring.alarms import ALARMS_FILE, read_alarms
-from vlrl.monitoring.rollouts import ROLLOUTS_FILE
+from vlrl.monitoring.alarms import read_alarms
 from vlrl.synth import generate_dataset
 from vlrl.training.checkpoint import STATE_FILE, config_differences, latest_checkpoint
 from vlrl.training.grpo import GRPOTrainer
 from vlrl.training.guards import Diverged
-from vlrl.training.metrics import read_metrics
 from vlrl.training.sampler import PromptSampler
 from vlrl.training.sft import SFTTrainer
+
+# The run folder's files, by the names users see.
+ALARMS_FILE, ROLLOUTS_FILE = "alarms.jsonl", "rollouts.jsonl"
 
 REWARD_FILE = """
 import os
@@ -92,6 +93,10 @@ def poison_gradients(trainer, steps: set[int]) -> dict[int, dict[str, torch.Tens
     return before
 
 
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def weights(trainer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
@@ -105,7 +110,7 @@ def test_nonfinite_steps_are_skipped_counted_alarmed_and_stop_the_run(workspace,
     before = poison_gradients(trainer, {2, 4, 5, 6})
     with pytest.raises(Diverged, match=r"stopped at step 6: the last 3 steps .*train\.max_nonfinite_skips=3"):
         trainer.train()
-    logged = read_metrics(tmp_path / "metrics.jsonl")
+    logged = records(tmp_path / "metrics.jsonl")
     assert [r["train/skipped_nonfinite"] for r in logged] == [0, 1, 0, 1, 1, 1]
     assert [r["train/skipped_nonfinite_total"] for r in logged] == [0, 1, 1, 2, 3, 4]
     # Steps 4-6 left the weights as step 3 made them.
@@ -180,7 +185,7 @@ def test_a_signal_saves_at_the_step_boundary_and_the_run_resumes(workspace, tmp_
     assert "Traceback" not in err
     assert signal.getsignal(signum) is not None  # the handlers were given back
     assert main(["train", str(cfg), "train.resume=auto"]) == 0
-    assert [r["step"] for r in read_metrics(tmp_path / "out" / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert [r["step"] for r in records(tmp_path / "out" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 # ---- 3. resume checks -----------------------------------------------------------------------
@@ -222,14 +227,14 @@ def test_resume_refuses_another_runs_checkpoint_and_a_new_run_refuses_a_used_fol
 
 def test_a_restart_before_the_first_checkpoint_drops_the_old_records(workspace, tmp_path):
     GRPOTrainer(rl_config(workspace, tmp_path, "train.steps=5")).train(until=2)  # killed, nothing saved
-    assert {r["step"] for r in read_metrics(tmp_path / ROLLOUTS_FILE)} == {1, 2}
+    assert {r["step"] for r in records(tmp_path / ROLLOUTS_FILE)} == {1, 2}
     (tmp_path / ALARMS_FILE).write_text(
         json.dumps({"step": 1, "name": "x", "message": "m", "severity": "warning"}) + "\n"
     )
     GRPOTrainer(rl_config(workspace, tmp_path, "train.steps=5", "train.resume=auto")).train(until=1)
-    assert {r["step"] for r in read_metrics(tmp_path / ROLLOUTS_FILE)} == {1}
+    assert {r["step"] for r in records(tmp_path / ROLLOUTS_FILE)} == {1}
     assert read_alarms(tmp_path / ALARMS_FILE) == []
-    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]
+    assert [r["step"] for r in records(tmp_path / "metrics.jsonl")] == [1]
 
 
 # ---- 5. dynamic sampling without signal -----------------------------------------------------
