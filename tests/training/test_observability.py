@@ -13,8 +13,7 @@ import re
 from helpers_rl import COMMON, rewrite_targets, short_sft
 
 from vlrl.config import TrainConfig, load_config
-from vlrl.monitoring.alarms import ALARMS_FILE
-from vlrl.monitoring.rollouts import ROLLOUTS_FILE
+from vlrl.io import ALARMS_FILE, ROLLOUTS_FILE
 from vlrl.report import write_report
 from vlrl.synth import generate_dataset
 from vlrl.training.grpo import GRPOTrainer
