@@ -6,6 +6,8 @@ The README's main job: cold-start SFT then GRPO on a tiny model, on CPU, with a 
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from vlrl.demo import DemoSettings, run_demo
@@ -52,5 +54,14 @@ def run(args: argparse.Namespace) -> int:
         n_heldout=args.heldout,
         progress=not args.no_progress,
     )
-    run_demo(settings)
+    from vlrl.training.guards import RunStopped
+
+    try:
+        run_demo(settings)
+    except RunStopped as exc:  # Ctrl-C or SIGTERM inside a trainer: it saved and says where
+        print(f"vlrl demo: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C between the trainers' steps (data, evaluation, report)
+        print("vlrl demo: stopped by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
