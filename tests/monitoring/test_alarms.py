@@ -58,6 +58,10 @@ FAILING = {
     "nonfinite_step": changed(20, **{"train/skipped_nonfinite": lambda s: float(s == 20)}),
     # Every other step skipped: 50% of the window, above the 25% default.
     "skipped_steps": changed(20, **{"train/skipped_no_signal": lambda s: float(s % 2 == 0)}),
+    # A random policy: every reward 0, so every group's rewards are equal, from the first step on.
+    "no_learning_signal": changed(
+        20, frac_zero_std_groups=lambda s: 1.0, **{"reward/total/mean": lambda s: 0.0}
+    ),
 }
 
 
@@ -188,3 +192,25 @@ def test_skipped_steps_fire_above_the_share_only():
 def test_min_steps_cannot_exceed_the_window():
     with pytest.raises(ValueError, match="min_steps"):
         MonitorSection(window=5, min_steps=8)
+
+
+def test_no_learning_signal_needs_every_group_equal_for_k_steps_in_a_row():
+    k = CFG.no_signal_steps
+    # A healthy start, then k - 1 steps without signal: not k in a row yet (the rise itself is
+    # zero_std_groups_rising's alarm).
+    almost = feed(changed(20, frac_zero_std_groups=lambda s: 1.0 if s > 21 - k else 0.2))
+    assert [a.name for a in almost] == ["zero_std_groups_rising"]
+    # The same with one more: fires at the run's last step; rewards of 1 in every group.
+    equal = {"frac_zero_std_groups": lambda s: 1.0 if s > 20 - k else 0.2, "reward/total/mean": lambda s: 1.0}
+    _, alarm = feed(changed(20, **equal))
+    assert (alarm.name, alarm.step, alarm.severity) == ("no_learning_signal", 20, "critical")
+    assert "every group's rewards were equal for the last 10 steps" in alarm.message
+    (alarm,) = feed(FAILING["no_learning_signal"])
+    assert "every reward was 0 for the last 10 steps" in alarm.message and "cold-start SFT" in alarm.message
+    # Fewer steps are enough when asked for.
+    assert [a.step for a in feed(FAILING["no_learning_signal"], MonitorSection(no_signal_steps=3))] == [3]
+
+
+def test_no_signal_steps_cannot_exceed_the_window():
+    with pytest.raises(ValueError, match="no_signal_steps"):
+        MonitorSection(window=5, min_steps=3, no_signal_steps=8)

@@ -558,6 +558,12 @@ class MonitorSection(Section):
         description="skipped_steps: share of recent steps that made no update for lack of signal "
         "(dynamic sampling kept no group) above this.",
     )
+    no_signal_steps: int = Field(
+        10,
+        ge=1,
+        description="no_learning_signal: fires after this many steps in a row in which every group's "
+        "rewards were equal (all advantages zero; e.g. every reward 0). At most monitor.window.",
+    )
     clip_spike_factor: float = Field(
         3.0,
         gt=1,
@@ -572,6 +578,13 @@ class MonitorSection(Section):
         if self.min_steps > self.window:
             raise field_error(
                 "monitor", "min_steps", f"is above monitor.window ({self.window})", self.min_steps
+            )
+        if self.no_signal_steps > self.window:
+            raise field_error(
+                "monitor",
+                "no_signal_steps",
+                f"is above monitor.window ({self.window})",
+                self.no_signal_steps,
             )
         return self
 

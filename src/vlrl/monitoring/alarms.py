@@ -206,6 +206,22 @@ def skipped_steps(history: list[dict], cfg: MonitorSection) -> str | None:
     )
 
 
+def no_learning_signal(history: list[dict], cfg: MonitorSection) -> str | None:
+    """Every group scored all its G completions alike for `cfg.no_signal_steps` steps in a row:
+    every advantage is zero and nothing learns (all rewards 0: a policy that never succeeds, such
+    as a random model before its cold-start SFT)."""
+    recent = history[-cfg.no_signal_steps :]
+    if len(recent) < cfg.no_signal_steps or any(r.get("frac_zero_std_groups") != 1.0 for r in recent):
+        return None
+    steps = f"the last {len(recent)} steps"
+    if all(r.get("reward/total/mean") == 0.0 for r in recent):
+        return (
+            f"every reward was 0 for {steps}: the policy never succeeds, so nothing learns; start from a "
+            "model that is sometimes right (a cold-start SFT checkpoint) or check the reward functions"
+        )
+    return f"every group's rewards were equal for {steps}: all advantages are zero, nothing learns"
+
+
 Rule = Callable[[list[dict], MonitorSection], str | None]
 # name -> (rule, severity). "critical" marks conditions a run rarely recovers from.
 RULES: dict[str, tuple[Rule, str]] = {
@@ -219,6 +235,7 @@ RULES: dict[str, tuple[Rule, str]] = {
     "clip_spike": (clip_spike, "warning"),
     "nonfinite_step": (nonfinite_step, "critical"),
     "skipped_steps": (skipped_steps, "warning"),
+    "no_learning_signal": (no_learning_signal, "critical"),
 }
 
 
