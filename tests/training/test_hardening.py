@@ -36,6 +36,10 @@ def has_e(completions, **fields):
 def constant(completions, **fields):
     return [1.0 for _ in completions]
 
+def odd_answers_only(completions, answer, **fields):
+    # Groups of even answers score all alike (no signal); the others alternate 0, 1 in the group.
+    return [float(int(a) % 2 == 1 and i % 2 == 1) for i, a in enumerate(answer)]
+
 def signal_at_second_call(completions, **fields):
     # Sends itself the signal named in signal.txt while step 2 is scored; once per folder.
     calls = Path(__file__).with_name("calls.txt")
@@ -249,6 +253,9 @@ def test_dynamic_sampling_without_any_informative_group_skips_the_step(workspace
     assert [h["train/skipped_no_signal"] for h in history] == [1, 1, 1]
     assert [h["train/skipped_no_signal_total"] for h in history] == [1, 2, 3]
     assert all(h["frac_zero_std_groups"] == 1.0 and "loss" not in h for h in history)
+    assert {(h["dynamic_sampling/kept_groups"], h["dynamic_sampling/dropped_groups"]) for h in history} == {
+        (0, 8)
+    }
     assert all(torch.equal(p, before[n]) for n, p in weights(trainer).items())
     # Each step drew its own 4 prompts and the extra round's 4, the schedule moved 3 steps: a
     # resumed run continues from the same place.
@@ -260,6 +267,30 @@ def test_dynamic_sampling_without_any_informative_group_skips_the_step(workspace
     assert trainer.sampler.state_dict() == sampler.state_dict()
     assert trainer.scheduler.last_epoch == 3
     assert [a.name for a in read_alarms(tmp_path / ALARMS_FILE)] == ["skipped_steps"]
+
+
+def test_dynamic_sampling_logs_kept_and_dropped_groups_and_rounds(workspace, tmp_path):
+    reward = f"reward.functions=['{workspace['reward']}:odd_answers_only']"
+    overrides = [reward, "rollout.dynamic_sampling=true", "rollout.max_resample_rounds=1", "train.steps=4"]
+    trainer = GRPOTrainer(rl_config(workspace, tmp_path, *overrides))
+    odd = [int(s.answer) % 2 == 1 for s in trainer.train_samples]
+    history = trainer.train()
+    # The same draws as the trainer: 4 prompts, and 4 more when fewer than 4 had odd answers.
+    sampler = PromptSampler(len(odd), trainer.cfg.data.seed, shuffle=trainer.cfg.data.shuffle)
+    expected = []
+    for _ in history:
+        kept = sum(odd[i] for i in sampler.next_batch(4))
+        rounds = 1 if kept >= 4 else 2
+        if rounds == 2:
+            kept += sum(odd[i] for i in sampler.next_batch(4))
+        expected.append((min(kept, 4), 4 * rounds - kept, rounds))
+    logged = [
+        tuple(int(h[f"dynamic_sampling/{k}"]) for k in ("kept_groups", "dropped_groups", "rounds"))
+        for h in history
+    ]
+    assert logged == expected, logged
+    assert {d for _, d, _ in logged} != {0}  # the test saw groups dropped
+    assert records(tmp_path / "metrics.jsonl")[0]["dynamic_sampling/kept_groups"] == logged[0][0]
 
 
 # ---- 7. unwritable folders and full disks ---------------------------------------------------

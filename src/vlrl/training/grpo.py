@@ -73,6 +73,7 @@ class GroupBatch:
     advantages: torch.Tensor = None  # [B]
     kl: torch.Tensor = None  # [B] summed KL to the reference, when algo.kl_in_reward folds it in
     informative: bool = True  # False: no group's rewards differ, there is nothing to learn
+    sampling: dict[str, float] = field(default_factory=dict)  # dynamic sampling's counts, logged
 
     @property
     def flat(self) -> list[Completion]:
@@ -235,7 +236,9 @@ class GRPOTrainer(TrainingRun):
 
     def score_and_filter(self, batch: GroupBatch, timing: dict) -> GroupBatch:
         """Phase 2: rewards; with DAPO dynamic sampling, keep only groups whose rewards differ,
-        drawing more prompts (up to rollout.max_resample_rounds) until P groups are kept.
+        drawing more prompts (up to rollout.max_resample_rounds) until P groups are kept. Counted
+        per step: `dynamic_sampling/kept_groups` (updated on), `dropped_groups` (equal rewards),
+        `rounds` (rounds of P prompts drawn).
 
         When no round kept any group, the first round's batch comes back marked not
         `informative`: its metrics are logged, but the step makes no update (`skip_update`).
@@ -245,16 +248,24 @@ class GRPOTrainer(TrainingRun):
         r = self.cfg.rollout
         if r.dynamic_sampling:
             first, batch = batch, self._keep_informative(batch)
+            rounds = 1
             for round_ in range(1, r.max_resample_rounds + 1):
                 if len(batch.samples) >= r.prompts_per_step:
                     break
                 extra, _ = self.rollout(r.prompts_per_step, round_)
                 self._score(extra)
                 batch = _concat(batch, self._keep_informative(extra))
+                rounds += 1
+            dropped = rounds * r.prompts_per_step - len(batch.samples)
             if batch.samples:
                 batch = _take(batch, r.prompts_per_step)
             else:
                 batch, batch.informative = first, False
+            batch.sampling = {
+                "dynamic_sampling/kept_groups": float(len(batch.samples) if batch.informative else 0),
+                "dynamic_sampling/dropped_groups": float(dropped),
+                "dynamic_sampling/rounds": float(rounds),
+            }
         timing["reward"] = time.perf_counter() - t0
         return batch
 
@@ -449,6 +460,7 @@ class GRPOTrainer(TrainingRun):
             if vals:
                 m[f"reward/{name}/mean"] = sum(vals) / len(vals)
         m.update(self._reward_stats)
+        m.update(batch.sampling)
         m["reward/total/mean"] = batch.rewards.mean().item()
         if "accuracy" in batch.reward_scores:
             m["acc"] = m.get("reward/accuracy/mean", 0.0)
