@@ -189,6 +189,7 @@ def test_a_signal_saves_at_the_step_boundary_and_the_run_resumes(workspace, tmp_
     assert "Traceback" not in err
     assert signal.getsignal(signum) is not None  # the handlers were given back
     assert main(["train", str(cfg), "train.resume=auto"]) == 0
+    assert f"resumed from step 2 ({tmp_path / 'out/checkpoints/step_000002'})" in capsys.readouterr().out
     assert [r["step"] for r in records(tmp_path / "out" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
@@ -345,4 +346,5 @@ def test_a_full_disk_while_saving_keeps_the_last_checkpoint(workspace, tmp_path,
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_000002"]  # the half-written one is gone
     monkeypatch.setattr(torch, "save", real)
     assert main(["train", str(cfg), "train.resume=auto"]) == 0
+    assert f"resumed from step 2 ({tmp_path / 'out/checkpoints/step_000002'})" in capsys.readouterr().out
     assert latest_checkpoint(out).name == "step_000004"

@@ -55,6 +55,7 @@ from vlrl.training.setup import (
     build_optimizer,
     load_data,
     load_policy,
+    parameter_table,
     seed_everything,
     template_for,
 )
@@ -87,6 +88,8 @@ class TrainingRun:
             check_resume_config(resume_dir, cfg.model_dump(mode="json"))
         self.lm = load_policy(cfg.model, cfg.data, self.device, path=resume_dir)
         self.model, self.adapter = self.lm.model, self.lm.adapter
+        if self.world.is_main:  # what the model and freeze / LoRA settings leave to train
+            print(parameter_table(self.model, self.adapter), flush=True)
         self.rollout_model = self.model
         # FSDP2 averages gradients over ranks; the losses already carry global denominators.
         self.loss_scale = 1.0
@@ -151,6 +154,8 @@ class TrainingRun:
             self.sampler.load_state_dict(state["sampler"])
             self.skipped |= state.get("skipped", {})
             self.nonfinite_streak = state.get("nonfinite_streak", 0)
+            if self.world.is_main:
+                print(f"resumed from step {self.step} ({resume_dir})", flush=True)
         # A fresh run in a used folder, or a resumed one, must not keep metrics of steps it redoes.
         if self.world.is_main:
             self.logger.truncate_after(self.step)

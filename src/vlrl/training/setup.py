@@ -77,6 +77,22 @@ def load_policy(cfg: ModelSection, data: DataSection, device: torch.device, path
     return LoadedModel(model, lm.processor, lm.adapter)
 
 
+def parameter_table(model: nn.Module, adapter: ModelAdapter) -> str:
+    """Trainable and frozen parameter counts per module group, aligned, with a total row; with
+    LoRA the adapters count as their group's trainable parameters and the base weights as frozen."""
+    rows = []
+    for group, params in adapter.parameter_groups(model).items():
+        trainable = sum(p.numel() for _, p in params if p.requires_grad)
+        rows.append((group, trainable, sum(p.numel() for _, p in params) - trainable))
+    rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
+    cells = [("parameters", "trainable", "frozen")] + [(g, f"{t:,}", f"{f:,}") for g, t, f in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(3)]
+    return "\n".join(
+        f"{name:<{widths[0]}}  {trainable:>{widths[1]}}  {frozen:>{widths[2]}}"
+        for name, trainable, frozen in cells
+    )
+
+
 def build_optimizer(model: nn.Module, adapter: ModelAdapter, train: TrainSection, vision_lr: float | None):
     """AdamW over trainable parameters; the vision tower gets `model.vision_lr` when set."""
     groups: dict[float, list[nn.Parameter]] = {}
