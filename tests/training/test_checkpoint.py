@@ -8,16 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_rl import COMMON
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForImageTextToText
 
+from vlrl.config import SFTConfig, load_config
 from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model, load_processor
+from vlrl.synth import generate_dataset
 from vlrl.training.checkpoint import (
     STATE_FILE,
     checkpoint_dir,
+    complete_checkpoints,
     latest_checkpoint,
     load_trainer_state,
     merge_lora,
@@ -27,6 +31,7 @@ from vlrl.training.checkpoint import (
 )
 from vlrl.training.sampler import PromptSampler
 from vlrl.training.schedule import build_scheduler
+from vlrl.training.sft import SFTTrainer
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3")
 
@@ -176,6 +181,30 @@ def test_prune_keeps_the_latest(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000003", "step_000004"]
     with pytest.raises(ValueError, match="keep_last"):
         prune_checkpoints(tmp_path, 0)
+    # A resumed run's starting checkpoint stays, beside the last ones.
+    _fake_checkpoint(tmp_path, 5)
+    prune_checkpoints(tmp_path, 1, keep=tmp_path / "checkpoints" / "step_000003")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000003", "step_000005"]
+
+
+def test_runs_keep_their_last_checkpoints_and_the_one_they_resumed_from(tiny_models, tmp_path):
+    data = generate_dataset("counting", 8, tmp_path / "data", seed=0)
+    overrides = [
+        *COMMON,
+        f"model.path={tiny_models['qwen2_vl']}",
+        f"data.train={data['train']}",
+        "sft.batch_size=2",
+        "train.save_every=1",
+        f"train.output_dir={tmp_path / 'run'}",
+    ]
+
+    def run(*more):
+        SFTTrainer(load_config(None, [*overrides, *more], schema=SFTConfig)).train()
+        return [step for step, _ in complete_checkpoints(tmp_path / "run")]
+
+    assert run("train.steps=4", "train.keep_last_checkpoints=2") == [3, 4]
+    assert run("train.steps=7", "train.keep_last_checkpoints=1", "train.resume=auto") == [4, 7]
+    assert run("train.steps=8", "train.resume=auto") == [4, 7, 8]  # unset: nothing is deleted
 
 
 @pytest.mark.parametrize("family", FAMILIES)

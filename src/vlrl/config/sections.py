@@ -381,6 +381,12 @@ class TrainSection(Section):
     save_every: int = Field(
         0, ge=0, description="Save a checkpoint every this many steps; 0 saves only at the end."
     )
+    keep_last_checkpoints: int | None = Field(
+        None,
+        ge=1,
+        description="Keep only this many most recent checkpoints (as TRL's save_total_limit), deleting "
+        "older ones after each save; the checkpoint the run resumed from is kept too. None keeps all.",
+    )
     resume: str | None = path_field(
         None, description="Resume from a checkpoint folder, or 'auto' for the latest in output_dir."
     )

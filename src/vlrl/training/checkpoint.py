@@ -1,4 +1,4 @@
-"""Checkpoints: save, find, resume, prune, and merge LoRA adapters into a plain model.
+"""Checkpoints: save, find, resume, prune (`train.keep_last_checkpoints`), and merge LoRA adapters into a plain model.
 
 Layout: `<output_dir>/checkpoints/step_000010/` holds the model in Hugging Face format (full
 weights, or for a peft model only the adapter), the processor, and `trainer_state.pt` with the
@@ -49,6 +49,7 @@ MAY_CHANGE_ON_RESUME = (
     "train.output_dir",
     "train.device",
     "train.save_every",
+    "train.keep_last_checkpoints",
     "train.log_every",
     "train.eval_",
     "train.max_nonfinite_skips",
@@ -337,14 +338,18 @@ def check_fresh_folder(output_dir: str | Path) -> None:
         )
 
 
-def prune_checkpoints(output_dir: str | Path, keep_last: int | None) -> None:
-    """Delete all but the `keep_last` most recent finished checkpoints; None keeps all."""
+def prune_checkpoints(output_dir: str | Path, keep_last: int | None, keep: Path | None = None) -> None:
+    """Delete all but the `keep_last` most recent finished checkpoints (`train.keep_last_checkpoints`;
+    None keeps all), and never `keep`: the checkpoint a resumed run started from stays until a
+    later run resumes from a newer one."""
     if keep_last is None:
         return
     if keep_last < 1:
         raise ValueError(f"keep_last must be at least 1 (or None to keep all), got {keep_last}")
+    kept = Path(keep).resolve() if keep is not None else None
     for _, path in complete_checkpoints(output_dir)[:-keep_last]:
-        shutil.rmtree(path)
+        if path.resolve() != kept:
+            shutil.rmtree(path)
 
 
 def merge_lora(adapter_dir: Path, out_dir: Path, dtype: str = "auto") -> Path:

@@ -43,6 +43,7 @@ from vlrl.training.checkpoint import (
     checkpoint_dir,
     latest_checkpoint,
     load_trainer_state,
+    prune_checkpoints,
     resolve_resume,
     save_checkpoint,
     save_sharded_checkpoint,
@@ -81,7 +82,7 @@ class TrainingRun:
             self.device = torch.device("cuda", self.world.local_rank)
         seed_everything(cfg.train.seed)
         check_output_dir(self.out, self.world.rank)  # before minutes of loading
-        resume_dir = resolve_resume(cfg.train.resume, self.out)
+        self.resumed_from = resume_dir = resolve_resume(cfg.train.resume, self.out)
         if resume_dir is None and cfg.train.resume is None:
             check_fresh_folder(self.out)
         if resume_dir is not None:
@@ -304,4 +305,6 @@ class TrainingRun:
                 f"{self._last_checkpoint_text()} (free the space, then resume with train.resume=auto)"
             ) from exc
         self.last_saved = step_dir
+        if self.world.is_main:  # the other ranks are done with the folder: the save ended in a barrier
+            prune_checkpoints(self.out, self.cfg.train.keep_last_checkpoints, keep=self.resumed_from)
         return step_dir
