@@ -77,6 +77,11 @@ def rewards(run_dir: Path) -> list[float]:
     return [r["reward/total/mean"] for r in rows if "reward/total/mean" in r]
 
 
+def evals(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["eval/heldout/acc"] for r in rows if "eval/heldout/acc" in r]
+
+
 def test_rl_configs_start_from_the_checkpoint_the_sft_config_ends_with():
     commands = readme_commands()
     synth = next(c for c in commands if c[0] == "synth")
@@ -105,4 +110,6 @@ def test_readme_block_runs_in_full_and_grpo_reward_rises(tmp_path, monkeypatch):
     run_block(tmp_path, monkeypatch, lambda argv: [*argv, *QUIET] if argv[0] in ("sft", "train") else argv)
     reward = rewards(tmp_path / "runs" / "grpo_tiny")
     first, last = sum(reward[:10]) / 10, sum(reward[-10:]) / 10
-    assert last > first + 0.03, reward
+    # Measured (seed 0, 2 cores): 1.276 -> 1.386, held-out greedy accuracy 0.42 -> 0.55.
+    assert last > first + 0.05, reward
+    assert evals(tmp_path / "runs" / "grpo_tiny")[-1] > evals(tmp_path / "runs" / "sft_tiny")[-1]
