@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model, load_processor
+from vlrl.models.processors import torchvision_usable
 from vlrl.synth import generate_dataset
 from vlrl.training.checkpoint import (
     STATE_FILE,
@@ -236,8 +239,37 @@ def test_merged_lora_loads_with_plain_transformers_and_matches(tiny_models, imag
     assert not torch.allclose(expected, base, atol=1e-3)  # the adapter changes the outputs
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert load_processor(merged_dir).tokenizer.get_vocab() == lm.processor.tokenizer.get_vocab()
+    assert "The folder holds LoRA adapters only" in (step_dir / "README.md").read_text()
+    card = (merged_dir / "README.md").read_text()
+    assert f"full weights: the LoRA adapters of `{step_dir}` merged into `{tiny_models[family]}`" in card
+    assert f'AutoProcessor.from_pretrained("{merged_dir}")' in card
 
 
 def test_merge_lora_needs_an_adapter_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         merge_lora(tmp_path, tmp_path / "merged")
+
+
+def test_a_run_checkpoint_says_how_to_load_it_and_its_snippet_works(tiny_models, tmp_path):
+    data = generate_dataset("counting", 4, tmp_path / "data", seed=0)
+    overrides = [*COMMON, f"model.path={tiny_models['qwen2_vl']}", f"data.train={data['train']}"]
+    run = [*overrides, "sft.batch_size=2", "train.steps=1", f"train.output_dir={tmp_path / 'run'}"]
+    SFTTrainer(load_config(None, run, schema=SFTConfig)).train()
+    step_dir = tmp_path / "run" / "checkpoints" / "step_000001"
+    card = (step_dir / "README.md").read_text()
+    assert (
+        f"A `qwen2_vl` vision-language model: full weights after step 1 of a vlrl run from `{tiny_models['qwen2_vl']}`"
+        in card
+    )
+    snippet = card.split("```python\n")[1].split("```")[0]
+    assert len(snippet.splitlines()) == 3 and snippet.startswith("import vlrl")
+    # A fresh interpreter, as a user's script: the snippet gives a processor with its image processor.
+    check = snippet + "print(type(processor.image_processor).__name__, type(model).__name__)\n"
+    out = subprocess.run([sys.executable, "-c", check], check=True, capture_output=True, text=True).stdout
+    assert out.startswith("Qwen2VLImageProcessor") and out.split()[1] == "Qwen2VLForConditionalGeneration"
+    if not torchvision_usable():  # the trap the card warns of: without `import vlrl`, a bare tokenizer
+        without = snippet.replace("import vlrl", "pass") + "print(type(processor).__name__)\n"
+        out = subprocess.run(
+            [sys.executable, "-c", without], check=True, capture_output=True, text=True
+        ).stdout
+        assert out.strip() == "Qwen2Tokenizer"

@@ -7,6 +7,7 @@ is built from the same files (see `vlrl.models.processors`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,17 +49,43 @@ def _check_folder(path: Path) -> None:
 
 
 def load_processor(path: str | Path, config=None):
-    """The checkpoint's processor; the image-only variant when torchvision is unusable."""
+    """The checkpoint's processor; the image-only variant when torchvision is unusable.
+
+    Refuses (ValueError) anything without an image processor: `AutoProcessor` silently returns a
+    bare tokenizer when it does not know the saved processor class, and a tokenizer would fail
+    only later, at the first image, far from the cause.
+    """
     path = Path(path)
     config = config or AutoConfig.from_pretrained(path)
     if torchvision_usable():
-        return AutoProcessor.from_pretrained(path)
-    processor_class = IMAGE_ONLY_PROCESSORS.get(type(config))
-    if processor_class is None:
-        raise RuntimeError(
-            f"'{path}' ({config.model_type}) needs torchvision for its processor, which is not usable here"
+        processor = AutoProcessor.from_pretrained(path)
+    else:
+        processor_class = IMAGE_ONLY_PROCESSORS.get(type(config))
+        if processor_class is None:
+            raise RuntimeError(
+                f"'{path}' ({config.model_type}) needs torchvision for its processor, which is not usable here"
+            )
+        processor = processor_class.from_pretrained(path)
+    if getattr(processor, "image_processor", None) is None:
+        raise ValueError(
+            f"'{path}' has no usable image processor: AutoProcessor returned a bare "
+            f"{type(processor).__name__} ({_saved_processor_class(path)}); copy the processor files of "
+            "the model it was trained from into the folder, or install torchvision"
         )
-    return processor_class.from_pretrained(path)
+    return processor
+
+
+def _saved_processor_class(path: Path) -> str:
+    """What the folder's processor_config.json asks for, in words, for error messages."""
+    file = path / "processor_config.json"
+    if not file.is_file():
+        return "the folder has no processor_config.json"
+    name = json.loads(file.read_text()).get("processor_class")
+    return (
+        f"processor_config.json names {name}, which transformers does not know"
+        if name
+        else ("processor_config.json names no processor_class")
+    )
 
 
 def load_model(

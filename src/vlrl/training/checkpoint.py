@@ -1,7 +1,8 @@
-"""Checkpoints: save, find, resume, prune (`train.keep_last_checkpoints`), and merge LoRA adapters into a plain model.
+"""Checkpoints: save, find, resume, prune, and merge LoRA adapters into a plain model.
 
 Layout: `<output_dir>/checkpoints/step_000010/` holds the model in Hugging Face format (full
-weights, or for a peft model only the adapter), the processor, and `trainer_state.pt` with the
+weights, or for a peft model only the adapter), the processor, a README.md model card saying how
+to load it with transformers alone (`model_card`), and `trainer_state.pt` with the
 optimizer, scheduler and RNG states and the trainer's own state (step, sampler position, ...).
 A checkpoint is written into `step_000010.tmp/` and renamed when complete, so a run killed while
 saving leaves a `.tmp` folder that `latest_checkpoint` never picks.
@@ -36,6 +37,7 @@ from vlrl.models.loading import DTYPES, load_processor
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
+MODEL_CARD = "README.md"  # what the folder holds and how to load it outside vlrl
 STEP_DIR = re.compile(r"step_(\d+)")
 # Exact types: numpy scalars subclass float but `torch.load(weights_only=True)` refuses them.
 PLAIN_SCALARS = (str, int, float, bool, type(None))
@@ -115,6 +117,52 @@ def check_plain(value, where: str = "trainer_state") -> None:
         )
 
 
+def model_card(
+    folder: Path, model, trainer_state: dict | None = None, merged_from: Path | None = None
+) -> str:
+    """The README.md of a checkpoint `folder`: what it holds and the lines that load it outside vlrl.
+
+    Those lines must import vlrl: the folder's processor is vlrl's image-only class, which
+    `AutoProcessor` knows only once vlrl registered it, and without it (and without torchvision)
+    transformers silently returns a bare tokenizer.
+    """
+    trainer_state = trainer_state or {}
+    config = yaml.safe_load(trainer_state["config"]) if trainer_state.get("config") else {}
+    base = config.get("model", {}).get("path") or model.config._name_or_path
+    lora = isinstance(model, PeftModel)
+    what = "LoRA adapters" if lora else "full weights"
+    if "step" in trainer_state:
+        what += f" after step {trainer_state['step']} of a vlrl run from `{base}`"
+    if merged_from is not None:
+        what += f": the LoRA adapters of `{merged_from}` merged into `{base}`"
+    lines = [
+        f"# {folder.name}",
+        "",
+        f"A `{model.config.model_type}` vision-language model: {what}.",
+        "",
+        "## Load it with transformers",
+        "",
+        "vlrl saves an image-only processor (no video processor, so the model runs without torchvision).",
+        "transformers knows its class once `import vlrl` has run; without that import and without",
+        "torchvision, `AutoProcessor.from_pretrained` silently returns a bare tokenizer. So import vlrl",
+        "first, or install torchvision (then transformers' own processor class loads the folder):",
+        "",
+        "```python",
+        "import vlrl  # registers vlrl's image-only processors with AutoProcessor",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        f'model, processor = AutoModelForImageTextToText.from_pretrained("{folder}"), '
+        f'AutoProcessor.from_pretrained("{folder}")',
+        "```",
+    ]
+    if lora:
+        lines += [
+            "",
+            f"The folder holds LoRA adapters only: with peft installed these lines load `{base}` with the",
+            f"adapters attached; `vlrl merge {folder} --out DIR` writes a plain checkpoint.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def save_checkpoint(step_dir: Path, model, processor, optimizer, scheduler, trainer_state: dict) -> None:
     """Write a complete checkpoint to `step_dir` atomically (see module docstring).
 
@@ -135,6 +183,7 @@ def save_checkpoint(step_dir: Path, model, processor, optimizer, scheduler, trai
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        (tmp / MODEL_CARD).write_text(model_card(step_dir, model, trainer_state))
         torch.save(state, tmp / STATE_FILE)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk needs the space back
@@ -183,6 +232,7 @@ def save_sharded_checkpoint(
     if rank == 0:
         model.save_pretrained(tmp, state_dict=full)
         processor.save_pretrained(tmp)
+        (tmp / MODEL_CARD).write_text(model_card(step_dir, model, trainer_state))
         state = {
             "optimizer": None,
             "scheduler": scheduler.state_dict(),
@@ -375,4 +425,5 @@ def merge_lora(adapter_dir: Path, out_dir: Path, dtype: str = "auto") -> Path:
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)
     load_processor(adapter_dir, merged.config).save_pretrained(out_dir)
+    (out_dir / MODEL_CARD).write_text(model_card(out_dir, merged, merged_from=adapter_dir))
     return out_dir
