@@ -11,7 +11,12 @@ from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
 from vlrl.models.loading import load_model
 from vlrl.training import logprobs
-from vlrl.training.logprobs import grouped_response_logprobs, response_logprobs, token_budget_batches
+from vlrl.training.logprobs import (
+    grouped_response_logprobs,
+    response_logprobs,
+    response_mask,
+    token_budget_batches,
+)
 
 
 def test_token_budget_batches_pack_consecutive_rows_within_budget():
@@ -168,3 +173,9 @@ def test_bf16_scoring_never_makes_a_float32_copy_of_the_logits(tiny_models, imag
     spread = prompts[1].length - prompts[0].length
     assert watch.largest[torch.bfloat16] <= 4 * (6 if grouped else 7 + spread)
     assert spread + 7 < prompts[0].length + 6  # so that the bound excludes the prompts' logits
+
+
+def test_response_mask_marks_each_rows_first_length_positions():
+    mask = response_mask([2, 0, 3])
+    assert mask.dtype == torch.float32 and mask.shape == (3, 3)  # T = the longest response
+    assert mask.tolist() == [[1, 1, 0], [0, 0, 0], [1, 1, 1]]

@@ -55,7 +55,12 @@ from vlrl.rewards.runner import check_rewards
 from vlrl.rollout import make_backend
 from vlrl.rollout.base import Completion, SamplingParams
 from vlrl.training.guards import StopSignals
-from vlrl.training.logprobs import grouped_response_logprobs, response_logprobs, token_budget_batches
+from vlrl.training.logprobs import (
+    grouped_response_logprobs,
+    response_logprobs,
+    response_mask,
+    token_budget_batches,
+)
 from vlrl.training.run import TrainingRun
 from vlrl.training.scoring import RewardScorer
 from vlrl.training.stages import check_stages, stage_config, stage_index, total_steps
@@ -299,7 +304,7 @@ class GRPOTrainer(TrainingRun):
         """Phase 4: algo.ppo_epochs passes over token-budget micro-batches, one optimizer step each."""
         a = self.cfg.algo
         lengths = [c.token_ids.numel() for c in batch.flat]
-        mask_all = _response_mask(lengths)  # the whole batch's: global loss denominators
+        mask_all = response_mask(lengths)  # the whole batch's: global loss denominators
         micro, weights = self._micro_batches(batch)
         denom = aggregation_denominator(mask_all, a.loss_agg)
         loss_fn = get(POLICY_LOSSES, a.policy_loss, "policy loss")
@@ -440,7 +445,7 @@ class GRPOTrainer(TrainingRun):
         pol = self._frozen_logprobs(self.model, batch, micro, features)
         ref = self._reference_logprobs(batch, micro, features)
         kl_fn = get(KL_ESTIMATORS, self.cfg.algo.kl_estimator, "KL estimator")
-        mask_all = _response_mask(lengths)
+        mask_all = response_mask(lengths)
         mine = {}
         for rows, w, p, r in zip(micro, weights, pol, ref, strict=True):
             if w:
@@ -540,12 +545,6 @@ def _concat_features(parts: list[torch.Tensor | None] | None) -> torch.Tensor | 
     """Image features of several prompts in order ([N, hidden]); None when none has images."""
     present = [f for f in parts or () if f is not None]
     return torch.cat(present) if present else None
-
-
-def _response_mask(lengths: list[int]) -> torch.Tensor:
-    """[B, T] with 1 on each row's first `lengths[i]` positions."""
-    T = max(lengths)
-    return (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).float()
 
 
 def _select(batch: GroupBatch, keep: list[int]) -> GroupBatch:

@@ -45,6 +45,13 @@ def token_budget_batches(lengths: list[int], budget: int) -> list[list[int]]:
     return batches
 
 
+def response_mask(lengths: list[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """[B, T] with 1.0 on each row's first `lengths[i]` positions, T = max(lengths): which
+    positions of a response log-prob matrix are real tokens rather than padding."""
+    positions = torch.arange(max(lengths), device=device)
+    return (positions[None, :] < torch.tensor(lengths, device=device)[:, None]).float()
+
+
 def response_logprobs(
     model: nn.Module,
     sequences: list[Encoded],

@@ -14,15 +14,13 @@ from __future__ import annotations
 import math
 import time
 
-import torch
-
 from vlrl.config import SFTConfig
 from vlrl.config.sections import REFLECTION_WORDS
 from vlrl.data import DataError, Sample
 from vlrl.distributed import all_reduce_sums, shard_range
 from vlrl.rollout import make_backend
 from vlrl.training.guards import StopSignals
-from vlrl.training.logprobs import response_logprobs, token_budget_batches
+from vlrl.training.logprobs import response_logprobs, response_mask, token_budget_batches
 from vlrl.training.run import TrainingRun
 
 
@@ -128,10 +126,7 @@ class SFTTrainer(TrainingRun):
                 1.0,
                 self.blocked_ids,
             )
-            mask = (
-                torch.arange(logp.shape[1], device=logp.device)[None, :]
-                < torch.tensor([lengths[i] for i in rows], device=logp.device)[:, None]
-            )
+            mask = response_mask([lengths[i] for i in rows], logp.device)
             loss = -(logp * mask).sum() / total_tokens
             (loss * (w * self.loss_scale)).backward()
             loss_sum += loss.item() * w
