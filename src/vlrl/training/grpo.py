@@ -2,7 +2,8 @@
 
     for step:  rollout -> score -> advantages -> policy update -> sync -> log / eval / checkpoint
 
-`train()` reads as that line; each phase is a method below. The maths (advantages, policy losses,
+`run_step()` reads as the first half of that line, each phase a method below; the shared loop
+(`TrainingRun.train`, the same for SFT) does the rest. The maths (advantages, policy losses,
 aggregation, KL estimators) are table entries in `vlrl.algos`, chosen by name in the config, so
 GRPO, Dr.GRPO, DAPO, GSPO, RLOO and REINFORCE++ are settings of this one loop.
 
@@ -43,7 +44,7 @@ from vlrl.algos import (
 )
 from vlrl.config import TrainConfig
 from vlrl.data import Sample
-from vlrl.distributed import all_gather_objects, all_reduce_sums, broadcast_object, shard_range
+from vlrl.distributed import all_gather_objects, all_reduce_sums, shard_range
 from vlrl.distributed.fsdp import shard_model
 from vlrl.io import ALARMS_FILE, ROLLOUTS_FILE, truncate_jsonl
 from vlrl.models.batching import Encoded
@@ -54,7 +55,6 @@ from vlrl.monitoring.rollouts import rollout_record, write_rollouts
 from vlrl.rewards.runner import check_rewards
 from vlrl.rollout import make_backend
 from vlrl.rollout.base import Completion, SamplingParams
-from vlrl.training.guards import StopSignals
 from vlrl.training.logprobs import (
     grouped_response_logprobs,
     response_logprobs,
@@ -90,6 +90,8 @@ class GroupBatch:
 
 
 class GRPOTrainer(TrainingRun):
+    name = "grpo"
+
     skip_reasons = ("nonfinite", "no_signal")
 
     def __init__(self, cfg: TrainConfig):
@@ -158,47 +160,26 @@ class GRPOTrainer(TrainingRun):
         return ref
 
     # ---- the loop ---------------------------------------------------------------------------
-    def train(self, until: int | None = None, deadline: float | None = None) -> list[dict]:
-        """Run to step `until` (default: the end), or until `time.perf_counter()` passes
-        `deadline`; returns the metrics of every step run here.
+    def run_step(self) -> tuple[dict[str, float], float]:
+        """One RL step, the loop of the module docstring: rollout -> score -> advantages -> policy
+        update -> sync. Logging, evaluation and checkpoints are the shared loop's (`TrainingRun.train`)."""
+        self.enter_stage()
+        with self.precision():
+            batch, timing = self.rollout()
+            batch = self.score_and_filter(batch, timing)
+            if batch.informative:
+                self.compute_advantages(batch)
+                metrics = self.policy_update(batch, timing)
+            else:
+                metrics = self.skip_update(batch)
+        self.backend.sync_weights(self.model)
+        self.last_batch = batch
+        metrics |= self.batch_metrics(batch, timing) | self.count_skip(_skip_reason(batch, metrics))
+        return metrics, float(sum(c.token_ids.numel() for c in batch.flat))
 
-        Stopping early leaves the schedule untouched: the run continues from a checkpoint exactly
-        as if it had never stopped.
-        """
-        history = []
-        self.begin()
-        with StopSignals() as signals, self.logger:
-            while self.step < min(until or self.total_steps, self.total_steps):
-                self.enter_stage()
-                t0 = time.perf_counter()
-                with self.precision():
-                    batch, timing = self.rollout()
-                    batch = self.score_and_filter(batch, timing)
-                    if batch.informative:
-                        self.compute_advantages(batch)
-                        metrics = self.policy_update(batch, timing)
-                    else:
-                        metrics = self.skip_update(batch)
-                self.backend.sync_weights(self.model)
-                self.step += 1
-                timing["step"] = time.perf_counter() - t0
-                metrics |= self.batch_metrics(batch, timing) | self.count_skip(_skip_reason(batch, metrics))
-                if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
-                    metrics |= self.evaluate()
-                self.observe(batch, metrics)
-                if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
-                    self.logger.log(self.step, metrics)
-                history.append({"step": self.step, **metrics})
-                self.check_diverged()
-                if self.should_save():
-                    self.save()
-                self.stop_if_signalled(signals.received)
-                # Rank 0's clock decides for every rank: ranks that disagreed would hang each other.
-                if deadline is not None and broadcast_object(time.perf_counter() > deadline, what="deadline"):
-                    if self.step < self.total_steps:
-                        self.save()
-                    break
-        return history
+    def after_step(self, metrics: dict[str, float]) -> str | None:
+        self.observe(self.last_batch, metrics)
+        return None
 
     def enter_stage(self) -> None:
         """Switch to the config of the stage the next step belongs to (announced once)."""
@@ -458,7 +439,8 @@ class GRPOTrainer(TrainingRun):
         return out
 
     def batch_metrics(self, batch: GroupBatch, timing: dict) -> dict[str, float]:
-        """verl-style names: reward/<name>/mean, acc, response_length/mean, timing_s/*, ..."""
+        """verl-style names: reward/<name>/mean, acc, response_length/mean, timing_s/<phase>, ...
+        (`timing_s/step` and `perf/throughput`, response tokens per second, are the shared loop's)."""
         m: dict[str, float] = {}
         for name, scores in batch.reward_scores.items():
             vals = [s for s in scores if s is not None]
@@ -482,7 +464,6 @@ class GRPOTrainer(TrainingRun):
             m["stage"] = float(self.stage)
             m["rollout/group_size"] = float(self.cfg.rollout.group_size)
             m["rollout/max_new_tokens"] = float(self.cfg.rollout.max_new_tokens)
-        m["perf/throughput"] = lengths.sum().item() / max(timing["step"], 1e-9)
         # Prompt + response tokens of the B sequences, as verl's perf/total_num_tokens.
         prompt_tokens = sum(p.length * len(g) for p, g in zip(batch.prompts, batch.completions, strict=True))
         m["perf/total_num_tokens"] = float(prompt_tokens) + lengths.sum().item()

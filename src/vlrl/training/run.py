@@ -26,6 +26,7 @@ import contextlib
 import copy
 import math
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -48,7 +49,14 @@ from vlrl.training.checkpoint import (
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from vlrl.training.guards import Diverged, Interrupted, SaveFailed, check_output_dir, weights_finite
+from vlrl.training.guards import (
+    Diverged,
+    Interrupted,
+    SaveFailed,
+    StopSignals,
+    check_output_dir,
+    weights_finite,
+)
 from vlrl.training.metrics import MetricsLogger, require_extras
 from vlrl.training.sampler import PromptSampler
 from vlrl.training.schedule import build_scheduler
@@ -63,7 +71,10 @@ from vlrl.training.setup import (
 
 
 class TrainingRun:
-    """Shared state of a run; subclasses implement `train`."""
+    """Shared state and loop of a run (`train`); subclasses give their step (`run_step`), their
+    end-of-step checks (`after_step`) and their evaluation (`evaluate`)."""
+
+    name = "run"  # how the run names itself in messages
 
     # Whether distributed runs sample from a gathered replica of the policy (see the module doc).
     replica_for_rollouts = True
@@ -160,6 +171,60 @@ class TrainingRun:
         # A fresh run in a used folder, or a resumed one, must not keep metrics of steps it redoes.
         if self.world.is_main:
             self.logger.truncate_after(self.step)
+
+    # ---- the loop every trainer shares -----------------------------------------------------
+    def train(self, until: int | None = None, deadline: float | None = None) -> list[dict]:
+        """Run to step `until` (default: the end), or until `time.perf_counter()` passes
+        `deadline`; returns the metrics of every step run here.
+
+        Each step: the trainer's own phases (`run_step`), evaluation every `train.eval_every`
+        steps, `after_step` (which may end the run, giving why), logging, the divergence check, a
+        checkpoint, then a stop on SIGTERM / Ctrl-C or at the deadline. Stopping early leaves the
+        schedule untouched: the run continues from a checkpoint exactly as if it had never stopped.
+        """
+        history = []
+        self.begin()
+        with StopSignals() as signals, self.logger:
+            while self.step < min(until or self.total_steps, self.total_steps):
+                t0 = time.perf_counter()
+                metrics, tokens = self.run_step()
+                self.step += 1
+                seconds = time.perf_counter() - t0
+                metrics |= {"timing_s/step": seconds, "perf/throughput": tokens / max(seconds, 1e-9)}
+                if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
+                    metrics |= self.evaluate()
+                stop = self.after_step(metrics)
+                if stop or self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
+                    self.logger.log(self.step, metrics)
+                history.append({"step": self.step, **metrics})
+                self.check_diverged()
+                if stop or self.should_save():
+                    self.save()
+                if stop:
+                    if self.world.is_main:
+                        print(f"{self.name}: stopped at step {self.step}: {stop}", flush=True)
+                    break
+                self.stop_if_signalled(signals.received)
+                # Rank 0's clock decides for every rank: ranks that disagreed would hang each other.
+                if deadline is not None and broadcast_object(time.perf_counter() > deadline, what="deadline"):
+                    if self.step < self.total_steps:
+                        self.save()
+                    break
+        return history
+
+    def run_step(self) -> tuple[dict[str, float], float]:
+        """The trainer's phases of one optimizer step: its metrics, and the tokens it processed
+        (for `perf/throughput`). `self.step` is still the number of steps done before it."""
+        raise NotImplementedError
+
+    def after_step(self, metrics: dict[str, float]) -> str | None:
+        """Look at the finished step's metrics (evaluation included); a returned reason ends the
+        run after this step is logged and saved."""
+        return None
+
+    def evaluate(self) -> dict[str, float]:
+        """In-training evaluation metrics (`eval/<set>/...`)."""
+        raise NotImplementedError
 
     def begin(self) -> None:
         if self.world.is_main:

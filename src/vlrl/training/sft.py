@@ -12,14 +12,12 @@ the same mean as in one process. A step with a NaN or infinite gradient is skipp
 from __future__ import annotations
 
 import math
-import time
 
 from vlrl.config import SFTConfig
 from vlrl.config.sections import REFLECTION_WORDS
 from vlrl.data import DataError, Sample
 from vlrl.distributed import all_reduce_sums, shard_range
 from vlrl.rollout import make_backend
-from vlrl.training.guards import StopSignals
 from vlrl.training.logprobs import response_logprobs, response_mask, token_budget_batches
 from vlrl.training.run import TrainingRun
 
@@ -38,6 +36,8 @@ def sft_length(cfg: SFTConfig, n_samples: int) -> tuple[int, str]:
 
 
 class SFTTrainer(TrainingRun):
+    name = "sft"
+
     def __init__(self, cfg: SFTConfig):
         super().__init__(cfg, lambda n: sft_length(cfg, n)[0])
         if self.world.is_main:
@@ -61,32 +61,15 @@ class SFTTrainer(TrainingRun):
             )
         return self.adapter.render_target(sample, value)
 
-    def train(self, until: int | None = None) -> list[dict]:
-        history = []
-        self.begin()
-        with StopSignals() as signals, self.logger:
-            while self.step < min(until or self.total_steps, self.total_steps):
-                t0 = time.perf_counter()
-                with self.precision():
-                    metrics = self.sft_step()
-                self.step += 1
-                metrics["timing_s/step"] = time.perf_counter() - t0
-                metrics["perf/throughput"] = metrics.pop("tokens") / metrics["timing_s/step"]
-                metrics |= self.count_skip(None if math.isfinite(metrics["grad_norm"]) else "nonfinite")
-                if self.cfg.train.eval_every and self.step % self.cfg.train.eval_every == 0:
-                    metrics |= self.evaluate()
-                reached = self.reached_target(metrics)
-                if reached or self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
-                    self.logger.log(self.step, metrics)
-                history.append({"step": self.step, **metrics})
-                self.check_diverged()
-                if reached or self.should_save():
-                    self.save()
-                if reached:
-                    print(f"sft: stopped at step {self.step}: {reached}", flush=True)
-                    break
-                self.stop_if_signalled(signals.received)
-        return history
+    def run_step(self) -> tuple[dict[str, float], float]:
+        with self.precision():
+            metrics = self.sft_step()
+        tokens = metrics.pop("tokens")
+        metrics |= self.count_skip(None if math.isfinite(metrics["grad_norm"]) else "nonfinite")
+        return metrics, tokens
+
+    def after_step(self, metrics: dict[str, float]) -> str | None:
+        return self.reached_target(metrics)
 
     def reached_target(self, metrics: dict[str, float]) -> str | None:
         """Why to stop now under `sft.stop_at_acc` (every eval set at or above it), else None."""
