@@ -91,7 +91,6 @@ class GroupBatch:
 
 class GRPOTrainer(TrainingRun):
     name = "grpo"
-
     skip_reasons = ("nonfinite", "no_signal")
 
     def __init__(self, cfg: TrainConfig):
