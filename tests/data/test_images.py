@@ -128,3 +128,22 @@ def test_old_import_path_still_works():
     from vlrl.models.adapters import load_image as adapter_load_image
 
     assert (AdapterImageError, adapter_image_size, adapter_load_image) == (ImageError, image_size, load_image)
+
+
+def test_loading_images_does_not_rearm_the_processes_warnings(tmp_path, recwarn):
+    """`warnings.catch_warnings()` resets the once-per-place registry: loading one image per sample
+    inside it made every library warning (transformers' deprecations) repeat at every sample."""
+    import warnings
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(path)
+
+    def deprecated():
+        warnings.warn("old API", FutureWarning, stacklevel=1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # Python's own: once per place
+        for _ in range(3):
+            deprecated()
+            load_image(path)
+    assert [str(w.message) for w in recwarn if w.category is FutureWarning] == ["old API"]

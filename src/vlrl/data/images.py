@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import io
-import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -78,10 +77,10 @@ def _open(source: str | Path | bytes, max_pixels: int | None) -> Image.Image:
     """The image opened lazily (header read, pixels not decoded), refused if over `max_pixels`."""
     name = _name(source)
     try:
-        with warnings.catch_warnings():
-            # PIL's warning threshold is not ours: the limit checked below is the config's
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        # No warnings.catch_warnings() around this to hide PIL's own DecompressionBombWarning (over
+        # 89 MP, when data.max_image_pixels allows that much): entering it re-arms every
+        # once-per-place warning of the process, and one image per sample would repeat them all.
+        im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name} is refused by PIL's own limit (PIL.Image.MAX_IMAGE_PIXELS): {exc}") from exc
     except Exception as exc:  # PIL raises assorted types on unreadable data
