@@ -15,8 +15,7 @@ or from overrides alone (`load_config(None, [...])`), and returns each step's me
 Every name below is imported on first use, so `import vlrl` does not load the trainers.
 """
 
-import importlib
-
+from vlrl.lazy import lazy_exports
 from vlrl.models import processors as _processors
 
 __version__ = "0.1.0"
@@ -37,13 +36,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'vlrl' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -14,7 +14,7 @@ The trainers are imported on first use, so that `vlrl.training.checkpoint` or `.
 without the RL loop.
 """
 
-import importlib
+from vlrl.lazy import lazy_exports
 
 # Public name -> module defining it.
 _EXPORTS = {
@@ -25,13 +25,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'vlrl.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
