@@ -53,3 +53,14 @@ def has_e_args(model: Path, train_file: Path, reward_file: Path, out: Path) -> l
         f"train.output_dir={out}",
         "logging.progress=false",
     ]
+
+
+def rl_workspace(root: Path, reward_source: str, model: Path) -> dict:
+    """A folder with the counting data (40 items, 8 held out) and a reward file holding
+    `reward_source`: what the RL tests' `has_e_args` runs need, with the tiny `model`."""
+    from vlrl.synth import generate_dataset
+
+    data = generate_dataset("counting", 40, root / "data", seed=0, heldout=8)
+    (root / "rewards.py").write_text(reward_source)
+    return {"root": root, "model": model, "data": data, "reward": root / "rewards.py"}
+

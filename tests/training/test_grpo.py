@@ -10,14 +10,13 @@ import json
 
 import pytest
 import torch
-from helpers_rl import has_e_args
+from helpers_rl import has_e_args, rl_workspace
 from transformers import AutoModelForImageTextToText
 
 from vlrl.cli import main
 from vlrl.config import TrainConfig, load_config
 from vlrl.models.loading import load_model
 from vlrl.rollout import SamplingParams
-from vlrl.synth import generate_dataset
 from vlrl.training.grpo import GRPOTrainer
 
 REWARD_FILE = """
@@ -36,10 +35,7 @@ def flaky(completions, **fields):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_models):
-    root = tmp_path_factory.mktemp("rl")
-    data = generate_dataset("counting", 40, root / "data", seed=0, heldout=8)
-    (root / "rewards.py").write_text(REWARD_FILE)
-    return {"root": root, "model": tiny_models["qwen2_vl"], "data": data, "reward": root / "rewards.py"}
+    return rl_workspace(tmp_path_factory.mktemp("rl"), REWARD_FILE, tiny_models["qwen2_vl"])
 
 
 def make_config(ws, out, *overrides) -> TrainConfig:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_rl import COMMON, has_e_args
+from helpers_rl import COMMON, has_e_args, rl_workspace
 from safetensors.torch import load_file
 
 from vlrl.cli import main
@@ -53,10 +53,7 @@ def signal_at_second_call(completions, **fields):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_models):
-    root = tmp_path_factory.mktemp("hardening")
-    data = generate_dataset("counting", 40, root / "data", seed=0, heldout=8)
-    (root / "rewards.py").write_text(REWARD_FILE)
-    return {"root": root, "model": tiny_models["qwen2_vl"], "data": data, "reward": root / "rewards.py"}
+    return rl_workspace(tmp_path_factory.mktemp("hardening"), REWARD_FILE, tiny_models["qwen2_vl"])
 
 
 def rl_config(ws, out, *overrides) -> TrainConfig:
