@@ -12,13 +12,24 @@ from PIL import Image, ImageDraw
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl", "idefics3")
 
 
+class TinyModels(dict):
+    """family -> a micro-size checkpoint with the real default tokenizer corpus, each built on
+    first use (a test session that needs two families builds two)."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> Path:
+        from vlrl.models.tiny.factory import build_tiny_model
+
+        self[family] = build_tiny_model(family, self.root / family, size="micro")
+        return self[family]
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """A micro-size checkpoint per family, with the real default tokenizer corpus."""
-    from vlrl.models.tiny.factory import build_tiny_model
-
-    root = tmp_path_factory.mktemp("tiny")
-    return {f: build_tiny_model(f, root / f, size="micro") for f in FAMILIES}
+    return TinyModels(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="session")

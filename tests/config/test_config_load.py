@@ -56,7 +56,7 @@ rollout:
         ("rollout.group_size=16", "rollout", "group_size", 16),
         ("train.lr=3.0e-6", "train", "lr", 3.0e-6),
         ("train.lr=1e-6", "train", "lr", 1e-6),  # YAML reads 1e-6 as a string; the float field parses it
-        ("model.freeze_vision=true", "model", "freeze_vision", True),
+        ("model.freeze=[vision]", "model", "freeze", ["vision"]),
         ("reward.functions=[format, length]", "reward", "functions", ["format", "length"]),
         ("data.eval={a: x.jsonl}", "data", "eval", {"a": "x.jsonl"}),
     ],
@@ -155,9 +155,9 @@ def test_cross_field_error_names_the_key_to_fix():
     assert str(info.value) == "defaults: rollout.server_url: is required when rollout.backend is server"
 
 
-def test_vision_lr_with_frozen_vision_is_an_error():
-    with pytest.raises(ConfigError, match="model.vision_lr: is set but model.freeze_vision is true"):
-        load_config(None, [*REQUIRED, "model.freeze_vision=true", "model.vision_lr=1e-5"])
+def test_a_learning_rate_for_a_frozen_group_is_an_error():
+    with pytest.raises(ConfigError, match="model.group_lr: sets a learning rate for vision, which model.freeze keeps fixed"):
+        load_config(None, [*REQUIRED, "model.freeze=[vision]", "model.group_lr={vision: 1e-5}"])
 
 
 def test_sft_stop_without_evaluations_is_an_error():

@@ -15,7 +15,7 @@ def load(*overrides: str):
 
 @pytest.mark.parametrize(
     "override",
-    ["train.lr=true", "rollout.group_size=false", "model.vision_lr=true", "monitor.format_rise=true"],
+    ["train.lr=true", "rollout.group_size=false", "model.group_lr={vision: true}", "monitor.format_rise=true"],
 )
 def test_booleans_are_not_numbers(override):
     key = override.partition("=")[0]
@@ -55,9 +55,9 @@ def test_assigning_a_bool_or_nan_is_refused():
 
 
 def test_numbers_written_as_strings_and_real_booleans_still_load():
-    cfg = load("train.lr=1e-5", "rollout.temperature=0.7", "model.freeze_vision=true")
+    cfg = load("train.lr=1e-5", "rollout.temperature=0.7", "model.freeze=vision")
     assert cfg.train.lr == 1e-5 and type(cfg.train.lr) is float  # YAML reads 1e-5 as a string
-    assert cfg.model.freeze_vision is True
+    assert cfg.model.freeze == ["vision"]
 
 
 def test_resample_rounds_are_bounded_so_round_seeds_stay_inside_their_step():

@@ -153,7 +153,7 @@ def _vision_rows(pixels: torch.Tensor) -> int:
 def test_vision_and_prefill_run_once_per_prompt_not_per_sample(loaded, samples, family):
     lm = loaded[family]
     prompts = encode_all(lm, samples)
-    vision = lm.model.get_submodule(lm.adapter.module_prefixes["vision"][0])
+    vision = lm.model.get_submodule(lm.adapter.module_patterns["vision"][0])
     vision_rows, lm_inputs = [], []
 
     def on_vision(_module, args, kwargs):
@@ -256,7 +256,7 @@ def test_a_prompts_samples_do_not_depend_on_its_batch(loaded, samples, family):
 
 def test_train_mode_is_restored(loaded, samples):
     lm = loaded["internvl"]
-    vision = lm.model.get_submodule(lm.adapter.module_prefixes["vision"][0])
+    vision = lm.model.get_submodule(lm.adapter.module_patterns["vision"][0])
     lm.model.train()
     vision.eval()  # e.g. a frozen tower kept in eval
     seen = []

@@ -213,8 +213,8 @@ def test_runs_keep_their_last_checkpoints_and_the_one_they_resumed_from(tiny_mod
 @pytest.mark.parametrize("family", FAMILIES)
 def test_merged_lora_loads_with_plain_transformers_and_matches(tiny_models, images, tmp_path, family):
     lm = load_model(tiny_models[family])
-    target = lm.adapter.lora_target_modules(("language",))
-    model = get_peft_model(lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=target))
+    modules, _ = lm.adapter.lora_targets(lm.model, ("language",))
+    model = get_peft_model(lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=modules))
     torch.manual_seed(0)
     for name, param in model.named_parameters():
         if "lora_B" in name:  # peft initialises B to 0, which would make the adapter a no-op

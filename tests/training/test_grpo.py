@@ -79,7 +79,7 @@ def test_each_algorithm_raises_mean_reward(workspace, tmp_path, algo):
 
 
 def test_trainable_parameters_change_and_frozen_ones_do_not(workspace, tmp_path):
-    trainer = GRPOTrainer(make_config(workspace, tmp_path, "model.freeze_vision=true", "train.steps=3"))
+    trainer = GRPOTrainer(make_config(workspace, tmp_path, "model.freeze=[vision]", "train.steps=3"))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     groups = trainer.adapter.parameter_groups(trainer.model)
@@ -217,15 +217,14 @@ def test_cli_train_runs_a_config(workspace, tmp_path, capsys):
 
 def test_frozen_vision_runs_once_per_prompt_per_step(workspace, tmp_path):
     overrides = [
-        "model.freeze_vision=true",
-        "model.freeze_connector=true",
+        "model.freeze=[vision, connector]",
         "algo.kl_beta=0.1",
         "algo.ppo_epochs=2",
         "train.micro_batch_tokens=600",
         "train.steps=1",
     ]
     trainer = GRPOTrainer(make_config(workspace, tmp_path, *overrides))
-    vision = trainer.model.get_submodule(trainer.adapter.module_prefixes["vision"][0])
+    vision = trainer.model.get_submodule(trainer.adapter.module_patterns["vision"][0])
     calls = []
     vision.register_forward_hook(lambda *_: calls.append(1))
     batch, timing = trainer.rollout()
@@ -275,7 +274,7 @@ def test_kl_in_reward_is_logged(workspace, tmp_path):
 
 
 @pytest.mark.parametrize("precision", [["model.dtype=bfloat16"], ["train.autocast=bfloat16"]])
-def test_gradient_checkpointing_bf16_and_vision_lr(workspace, tmp_path, precision):
+def test_gradient_checkpointing_bf16_and_group_lr(workspace, tmp_path, precision):
     # Pure bf16 weights round away updates below their precision: a LayerNorm weight of 1.0 moves
     # only in steps of 2^-7 = 0.0078, so two Adam steps of lr 1e-3 leave it unchanged. The vision
     # lr is large enough to move every weight; autocast keeps fp32 masters and has no such floor.
@@ -285,7 +284,7 @@ def test_gradient_checkpointing_bf16_and_vision_lr(workspace, tmp_path, precisio
             tmp_path,
             "model.gradient_checkpointing=true",
             *precision,
-            "model.vision_lr=1e-2",
+            "model.group_lr={vision: 1e-2}",
             "train.max_grad_norm=0",
             "train.steps=2",
         )

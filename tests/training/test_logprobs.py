@@ -9,6 +9,7 @@ from torch.utils._pytree import tree_leaves
 
 from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
+from vlrl.models.adapters import VisionCache
 from vlrl.models.loading import load_model
 from vlrl.training import logprobs
 from vlrl.training.logprobs import (
@@ -42,7 +43,7 @@ def two_prompts(adapter, images):
     return [adapter.encode(s, TEMPLATES["answer_only"]) for s in samples]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "internvl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "internvl", "idefics3"])
 def test_cached_image_features_give_the_same_logprobs(tiny_models, images, family):
     lm = load_model(tiny_models[family])
     a = lm.adapter
@@ -53,8 +54,8 @@ def test_cached_image_features_give_the_same_logprobs(tiny_models, images, famil
     args = (lm.model, seqs, [3, 2], a.tokenizer.pad_token_id, 1.0, blocked)
     with torch.no_grad():
         plain, _ = response_logprobs(*args)
-        feats = torch.cat([a.image_features(lm.model, p.vision) for p in prompts])
-        cached, _ = response_logprobs(*args, adapter=a, image_features=feats)
+        cache = VisionCache.concat([a.vision_cache(lm.model, p.vision) for p in prompts])
+        cached, _ = response_logprobs(*args, adapter=a, vision=cache)
     torch.testing.assert_close(plain, cached, atol=1e-5, rtol=1e-5)
     # Teacher forcing picks the logit that predicts each response token.
     with torch.no_grad():

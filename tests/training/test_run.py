@@ -44,7 +44,7 @@ def test_sft_prints_the_table_then_resumes_saying_from_where(tiny_models, data, 
         f"data.train={data['train']}",
         "sft.batch_size=2",
         "train.steps=1",
-        "model.freeze_vision=true",
+        "model.freeze=[vision]",
         f"train.output_dir={tmp_path}",
     ]
     assert main(args) == 0
@@ -52,7 +52,7 @@ def test_sft_prints_the_table_then_resumes_saying_from_where(tiny_models, data, 
     assert re.search(r"^parameters +trainable +frozen$", out, re.MULTILINE)
     rows = table(out)
     assert list(rows) == ["vision", "connector", "language", "total"]
-    assert rows["vision"][0] == 0 and rows["vision"][1] > 0  # frozen by model.freeze_vision
+    assert rows["vision"][0] == 0 and rows["vision"][1] > 0  # frozen by model.freeze
     assert rows["language"][0] > 0 and rows["language"][1] == 0
     assert rows["total"] == tuple(
         sum(rows[g][i] for g in ("vision", "connector", "language")) for i in (0, 1)

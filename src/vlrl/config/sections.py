@@ -64,6 +64,8 @@ def _is_numeric(annotation: Any) -> bool:
 
 
 def _holds_bool(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_bool(item) for item in value.values())
     if isinstance(value, list | tuple):
         return any(_holds_bool(item) for item in value)
     return isinstance(value, bool)
@@ -87,6 +89,13 @@ class Section(BaseModel):
         return value
 
 
+GROUPS_RULE = (
+    " Module groups are the family's: vision, connector and language for every family, plus router and"
+    " experts for Mixture-of-Experts families (the run prints the model's groups and their parameter"
+    " counts at start); a group the model does not have is an error when it loads."
+)
+
+
 class LoraSection(Section):
     """LoRA adapters (Hu et al., arXiv 2106.09685) as an alternative to full fine-tuning."""
 
@@ -94,13 +103,20 @@ class LoraSection(Section):
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator: updates are scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target: Literal["language", "vision", "all"] = Field(
-        "language", description="Which part of the model gets adapters (linear layers of that part)."
+    target: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        ["language"],
+        min_length=1,
+        description="Module groups that get adapters (one name or a list; `all`: every group): their"
+        " linear layers, and for experts the fused expert weights (peft's target_parameters)."
+        + GROUPS_RULE,
     )
 
 
+ExpertsKernel = Literal["grouped_mm", "batched_mm", "eager"]
+
+
 class ModelSection(Section):
-    """The model to train and which of its parts (vision, connector, language) train."""
+    """The model to train, which of its module groups train, and at which learning rate."""
 
     path: str = path_field(description="Checkpoint folder (Hugging Face layout) to start training from.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -109,21 +125,41 @@ class ModelSection(Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel passed to transformers."
     )
-    freeze_vision: bool = Field(False, description="Keep the vision tower fixed.")
-    freeze_connector: bool = Field(False, description="Keep the vision-to-language projector fixed.")
-    freeze_language: bool = Field(False, description="Keep the language model fixed.")
+    freeze: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        [], description="Module groups to keep fixed, e.g. [vision, router]." + GROUPS_RULE
+    )
+    group_lr: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        {},
+        description="Learning rate per module group, e.g. {vision: 1.0e-6}; groups not named train at"
+        " train.lr." + GROUPS_RULE,
+    )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, about 30% slower."
     )
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA adapters.")
-    vision_lr: float | None = Field(
-        None, gt=0, description="Learning rate of the vision tower; None uses train.lr like the rest."
+    experts_implementation: ExpertsKernel | None = Field(
+        None,
+        description="Kernel of Mixture-of-Experts layers (transformers' experts_implementation): grouped_mm"
+        " (one grouped matmul over all experts), batched_mm, or eager (a loop over the experts); None:"
+        " transformers' default. Ignored by dense models.",
+    )
+    router_aux_loss_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the router load-balancing loss (Switch Transformer, arXiv 2101.03961) added"
+        " to the policy loss of Mixture-of-Experts models. 0 by default during RL: NeMo-RL measured that"
+        " transformers' default coefficient degrades RL accuracy (the balancing gradient competes with the"
+        " policy gradient on every token); with 0 the routers' logits are not even collected.",
     )
 
     @model_validator(mode="after")
-    def _vision_lr_needs_trainable_vision(self) -> ModelSection:
-        if self.vision_lr is not None and self.freeze_vision:
-            raise field_error("model", "vision_lr", "is set but model.freeze_vision is true", self.vision_lr)
+    def _groups_consistent(self) -> ModelSection:
+        both = [g for g in self.group_lr if g in self.freeze]
+        if both:
+            message = f"sets a learning rate for {', '.join(both)}, which model.freeze keeps fixed"
+            raise field_error("model", "group_lr", message, self.group_lr)
+        if "all" in self.lora.target and len(self.lora.target) > 1:
+            raise field_error("model", "lora.target", "'all' cannot be combined with other groups", self.lora.target)
         return self
 
 

@@ -17,9 +17,6 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
-
-
 @dataclass(frozen=True)
 class PromptSource:
     """What a prompt was encoded from, for engines that run their own processor (vLLM, a

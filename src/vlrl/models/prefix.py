@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from vlrl.models.adapters import ModelAdapter
+from vlrl.models.adapters import ModelAdapter, VisionCache
 from vlrl.models.batching import Encoded, collate
 
 
@@ -71,19 +71,19 @@ def prefill(
     adapter: ModelAdapter,
     prompts: list[Encoded],
     pad_id: int,
-    image_features: Tensor | None = None,
+    vision: VisionCache | None = None,
 ) -> Prefix:
     """Run `prompts` once (left-padded, vision tower included) and keep their cache.
 
-    With `image_features` ([N, hidden], the prompts' image tokens in order) the vision tower is
-    skipped and `adapter.embed` places them, as in `response_logprobs`.
+    With `vision` (the prompts' images, in order) the vision tower is skipped, as in
+    `response_logprobs`.
     """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate(prompts, pad_id, padding_side="left").items()}
-    if image_features is None:
+    if vision is None:
         inputs = {**batch, "position_ids": adapter.position_ids(model, batch)}
     else:
-        inputs = adapter.embed(model, batch, image_features.to(device))
+        inputs = adapter.cached_inputs(model, batch, vision)
     cache = DynamicCache(config=model.config)
     logits = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     return Prefix(logits, cache, batch["attention_mask"], inputs["position_ids"][..., -1:])

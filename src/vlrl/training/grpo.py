@@ -47,6 +47,7 @@ from vlrl.data import Sample
 from vlrl.distributed import all_gather_objects, all_reduce_sums, shard_range
 from vlrl.distributed.fsdp import shard_model
 from vlrl.io import ALARMS_FILE, ROLLOUTS_FILE, truncate_jsonl
+from vlrl.models.adapters import VisionCache
 from vlrl.models.batching import Encoded
 from vlrl.monitoring.alarms import AlarmMonitor, append_alarms
 from vlrl.monitoring.answers import answer_health
@@ -108,7 +109,7 @@ class GRPOTrainer(TrainingRun):
         self.scorer = RewardScorer(cfg.reward, self.adapter)
         self.reference = self._reference_model()
         # Sharded, the policy's vision tower cannot run outside the model's own forward.
-        frozen = cfg.model.freeze_vision and cfg.model.freeze_connector
+        frozen = all(g in cfg.model.freeze for g in self.adapter.vision_groups)
         self.reuse_vision = frozen and not self.world.distributed
         # Gradient checkpointing recomputes layers and cannot keep the prompt's KV cache.
         self.shared_prefix = not cfg.model.gradient_checkpointing
@@ -378,7 +379,7 @@ class GRPOTrainer(TrainingRun):
                 [batch.prompts[p] for p in prompts],
                 [local[i // G] for i in rows],
                 [flat[i].token_ids for i in rows],
-                image_features=_concat_features([features[p] for p in prompts] if features else None),
+                vision=VisionCache.concat([features[p] for p in prompts]) if features else None,
                 **common,
             )
         return response_logprobs(
@@ -386,7 +387,7 @@ class GRPOTrainer(TrainingRun):
             [batch.prompts[i // G].with_response(flat[i].token_ids) for i in rows],
             [flat[i].token_ids.numel() for i in rows],
             adapter=self.adapter,
-            image_features=_concat_features([features[i // G] for i in rows] if features else None),
+            vision=VisionCache.concat([features[i // G] for i in rows]) if features else None,
             **common,
         )
 
@@ -400,7 +401,7 @@ class GRPOTrainer(TrainingRun):
         if not self.reuse_vision:
             return None
         return [
-            self.adapter.image_features(self.model, {k: v.to(self.device) for k, v in p.vision.items()})
+            self.adapter.vision_cache(self.model, {k: v.to(self.device) for k, v in p.vision.items()})
             if p.vision
             else None
             for p in batch.prompts
@@ -519,12 +520,6 @@ def _skip_reason(batch: GroupBatch, metrics: dict[str, float]) -> str | None:
     if not batch.informative:
         return "no_signal"
     return None if math.isfinite(metrics["grad_norm"]) else "nonfinite"
-
-
-def _concat_features(parts: list[torch.Tensor | None] | None) -> torch.Tensor | None:
-    """Image features of several prompts in order ([N, hidden]); None when none has images."""
-    present = [f for f in parts or () if f is not None]
-    return torch.cat(present) if present else None
 
 
 def _select(batch: GroupBatch, keep: list[int]) -> GroupBatch:

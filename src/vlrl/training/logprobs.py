@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vlrl.algos import entropy_from_logits, logprobs_from_logits
-from vlrl.models.adapters import ModelAdapter
+from vlrl.models.adapters import ModelAdapter, VisionCache
 from vlrl.models.batching import Encoded, collate
 from vlrl.models.prefix import prefill
 
@@ -61,18 +61,18 @@ def response_logprobs(
     blocked_ids: torch.Tensor,
     with_entropy: bool = False,
     adapter: ModelAdapter | None = None,
-    image_features: torch.Tensor | None = None,
+    vision: VisionCache | None = None,
     entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [b, T] (and entropies) of each sequence's response, T = longest response.
 
     `sequences[i]` is prompt + response with `prompt_length` marking the split; positions past a
-    response's end are 0 and must be masked by the caller. With `image_features` ([N, hidden],
-    the batch's image tokens in order) the vision tower is skipped and `adapter` embeds them.
+    response's end are 0 and must be masked by the caller. With `vision` (the batch's images, in
+    order) the vision tower is skipped and `adapter` places the cached outputs.
     """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate(sequences, pad_id, padding_side="right").items()}
-    inputs = batch if image_features is None else adapter.embed(model, batch, image_features.to(device))
+    inputs = batch if vision is None else adapter.cached_inputs(model, batch, vision)
     ids = batch["input_ids"]
     starts = torch.tensor([s.prompt_length for s in sequences], device=device)
     # Logits at position j predict token j + 1: the response's first token is predicted at
@@ -99,16 +99,16 @@ def grouped_response_logprobs(
     temperature: float,
     blocked_ids: torch.Tensor,
     with_entropy: bool = False,
-    image_features: torch.Tensor | None = None,
+    vision: VisionCache | None = None,
     entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [R, T] (and entropies) of R responses, T = longest response.
 
     Response r ([T_r] token ids) continues prompt `prompts[row_prompt[r]]`; each prompt runs once.
-    Positions past a response's end are 0 and must be masked by the caller. `image_features`
-    ([N, hidden], the prompts' image tokens in order) skips the vision tower.
+    Positions past a response's end are 0 and must be masked by the caller. `vision` (the
+    prompts' images, in order) skips the vision tower.
     """
-    prefix = prefill(model, adapter, prompts, pad_id, image_features)
+    prefix = prefill(model, adapter, prompts, pad_id, vision)
     device = prefix.logits.device
     rows = prefix.select(torch.tensor(row_prompt, device=device))
     T = max(r.numel() for r in responses)

@@ -130,7 +130,7 @@ class TrainingRun:
         self.load_reports = [r.summary() for r in reports]
         self.total_steps = total_steps_fn(len(self.train_samples)) if total_steps_fn else cfg.train.steps
         self.sampler = PromptSampler(len(self.train_samples), cfg.data.seed, shuffle=cfg.data.shuffle)
-        self.optimizer = build_optimizer(self.model, self.adapter, cfg.train, cfg.model.vision_lr)
+        self.optimizer = build_optimizer(self.model, self.adapter, cfg.train, cfg.model.group_lr)
         self.scheduler = build_scheduler(
             self.optimizer, cfg.train.lr_schedule, cfg.train.warmup_steps, self.total_steps
         )

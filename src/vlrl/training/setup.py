@@ -20,18 +20,37 @@ from vlrl.data.prompts import Template, get_template
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.loading import LoadedModel, load_model
 
-LORA_TARGETS = {"language": ("language",), "vision": ("vision",), "all": ("vision", "connector", "language")}
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def frozen_groups(cfg: ModelSection) -> set[str]:
-    flags = {"vision": cfg.freeze_vision, "connector": cfg.freeze_connector, "language": cfg.freeze_language}
-    return {group for group, frozen in flags.items() if frozen}
+def check_model_groups(cfg: ModelSection, adapter: ModelAdapter) -> None:
+    """Fail, naming the setting, when a config names a module group the family does not have."""
+    adapter.check_groups(cfg.freeze, "model.freeze")
+    adapter.check_groups(cfg.group_lr, "model.group_lr")
+    if cfg.lora.enabled and cfg.lora.target != ["all"]:
+        adapter.check_groups(cfg.lora.target, "model.lora.target")
+
+
+def lora_config(cfg: ModelSection, model: nn.Module, adapter: ModelAdapter) -> LoraConfig:
+    """LoRA on the linear layers and fused expert weights of the targeted, unfrozen groups."""
+    wanted = adapter.groups() if cfg.lora.target == ["all"] else cfg.lora.target
+    parts = [g for g in wanted if g not in cfg.freeze]
+    modules, parameters = adapter.lora_targets(model, parts)
+    if not (modules or parameters):
+        raise ValueError(
+            f"model.lora.target {cfg.lora.target}: no LoRA target in the unfrozen groups {parts} of "
+            f"{adapter.family} (frozen by model.freeze: {cfg.freeze})"
+        )
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=modules,
+        target_parameters=parameters or None,
+    )
 
 
 def load_policy(cfg: ModelSection, data: DataSection, device: torch.device, path: str | Path | None = None):
@@ -51,25 +70,16 @@ def load_policy(cfg: ModelSection, data: DataSection, device: torch.device, path
         max_pixels=data.image_max_pixels,
         max_image_pixels=data.max_image_pixels,
     )
-    frozen = frozen_groups(cfg)
+    check_model_groups(cfg, lm.adapter)
     for group, params in lm.adapter.parameter_groups(lm.model).items():
         for _, p in params:
-            p.requires_grad_(group not in frozen)
+            p.requires_grad_(group not in cfg.freeze)
     model: nn.Module = lm.model
     if cfg.lora.enabled:
-        parts = tuple(g for g in LORA_TARGETS[cfg.lora.target] if g not in frozen)
-        if not parts:
-            raise ValueError(f"model.lora.target '{cfg.lora.target}' selects only frozen module groups")
         if lora_resume:
             model = PeftModel.from_pretrained(model, path, is_trainable=True)
         else:
-            lora = LoraConfig(
-                r=cfg.lora.r,
-                lora_alpha=cfg.lora.alpha,
-                lora_dropout=cfg.lora.dropout,
-                target_modules=lm.adapter.lora_target_modules(parts),
-            )
-            model = get_peft_model(model, lora)
+            model = get_peft_model(model, lora_config(cfg, model, lm.adapter))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # Frozen embeddings would otherwise cut the graph at the first checkpointed layer.
@@ -93,15 +103,16 @@ def parameter_table(model: nn.Module, adapter: ModelAdapter) -> str:
     )
 
 
-def build_optimizer(model: nn.Module, adapter: ModelAdapter, train: TrainSection, vision_lr: float | None):
-    """AdamW over trainable parameters; the vision tower gets `model.vision_lr` when set."""
+def build_optimizer(model: nn.Module, adapter: ModelAdapter, train: TrainSection, group_lr: dict[str, float]):
+    """AdamW over trainable parameters; a module group named in `model.group_lr` gets its own rate."""
+    adapter.check_groups(group_lr, "model.group_lr")
     groups: dict[float, list[nn.Parameter]] = {}
     for group, params in adapter.parameter_groups(model).items():
-        lr = vision_lr if (group == "vision" and vision_lr is not None) else train.lr
+        lr = group_lr.get(group, train.lr)
         groups.setdefault(lr, []).extend(p for _, p in params if p.requires_grad)
     param_groups = [{"params": ps, "lr": lr} for lr, ps in groups.items() if ps]
     if not param_groups:
-        raise ValueError("nothing to train: every module group is frozen (model.freeze_*)")
+        raise ValueError("nothing to train: every module group is frozen (model.freeze)")
     return torch.optim.AdamW(param_groups, lr=train.lr, weight_decay=train.weight_decay)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vlrl.models.adapters.base import MODULE_GROUPS, ImageError, ModelAdapter, image_size, load_image
+from vlrl.models.adapters.base import ImageError, ModelAdapter, VisionCache, image_size, load_image
 from vlrl.models.adapters.idefics3 import Idefics3Adapter
 from vlrl.models.adapters.internvl import InternVLAdapter
 from vlrl.models.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
@@ -26,9 +26,9 @@ def adapter_class(model_type: str) -> type[ModelAdapter]:
 
 __all__ = [
     "ADAPTERS",
-    "MODULE_GROUPS",
     "ImageError",
     "ModelAdapter",
+    "VisionCache",
     "adapter_class",
     "image_size",
     "load_image",

@@ -1,15 +1,28 @@
 """The adapter interface: everything model-family-specific lives behind it.
 
-The rest of vlrl never looks at a model's class: it asks the family's adapter how to turn a
-sample into inputs, which modules form the vision tower / connector / language model, which
-tokens are vision placeholders (never to be sampled), and how the family writes boxes.
+The rest of vlrl never looks at a model's class: it asks the family's adapter what the family
+can do and how, as declared capabilities:
+- inputs: how a sample becomes tokens and pixels, which token keys its forward needs
+  (`token_keys`: Qwen3-VL and GLM-4.xV need `mm_token_type_ids`), which tokens are vision
+  placeholders (never to be sampled);
+- module groups (`module_patterns`): open-ended (vision, connector, language, and for MoE
+  families router and experts), each freezable, trainable at its own learning rate and a LoRA
+  target; fused 3-D expert weights are LoRA targets through peft's `target_parameters`;
+- the vision cache (`vision_cache` / `cached_inputs`): everything the language model consumes from
+  the vision tower (Qwen3-VL's deepstack features included), computed once and reused while
+  the vision groups are frozen;
+- whether its cache can be shared by a prompt's rows (`shared_prefix`);
+- how the family writes boxes.
 """
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -18,16 +31,14 @@ from torch import nn
 from vlrl.data.images import DEFAULT_MAX_PIXELS, ImageError, image_size, load_image
 from vlrl.data.prompts import Template, build_messages
 from vlrl.data.sample import Sample
-from vlrl.models.batching import TOKEN_KEYS, Encoded, PromptSource
+from vlrl.models.batching import Encoded, PromptSource
 from vlrl.models.boxes import BOX_CONVENTIONS, rewrite_boxes
-
-MODULE_GROUPS = ("vision", "connector", "language")
 
 # ImageError, image_size and load_image are re-exported: the adapters were their home before vlrl.data
 __all__ = [
-    "MODULE_GROUPS",
     "ImageError",
     "ModelAdapter",
+    "VisionCache",
     "image_size",
     "load_image",
     "plain_positions",
@@ -35,20 +46,69 @@ __all__ = [
 ]
 
 
+@dataclass
+class VisionCache:
+    """What the language model consumes from the vision tower for some images, kept for reuse.
+
+    `output` is transformers' own encoder output (`get_image_features(..., return_dict=True)`),
+    cut down to the fields the family's forward reads (`ModelAdapter.vision_output_fields`:
+    the merged image features, and Qwen3-VL's per-layer deepstack features); the model takes
+    it back as `mm_encoder_outputs={"image": output}` in place of pixels, so a cached pass
+    computes exactly what a pass with pixels computes.
+    """
+
+    output: Any
+
+    @classmethod
+    def concat(cls, caches: Sequence[VisionCache | None]) -> VisionCache | None:
+        """The caches of several prompts' images, in order, as one (None when none has images)."""
+        present = [c.output for c in caches if c is not None]
+        if not present:
+            return None
+        first = present[0]
+        return cls(type(first)(**{k: _join([o[k] for o in present]) for k in first.keys()}))
+
+
+def _join(parts: list) -> Any:
+    """Concatenate per-image values of several encoder outputs: tensors along dim 0, per-image
+    sequences end to end, per-layer sequences (deepstack) layer by layer."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if all(isinstance(x, torch.Tensor) for p in parts for x in p):
+        return type(first)(x for p in parts for x in p)
+    return type(first)(_join(list(layer)) for layer in zip(*parts, strict=True))
+
+
 class ModelAdapter(ABC):
     """One per model family. Subclasses fill the class attributes and the abstract methods.
 
-    `module_prefixes` maps each group in `MODULE_GROUPS` to module paths (as in
-    `model.named_modules()`); a more specific prefix wins, so the connector can live inside the
-    vision module (Qwen's `visual.merger`).
+    `module_patterns` maps each module group to module paths (as in `model.named_modules()`),
+    where `*` stands for one path component (a layer index); the most specific pattern wins (more
+    components, then fewer `*`), so the connector can live inside the vision module (Qwen's
+    `visual.merger`) and an MoE layer's router and experts inside the language model. The
+    groups are the keys, in order; every parameter must belong to one.
     """
 
     family: ClassVar[str]
     box_convention: ClassVar[str]
-    module_prefixes: ClassVar[dict[str, tuple[str, ...]]]
+    module_patterns: ClassVar[dict[str, tuple[str, ...]]]
     placeholder_tokens: ClassVar[tuple[str, ...]]
+    # group -> leaf names of its Linear layers that LoRA adapts
     lora_modules: ClassVar[dict[str, tuple[str, ...]]]
+    # group -> leaf names of fused parameters (MoE experts' [E, 2I, H] `gate_up_proj`) that LoRA
+    # adapts through peft's `target_parameters`
+    lora_parameters: ClassVar[dict[str, tuple[str, ...]]] = {}
     vision_keys: ClassVar[tuple[str, ...]]
+    # token-aligned keys of the processor's output that the forward needs
+    token_keys: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask")
+    # the groups whose output the vision cache holds: it is reused only while all are frozen
+    vision_groups: ClassVar[tuple[str, ...]] = ("vision", "connector")
+    # fields of `get_image_features`'s output the language model reads (see `VisionCache`)
+    vision_output_fields: ClassVar[tuple[str, ...]] = ("pooler_output",)
+    # whether a prompt's cache can be continued by many rows (`vlrl.models.prefix`); a family
+    # whose cache cannot be re-indexed per row says False and is scored by padded full passes
+    shared_prefix: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -86,7 +146,10 @@ class ModelAdapter(ABC):
         the model's chat template, then its processor with the family's image arguments."""
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         out = self.processor(text=[text], images=images or None, return_tensors="pt", **self.image_kwargs())
-        tokens = {k: out[k][0] for k in TOKEN_KEYS if k in out}
+        missing = [k for k in self.token_keys if k not in out]
+        if missing:
+            raise ValueError(f"{self.family}: the processor returned no {', '.join(missing)}")
+        tokens = {k: out[k][0] for k in self.token_keys}
         vision = {k: out[k] for k in self.vision_keys if k in out}
         return Encoded(
             tokens=tokens,
@@ -122,58 +185,77 @@ class ModelAdapter(ABC):
     def position_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Position ids the language model uses for `batch` (1-D per row, or M-RoPE's 3-D)."""
 
-    def image_features(self, model: nn.Module, vision: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[N, hidden] language-space features of every image token in `vision`'s images, in order.
+    def vision_cache(self, model: nn.Module, vision: dict[str, torch.Tensor]) -> VisionCache:
+        """The vision tower's output for `vision`'s images, to stand in for them in later passes
+        (`cached_inputs`); exact while the `vision_groups` are frozen."""
+        out = unwrap(model).model.get_image_features(**vision, return_dict=True)
+        kept = {k: out[k] for k in self.vision_output_fields}
+        return VisionCache(type(out)(**kept))
 
-        Computed once, they replace the vision tower in later passes over the same images
-        (`embed`), which is exact when the vision tower and connector are frozen.
-        """
-        out = unwrap(model).model.get_image_features(**vision).pooler_output
-        parts = out if isinstance(out, (tuple, list)) else [out]
-        return torch.cat([p.reshape(-1, p.shape[-1]) for p in parts])
-
-    def embed(self, model: nn.Module, batch: dict[str, torch.Tensor], features: torch.Tensor) -> dict:
-        """Model inputs with precomputed image `features` placed at the image tokens.
+    def cached_inputs(self, model: nn.Module, batch: dict[str, torch.Tensor], cache: VisionCache) -> dict:
+        """Model inputs for `batch` with `cache` (its images, in order) in place of its pixels.
 
         Positions are passed explicitly: without pixel inputs the model could not rebuild M-RoPE.
         """
-        ids = batch["input_ids"]
-        embeds = model.get_input_embeddings()(ids)
-        image_mask = (ids == unwrap(model).config.image_token_id)[..., None]
-        embeds = embeds.masked_scatter(image_mask, features.to(embeds.dtype))
+        tokens = {k: v for k, v in batch.items() if k in self.token_keys}
         return {
-            "inputs_embeds": embeds,
-            "attention_mask": batch["attention_mask"],
+            **tokens,
             "position_ids": self.position_ids(model, batch),
+            "mm_encoder_outputs": {"image": cache.output},
         }
 
     # ---- modules ------------------------------------------------------------------------
+    @classmethod
+    def groups(cls) -> tuple[str, ...]:
+        """The family's module groups, in order."""
+        return tuple(cls.module_patterns)
+
+    def check_groups(self, names, setting: str) -> None:
+        """Fail, naming `setting`, when `names` holds a group this family does not have."""
+        unknown = [n for n in names if n not in self.module_patterns]
+        if unknown:
+            raise ValueError(
+                f"{setting}: {self.family} has no module group {', '.join(map(repr, unknown))}; "
+                f"its groups: {', '.join(self.groups())}"
+            )
+
     def module_group(self, name: str) -> str:
-        """The group of the parameter or module `name` (longest matching prefix)."""
-        best, best_len = None, -1
-        for group, prefixes in self.module_prefixes.items():
-            for prefix in prefixes:
-                if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best_len:
-                    best, best_len = group, len(prefix)
+        """The group of the parameter or module `name` (most specific matching pattern)."""
+        best, best_rank = None, None
+        for group, patterns in self.module_patterns.items():
+            for pattern in patterns:
+                if _pattern_regex(pattern).match(name):
+                    rank = (pattern.count(".") + 1, -pattern.count("*"))
+                    if best_rank is None or rank > best_rank:
+                        best, best_rank = group, rank
         if best is None:
             raise KeyError(f"{self.family} adapter: parameter '{name}' belongs to no module group")
         return best
 
     def parameter_groups(self, model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Every parameter of `model` in exactly one of `MODULE_GROUPS` (an unknown one raises)."""
-        groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in MODULE_GROUPS}
+        """Every parameter of `model` in exactly one of the family's groups (an unknown one raises)."""
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in self.module_patterns}
         for name, param in model.named_parameters():
             groups[self.module_group(_strip_peft(name))].append((name, param))
         return groups
 
-    def lora_target_modules(self, parts: tuple[str, ...]) -> str:
-        """A peft `target_modules` regex selecting the linear layers of the given groups."""
-        alternatives = []
-        for group in parts:
-            for prefix in self.module_prefixes[group]:
-                leaves = "|".join(self.lora_modules[group])
-                alternatives.append(re.escape(prefix) + rf"\..*\.({leaves})")
-        return "|".join(f"(?:{a})" for a in alternatives)
+    def lora_targets(self, model: nn.Module, parts: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(peft `target_modules`, peft `target_parameters`): the full names of the Linear layers
+        and fused parameters of the groups `parts` that LoRA adapts, each in its own group only
+        (a language-model leaf name inside an MoE router stays out of `language`)."""
+        modules, parameters = [], []
+        for name, module in model.named_modules():
+            leaf = name.rpartition(".")[2]
+            if isinstance(module, nn.Linear) and name:
+                group = self.module_group(name)
+                if group in parts and leaf in self.lora_modules.get(group, ()):
+                    modules.append(name)
+        for name, _ in model.named_parameters():
+            module, _, leaf = name.rpartition(".")
+            group = self.module_group(name)
+            if group in parts and leaf in self.lora_parameters.get(group, ()):
+                parameters.append(name)
+        return modules, parameters
 
     # ---- boxes --------------------------------------------------------------------------
     def box_fields(self, sample: Sample) -> dict:
@@ -214,6 +296,13 @@ def plain_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def unwrap(model: nn.Module) -> nn.Module:
     """The transformers model inside a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@cache
+def _pattern_regex(pattern: str) -> re.Pattern:
+    """`pattern` (dotted path, `*` for one component) matching itself and everything under it."""
+    body = r"[^.]+".join(re.escape(part) for part in pattern.split("*"))
+    return re.compile(rf"{body}(?:\..*)?$")
 
 
 def _strip_peft(name: str) -> str:

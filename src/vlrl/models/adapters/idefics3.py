@@ -22,7 +22,7 @@ class Idefics3Adapter(ModelAdapter):
     family = "idefics3"
     # Idefics3 has no grounding format of its own; 0-1000 boxes survive its square resize unchanged.
     box_convention = "norm1000"
-    module_prefixes: ClassVar = {
+    module_patterns: ClassVar = {
         "vision": ("model.vision_model",),
         "connector": ("model.connector",),
         "language": ("model.text_model", "lm_head"),

@@ -20,7 +20,7 @@ class InternVLAdapter(ModelAdapter):
     family = "internvl"
     # InternVL's grounding data writes boxes normalised to 0-1000.
     box_convention = "norm1000"
-    module_prefixes: ClassVar = {
+    module_patterns: ClassVar = {
         "vision": ("model.vision_tower",),
         "connector": ("model.multi_modal_projector",),
         "language": ("model.language_model", "lm_head"),

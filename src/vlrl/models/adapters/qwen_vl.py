@@ -23,7 +23,7 @@ class Qwen2VLAdapter(ModelAdapter):
     family = "qwen2_vl"
     # Qwen2-VL was trained on boxes normalised to 0-1000 (its `<|box_start|>(x1,y1),(x2,y2)` format).
     box_convention = "norm1000"
-    module_prefixes: ClassVar = {
+    module_patterns: ClassVar = {
         "vision": ("model.visual",),
         "connector": ("model.visual.merger",),
         "language": ("model.language_model", "lm_head"),
@@ -41,6 +41,7 @@ class Qwen2VLAdapter(ModelAdapter):
         "language": _LANGUAGE_LINEARS,
     }
     vision_keys = ("pixel_values", "image_grid_thw")
+    token_keys = ("input_ids", "attention_mask", "mm_token_type_ids")
 
     def _bounds(self) -> tuple[int, int]:
         size = self.processor.image_processor.size
