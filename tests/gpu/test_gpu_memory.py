@@ -8,7 +8,7 @@ import torch
 from gpu_helpers import needs_family
 
 from vlrl.algos import entropy_from_logits, logprobs_from_logits
-from vlrl.training import logprobs
+from vlrl.models import logprobs
 
 pytestmark = [
     pytest.mark.gpu,

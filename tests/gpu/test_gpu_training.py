@@ -19,7 +19,7 @@ from vlrl.data.sample import Sample
 from vlrl.models.loading import load_model
 from vlrl.synth import generate_dataset
 from vlrl.training.grpo import GRPOTrainer
-from vlrl.training.logprobs import grouped_response_logprobs, response_logprobs
+from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
 from vlrl.training.sft import SFTTrainer
 
 pytestmark = [

@@ -11,8 +11,8 @@ from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
 from vlrl.models.adapters import VisionCache
 from vlrl.models.loading import load_model
-from vlrl.training import logprobs
-from vlrl.training.logprobs import (
+from vlrl.models import logprobs
+from vlrl.models.logprobs import (
     grouped_response_logprobs,
     response_logprobs,
     response_mask,

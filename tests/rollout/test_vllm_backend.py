@@ -22,7 +22,7 @@ from vlrl.data.prompts import TEMPLATES
 from vlrl.models.loading import load_model
 from vlrl.rollout import SamplingParams, make_backend
 from vlrl.rollout.hf import HFRolloutBackend
-from vlrl.training.logprobs import response_logprobs
+from vlrl.models.logprobs import response_logprobs
 
 vllm = pytest.importorskip("vllm", reason="needs vLLM (see README, 'Rollout backends')")
 pytestmark = pytest.mark.vllm

@@ -19,7 +19,7 @@ from vlrl.rollout import SamplingParams
 from vlrl.rollout.hf import HFRolloutBackend
 from vlrl.synth import generate_dataset
 from vlrl.training.grpo import GRPOTrainer
-from vlrl.training.logprobs import response_logprobs
+from vlrl.models.logprobs import response_logprobs
 
 pytest.importorskip("vllm", reason="needs vLLM (see README, 'Rollout backends')")
 pytestmark = pytest.mark.vllm
