@@ -23,6 +23,9 @@ from transformers import (
     Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLProcessor,
+    Qwen3VLConfig,
+    Qwen3VLMoeConfig,
+    Qwen3VLProcessor,
 )
 from transformers.utils import is_torchvision_available
 
@@ -36,6 +39,13 @@ class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
 
 class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
     """Qwen2.5-VL processor without the video sub-processor."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class Qwen3VLImageOnlyProcessor(Qwen3VLProcessor):
+    """Qwen3-VL (dense and MoE) processor without the video sub-processor."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
@@ -64,6 +74,8 @@ class InternVLImageOnlyProcessor(InternVLProcessor):
 IMAGE_ONLY_PROCESSORS = {
     Qwen2VLConfig: Qwen2VLImageOnlyProcessor,
     Qwen2_5_VLConfig: Qwen2_5_VLImageOnlyProcessor,
+    Qwen3VLConfig: Qwen3VLImageOnlyProcessor,
+    Qwen3VLMoeConfig: Qwen3VLImageOnlyProcessor,
     InternVLConfig: InternVLImageOnlyProcessor,
     Idefics3Config: Idefics3Processor,  # image-only already
 }
