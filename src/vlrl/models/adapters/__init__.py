@@ -5,6 +5,7 @@ from __future__ import annotations
 from vlrl.models.adapters.base import ImageError, ModelAdapter, VisionCache, image_size, load_image
 from vlrl.models.adapters.idefics3 import Idefics3Adapter
 from vlrl.models.adapters.internvl import InternVLAdapter
+from vlrl.models.adapters.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vlrl.models.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
@@ -12,6 +13,8 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
     "qwen2_5_vl": Qwen2_5_VLAdapter,
     "internvl": InternVLAdapter,
     "idefics3": Idefics3Adapter,
+    "qwen3_vl": Qwen3VLAdapter,
+    "qwen3_vl_moe": Qwen3VLMoeAdapter,
 }
 
 
