@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
 from vlrl.data.images import DEFAULT_MAX_PIXELS
-from vlrl.models.adapters import ModelAdapter, adapter_class
+from vlrl.models.adapters import ModelAdapter, adapter_for
 from vlrl.models.processors import IMAGE_ONLY_PROCESSORS, torchvision_usable
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -103,7 +103,7 @@ def load_model(
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype '{dtype}' is not one of {', '.join(DTYPES)}")
     config = AutoConfig.from_pretrained(path)
-    adapter_cls = adapter_class(config.model_type)
+    adapter_cls = adapter_for(config)
     model = AutoModelForImageTextToText.from_pretrained(
         path, dtype=DTYPES[dtype], attn_implementation=attn_implementation
     ).to(device)

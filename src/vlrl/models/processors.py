@@ -14,6 +14,8 @@ whose only sub-processors are the image processor (PIL or torchvision backend, p
 from __future__ import annotations
 
 from transformers import (
+    AriaConfig,
+    AriaProcessor,
     AutoProcessor,
     Idefics3Config,
     Idefics3Processor,
@@ -78,6 +80,7 @@ IMAGE_ONLY_PROCESSORS = {
     Qwen3VLMoeConfig: Qwen3VLImageOnlyProcessor,
     InternVLConfig: InternVLImageOnlyProcessor,
     Idefics3Config: Idefics3Processor,  # image-only already
+    AriaConfig: AriaProcessor,  # image-only already (a PIL image processor, no video)
 }
 
 

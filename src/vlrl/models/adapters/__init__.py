@@ -1,10 +1,11 @@
-"""Model adapters, one per family, looked up by the checkpoint's `config.model_type`."""
+"""Model adapters, one per family, looked up by the checkpoint's `config.model_type` (`adapter_for`)."""
 
 from __future__ import annotations
 
+from vlrl.models.adapters.aria import AriaAdapter
 from vlrl.models.adapters.base import ImageError, ModelAdapter, VisionCache, image_size, load_image
 from vlrl.models.adapters.idefics3 import Idefics3Adapter
-from vlrl.models.adapters.internvl import InternVLAdapter
+from vlrl.models.adapters.internvl import InternVLAdapter, InternVLMoeAdapter
 from vlrl.models.adapters.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vlrl.models.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 
@@ -13,6 +14,9 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
     "qwen2_5_vl": Qwen2_5_VLAdapter,
     "internvl": InternVLAdapter,
     "idefics3": Idefics3Adapter,
+    "aria": AriaAdapter,
+    # InternVL3.5-MoE: InternVL around a Qwen3-MoE language model (see `adapter_for`)
+    "internvl/qwen3_moe": InternVLMoeAdapter,
     "qwen3_vl": Qwen3VLAdapter,
     "qwen3_vl_moe": Qwen3VLMoeAdapter,
 }
@@ -27,12 +31,22 @@ def adapter_class(model_type: str) -> type[ModelAdapter]:
     return ADAPTERS[model_type]
 
 
+def adapter_for(config) -> type[ModelAdapter]:
+    """The adapter for a checkpoint's config: `"model_type/text model_type"` where such a key is
+    registered (a family whose module groups depend on the language model inside, as InternVL's
+    on a Qwen3-MoE), else `model_type`. Unsupported types list the supported ones."""
+    text = getattr(config, "text_config", None)
+    specific = f"{config.model_type}/{text.model_type}" if text is not None else None
+    return ADAPTERS[specific] if specific in ADAPTERS else adapter_class(config.model_type)
+
+
 __all__ = [
     "ADAPTERS",
     "ImageError",
     "ModelAdapter",
     "VisionCache",
     "adapter_class",
+    "adapter_for",
     "image_size",
     "load_image",
 ]

@@ -48,3 +48,25 @@ class InternVLAdapter(ModelAdapter):
 
     def position_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return plain_positions(batch)
+
+
+class InternVLMoeAdapter(InternVLAdapter):
+    """InternVL3.5-MoE (InternVL3_5-30B-A3B-HF, 241B-A28B-HF): InternVL around a Qwen3-MoE language model.
+
+    The checkpoint is `model_type` internvl with a `qwen3_moe` text config (picked by
+    `adapters.adapter_for`). Each decoder layer's router (`mlp.gate`, a bare [E, H] weight)
+    softmaxes over all E experts, keeps the top k and renormalises them to sum to 1
+    (`norm_topk_prob`; transformers' `Qwen3MoeTopKRouter`); the routed experts (`mlp.experts`)
+    hold fused 3-D weights (`gate_up_proj` [E, 2I, H], `down_proj` [E, H, I]), adapted by LoRA
+    through peft's `target_parameters`. Qwen3-MoE has no shared experts; layers listed in
+    `mlp_only_layers` keep a dense MLP (gate/up/down Linear layers), which stays in `language`.
+    InternVL3_5-30B-A3B: 128 experts, top 8, 48 layers.
+    """
+
+    family = "internvl_moe"
+    module_patterns: ClassVar = {
+        **InternVLAdapter.module_patterns,
+        "router": ("model.language_model.layers.*.mlp.gate",),
+        "experts": ("model.language_model.layers.*.mlp.experts",),
+    }
+    lora_parameters: ClassVar = {"experts": ("gate_up_proj", "down_proj")}

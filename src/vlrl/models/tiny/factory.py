@@ -33,6 +33,7 @@ from vlrl.models.processors import (
     Qwen2_5_VLImageOnlyProcessor,
     Qwen2VLImageOnlyProcessor,
 )
+from vlrl.models.tiny import aria, internvl_moe
 from vlrl.models.tiny.qwen3_vl import qwen3_vl_config, qwen3_vl_moe_config, qwen3_vl_processor
 from vlrl.models.tiny.tokenizer import train_bpe
 
@@ -289,6 +290,10 @@ FAMILIES: dict[str, TinyFamily] = {
     "qwen2_5_vl": TinyFamily(QWEN_SPECIALS, qwen2_5_vl_config, qwen_processor(Qwen2_5_VLImageOnlyProcessor)),
     "internvl": TinyFamily(INTERNVL_SPECIALS, internvl_config, internvl_processor, INTERNVL_NAMED),
     "idefics3": TinyFamily(IDEFICS3_SPECIALS, idefics3_config, idefics3_processor),
+    "aria": TinyFamily(aria.SPECIALS, aria.aria_config, aria.aria_processor, aria.NAMED),
+    "internvl_moe": TinyFamily(
+        INTERNVL_SPECIALS, internvl_moe.with_moe_language(internvl_config), internvl_processor, INTERNVL_NAMED
+    ),
     "qwen3_vl": TinyFamily(QWEN_SPECIALS, qwen3_vl_config, qwen3_vl_processor(QWEN_TEMPLATE)),
     "qwen3_vl_moe": TinyFamily(QWEN_SPECIALS, qwen3_vl_moe_config, qwen3_vl_processor(QWEN_TEMPLATE)),
 }

@@ -1,0 +1,98 @@
+"""Tiny Aria checkpoints (rhymes-ai/Aria in transformers' layout), for `vlrl.models.tiny.factory.FAMILIES`.
+
+The architecture of Aria (transformers' `AriaConfig`) at micro widths: an Idefics3-style SigLIP
+vision tower over 14 px patches of an image padded to 490x490 (with a `pixel_mask` marking the
+real pixels), a projector whose learned queries cross-attend to the 35x35 patches (Aria maps 1225
+patches to 128 queries; here to 16), and a Mixture-of-Experts decoder whose every layer has routed
+experts (fused 3-D weights) plus shared experts that see every token. The router picks the top-k
+logits and softmaxes over those k only (transformers' `AriaTextTopKRouter`).
+
+Aria's processor accepts only 490 or 980 as `max_image_size` (the resolutions Aria was trained
+at); the tiny one uses 490, the smaller. Its chat template is Aria's own (ChatML, no default system
+prompt, an image as `<fim_prefix><|img|><fim_suffix>`), as in the `chat_template` of
+rhymes-ai/Aria's tokenizer_config.json.
+
+`size` is the factory's `Size` (hidden, layers, vision_hidden, vision_depth); this module does
+not import the factory, which imports it.
+"""
+
+from __future__ import annotations
+
+from transformers import AriaConfig, AriaProcessor, PretrainedConfig, ProcessorMixin
+from transformers.models.aria.image_processing_pil_aria import AriaImageProcessorPil
+
+HEAD_DIM = 32  # vLLM's minimum, as for the other tiny families
+PATCH = 14
+IMAGE_SIZE = 490  # Aria's smaller max_image_size (the other is 980)
+# Aria maps 35x35 = 1225 patches to 128 image tokens (and 70x70 to 256); here to 16, as many as
+# the other tiny families give a 112x112 image.
+IMAGE_TOKENS = 16
+# MoE shape: Aria routes each token to 6 of 64 experts, beside 2 shared experts; 2 of 4 keeps
+# every routed expert busy on a tiny batch, so that each one gets gradient in tests.
+EXPERTS, TOP_K, SHARED = 4, 2, 1
+
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<fim_prefix>", "<|img|>", "<fim_suffix>"]
+# AriaProcessor reads `tokenizer.image_token` / `tokenizer.image_token_id`.
+NAMED = {"image_token": "<|img|>"}
+
+TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}<fim_prefix><|img|><fim_suffix>{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def aria_config(size, vocab: int, tok) -> PretrainedConfig:
+    heads = size.hidden // HEAD_DIM
+    text = dict(
+        model_type="aria_text",
+        vocab_size=vocab,
+        hidden_size=size.hidden,
+        # Aria's per-expert width (1664 at hidden 2560); the shared experts are `SHARED` times it.
+        intermediate_size=size.hidden,
+        num_hidden_layers=size.layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,  # Aria has no grouped-query attention
+        head_dim=HEAD_DIM,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        moe_num_experts=EXPERTS,
+        moe_topk=TOP_K,
+        moe_num_shared_experts=SHARED,
+        bos_token_id=None,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    vision = dict(
+        model_type="idefics3_vision",
+        hidden_size=size.vision_hidden,
+        intermediate_size=size.vision_hidden * 2,
+        num_hidden_layers=size.vision_depth,
+        num_attention_heads=size.vision_hidden // HEAD_DIM,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+    )
+    return AriaConfig(
+        text_config=text,
+        vision_config=vision,
+        projector_patch_to_query_dict={(IMAGE_SIZE // PATCH) ** 2: IMAGE_TOKENS},
+        image_token_index=tok.convert_tokens_to_ids("<|img|>"),
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def aria_processor(tok) -> ProcessorMixin:
+    # Aria's own image processor defaults (min_image_size 336, no crop splitting) at its 490 size.
+    image_processor = AriaImageProcessorPil(max_image_size=IMAGE_SIZE, min_image_size=336, split_image=False)
+    return AriaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        chat_template=TEMPLATE,
+        size_conversion={IMAGE_SIZE: IMAGE_TOKENS},
+    )
