@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from vlrl.data.images import DEFAULT_MAX_PIXELS
 from vlrl.models.adapters import ModelAdapter, adapter_for
@@ -88,6 +94,59 @@ def _saved_processor_class(path: Path) -> str:
     )
 
 
+def _config_tree(config: PretrainedConfig):
+    """`config` and its sub-configs, recursively (a VLM's text_config, vision_config, ...)."""
+    yield config
+    for key in config.sub_configs:
+        sub = getattr(config, key, None)
+        if sub is not None:
+            yield from _config_tree(sub)
+
+
+def configure_router(config: PretrainedConfig, router_aux_loss_coef: float) -> bool:
+    """Write the load-balancing coefficient into every (sub-)config that has the field, and record
+    the routers' logits only when that loss needs them (`output_router_logits`); True if any did.
+
+    Each MoE family keeps the fields where its language model reads them (text_config for
+    Qwen3-VL-MoE, Qwen3.5-MoE, GLM-4.xV-MoE and InternVL's Qwen3-MoE), so every config that
+    has them is set rather than naming a place per family. Without this a checkpoint's own
+    setting decides, and recorded router logits are one [tokens, experts] tensor per layer kept
+    for nothing.
+    """
+    found = False
+    for c in _config_tree(config):
+        if hasattr(c, "router_aux_loss_coef"):
+            c.router_aux_loss_coef = router_aux_loss_coef
+        if hasattr(c, "output_router_logits"):
+            c.output_router_logits = router_aux_loss_coef > 0
+            found = True
+    if router_aux_loss_coef > 0 and not found:
+        raise ValueError(
+            f"model.router_aux_loss_coef={router_aux_loss_coef}: {config.model_type} has no router "
+            "load-balancing loss in transformers (no output_router_logits in its config: a dense "
+            "model, or an MoE such as aria that computes none); set model.router_aux_loss_coef=0"
+        )
+    return found
+
+
+def set_experts_kernel(model: PreTrainedModel, kernel: str | None) -> None:
+    """Run every Mixture-of-Experts layer of `model` with `kernel` (grouped_mm, batched_mm, eager);
+    None keeps transformers' default, and a dense model is left as it is.
+
+    Set per sub-model after loading rather than as `from_pretrained(experts_implementation=...)`:
+    transformers checks that argument against every model class it builds, and an outer class
+    without experts of its own (InternVL around a Qwen3-MoE language model, or any dense model)
+    refuses grouped_mm. The per-sub-config form of `set_experts_implementation` sets the kernel on
+    the sub-models whose experts can take it, and on the outer model only where its class can.
+    """
+    if kernel is None:
+        return
+    wanted = dict.fromkeys(model.config.sub_configs, kernel)
+    if type(model)._can_set_experts_implementation():
+        wanted[""] = kernel
+    model.set_experts_implementation(wanted)
+
+
 def load_model(
     path: str | Path,
     dtype: str = "float32",
@@ -96,17 +155,26 @@ def load_model(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+    experts_implementation: str | None = None,
+    router_aux_loss_coef: float = 0.0,
 ) -> LoadedModel:
-    """Model, processor and adapter for a checkpoint folder."""
+    """Model, processor and adapter for a checkpoint folder.
+
+    `experts_implementation` and `router_aux_loss_coef` are model.experts_implementation and
+    model.router_aux_loss_coef (`set_experts_kernel`, `configure_router`); dense models ignore
+    the kernel. A reference model keeps the coefficient at 0: it computes no loss.
+    """
     path = Path(path)
     _check_folder(path)
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype '{dtype}' is not one of {', '.join(DTYPES)}")
     config = AutoConfig.from_pretrained(path)
     adapter_cls = adapter_for(config)
+    configure_router(config, router_aux_loss_coef)
     model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation
+        path, config=config, dtype=DTYPES[dtype], attn_implementation=attn_implementation
     ).to(device)
+    set_experts_kernel(model, experts_implementation)
     processor = load_processor(path, config)
     adapter = adapter_cls(
         processor, min_pixels=min_pixels, max_pixels=max_pixels, max_image_pixels=max_image_pixels
