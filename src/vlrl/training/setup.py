@@ -69,6 +69,8 @@ def load_policy(cfg: ModelSection, data: DataSection, device: torch.device, path
         min_pixels=data.image_min_pixels,
         max_pixels=data.image_max_pixels,
         max_image_pixels=data.max_image_pixels,
+        experts_implementation=cfg.experts_implementation,
+        router_aux_loss_coef=cfg.router_aux_loss_coef,
     )
     check_model_groups(cfg, lm.adapter)
     for group, params in lm.adapter.parameter_groups(lm.model).items():
