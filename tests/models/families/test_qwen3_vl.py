@@ -1,0 +1,445 @@
+"""Qwen3-VL and Qwen3-VL-MoE: inputs and M-RoPE positions, DeepStack features in the vision cache,
+the shared prefix, module groups (router, experts), LoRA on the fused experts, the experts
+kernels, save -> load, generation, and the real architectures' parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForImageTextToText, Qwen3VLConfig, Qwen3VLMoeConfig
+
+from vlrl.data.prompts import TEMPLATES
+from vlrl.data.sample import Sample
+from vlrl.models.adapters import VisionCache, adapter_class
+from vlrl.models.batching import collate
+from vlrl.models.loading import load_model
+from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
+from vlrl.rollout import HFRolloutBackend, SamplingParams
+
+FAMILIES = ("qwen3_vl", "qwen3_vl_moe")
+PLAIN = TEMPLATES["answer_only"]
+TWO = "Image 1: <image>\nImage 2: <image>\nWhich image has more circles?"
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_models):
+    return {f: load_model(tiny_models[f]) for f in FAMILIES}
+
+
+def _sample(images, question="How many shapes?"):
+    return Sample(id="s", question=question, answer="1", images=list(images))
+
+
+def _prompts(adapter, images):
+    """A one-image prompt, a longer two-image one, and a text-only one (so batches pad)."""
+    return [
+        adapter.encode(_sample([images["small"]]), PLAIN),
+        adapter.encode(_sample([images["big"], images["small"]], TWO), PLAIN),
+        adapter.encode(_sample([], "What is 2 + 3?"), PLAIN),
+    ]
+
+
+# ---- inputs and positions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inputs_are_16px_patches_merged_2x2(loaded, images, family):
+    lm = loaded[family]
+    enc = lm.adapter.encode(_sample([images["small"], images["big"]], TWO), PLAIN)
+    # 112x112 -> 128x128 (sides rounded to multiples of 32) = 8x8 patches of 16 px. 300x180 ->
+    # 288x192 (54 Kpx, within the 64 Kpx budget) = 18x12 patches.
+    assert enc.vision["image_grid_thw"].tolist() == [[1, 8, 8], [1, 12, 18]]
+    assert lm.adapter.model_image_size((112, 112)) == (128, 128)
+    assert lm.adapter.model_image_size((300, 180)) == (288, 192)
+    # Each patch row: 3 channels x 2 frames x 16 x 16.
+    assert enc.vision["pixel_values"].shape == (64 + 12 * 18, 1536)
+    image = enc.tokens["input_ids"] == lm.model.config.image_token_id
+    assert image.sum().item() == 16 + 6 * 9  # one token per 2x2 patches
+    assert torch.equal(enc.tokens["mm_token_type_ids"].bool(), image)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_positions_spread_images_on_a_grid_and_ignore_padding(loaded, images, family):
+    lm = loaded[family]
+    prompts = _prompts(lm.adapter, images)
+    pad = lm.adapter.tokenizer.pad_token_id
+    for side in ("left", "right"):
+        batch = collate(prompts, pad, padding_side=side)
+        pos = lm.adapter.position_ids(lm.model, batch)
+        assert pos.shape == (3, 3, batch["input_ids"].shape[1])  # (t, h, w) x rows x length
+        for row, prompt in enumerate(prompts):
+            real = batch["attention_mask"][row].bool()
+            alone = lm.adapter.position_ids(lm.model, collate([prompt], pad))[:, 0]
+            assert torch.equal(pos[:, row, real], alone)  # padding shifts nothing
+    # Row 0 alone: its 16 image tokens sit on a 4x4 grid starting at the image's first position
+    # s on every axis; the text after it resumes at s + 4 on all three axes.
+    ids = prompts[0].tokens["input_ids"]
+    pos = lm.adapter.position_ids(lm.model, collate(prompts[:1], pad))[:, 0]
+    img = (ids == lm.model.config.image_token_id).nonzero()[:, 0]
+    s = int(img[0])
+    assert pos[:, img[0]].tolist() == [s, s, s] and pos[:, img[-1]].tolist() == [s, s + 3, s + 3]
+    assert pos[:, img[-1] + 1].tolist() == [s + 4] * 3
+    # The text-only row counts 0, 1, 2, ... on every axis.
+    text = lm.adapter.position_ids(lm.model, collate(prompts[2:], pad))[:, 0]
+    assert all(text[i].tolist() == list(range(prompts[2].length)) for i in range(3))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padded_batch_with_adapter_positions_matches_each_prompt_alone(loaded, images, family):
+    """What the shared-prefix rollout and scoring run: a left-padded batch with explicit positions
+    gives each row the logits the model computes for that prompt alone (its own positions)."""
+    lm = loaded[family]
+    prompts = _prompts(lm.adapter, images)
+    pad = lm.adapter.tokenizer.pad_token_id
+    batch = collate(prompts, pad, padding_side="left")
+    with torch.no_grad():
+        together = lm.model(**batch, position_ids=lm.adapter.position_ids(lm.model, batch)).logits
+        for row, prompt in enumerate(prompts):
+            alone = lm.model(**collate([prompt], pad)).logits[0]
+            real = batch["attention_mask"][row].bool()
+            torch.testing.assert_close(together[row, real], alone, atol=1e-5, rtol=1e-4)
+
+
+# ---- DeepStack and the vision cache ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_vision_with_deepstack_gives_the_same_logprobs(loaded, images, family):
+    lm = loaded[family]
+    a = lm.adapter
+    prompts = _prompts(a, images)[:2]
+    seqs = [
+        p.with_response(r)
+        for p, r in zip(prompts, [torch.tensor([5, 6, 7]), torch.tensor([8, 9])], strict=True)
+    ]
+    blocked = torch.tensor(a.placeholder_token_ids())
+    args = (lm.model, seqs, [3, 2], a.tokenizer.pad_token_id, 1.0, blocked)
+    with torch.no_grad():
+        plain, _ = response_logprobs(*args)
+        cache = VisionCache.concat([a.vision_cache(lm.model, p.vision) for p in prompts])
+        cached, _ = response_logprobs(*args, adapter=a, vision=cache)
+        # The cache holds both DeepStack taps, each as the 3 images' features (16, 54, 16 tokens).
+        deep = cache.output["deepstack_features"]
+        assert len(deep) == len(lm.model.config.vision_config.deepstack_visual_indexes) == 2
+        assert [[t.shape[0] for t in layer] for layer in deep] == [[16, 54, 16]] * 2
+        without = type(cache.output)(
+            pooler_output=cache.output["pooler_output"],
+            deepstack_features=[[torch.zeros_like(t) for t in layer] for layer in deep],
+        )
+        no_deepstack, _ = response_logprobs(*args, adapter=a, vision=VisionCache(without))
+    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
+    # The equality is not vacuous: the DeepStack features do move these log-probs.
+    assert (no_deepstack - plain).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grouped_logprobs_match_full_passes_in_value_and_gradient(loaded, images, family):
+    """The shared-prefix path (`shared_prefix` is True): one pass per prompt, rows continuing its
+    cache == one prompt + response pass per row; rows out of order, prompt 0 with three rows."""
+    lm = loaded[family]
+    a = lm.adapter
+    assert a.shared_prefix
+    prompts = _prompts(a, images)[:2]
+    row_prompt = [0, 1, 0, 0]
+    responses = [
+        torch.tensor([5, 6, 7]),
+        torch.tensor([8, 9]),
+        torch.tensor([10]),
+        torch.tensor([11, 12, 13, 14]),
+    ]
+    lengths = [r.numel() for r in responses]
+    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
+    blocked = torch.tensor(a.blocked_token_ids(lm.model.get_input_embeddings().num_embeddings))
+    pad = a.tokenizer.pad_token_id
+    weights = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+
+    def run(grouped: bool):
+        lm.model.zero_grad()
+        if grouped:
+            logp, ent = grouped_response_logprobs(
+                lm.model, a, prompts, row_prompt, responses, pad, 0.7, blocked, True, entropy_grad=True
+            )
+        else:
+            seqs = [prompts[p].with_response(r) for p, r in zip(row_prompt, responses, strict=True)]
+            logp, ent = response_logprobs(lm.model, seqs, lengths, pad, 0.7, blocked, True, entropy_grad=True)
+        ((logp + ent) * weights * mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
+        lm.model.zero_grad()
+        return logp * mask, ent * mask, grads
+
+    full, grouped = run(False), run(True)
+    torch.testing.assert_close(grouped[0], full[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grouped[1], full[1], atol=1e-5, rtol=1e-4)
+    assert grouped[2].keys() == full[2].keys()
+    # Gradient reaches the vision tower, the deepstack mergers and (MoE) routers and experts.
+    names = " ".join(full[2])
+    assert "deepstack_merger_list" in names and "visual.blocks" in names
+    if family == "qwen3_vl_moe":
+        assert "mlp.gate.weight" in names and "mlp.experts.gate_up_proj" in names
+    for name, g in full[2].items():
+        torch.testing.assert_close(grouped[2][name], g, atol=1e-5, rtol=1e-3, msg=name)
+
+
+# ---- module groups, router, LoRA, experts kernel --------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_groups_cover_every_parameter_once(loaded, family):
+    lm = loaded[family]
+    groups = lm.adapter.parameter_groups(lm.model)
+    names = [n for g in groups.values() for n, _ in g]
+    assert sorted(names) == sorted(n for n, _ in lm.model.named_parameters())
+    assert all(groups.values())
+    connector = {n.split(".")[2] for n, _ in groups["connector"]}
+    assert connector == {"merger", "deepstack_merger_list"}
+    assert all(n.startswith("model.visual.") for n, _ in groups["vision"] + groups["connector"])
+    if family == "qwen3_vl":
+        assert list(groups) == ["vision", "connector", "language"]
+        return
+    assert list(groups) == ["vision", "connector", "language", "router", "experts"]
+    layers = lm.model.config.text_config.num_hidden_layers
+    assert sorted(n for n, _ in groups["router"]) == [
+        f"model.language_model.layers.{i}.mlp.gate.weight" for i in range(layers)
+    ]
+    # Fused experts: gate_up_proj [E, 2I, H] and down_proj [E, H, I] per layer, E = 4, I = H = 64.
+    shapes = {n.rpartition(".")[2]: tuple(p.shape) for n, p in groups["experts"]}
+    assert len(groups["experts"]) == 2 * layers
+    assert shapes == {"gate_up_proj": (4, 128, 64), "down_proj": (4, 64, 64)}
+    # The language group keeps attention, norms, embeddings and head, nothing of the MoE blocks.
+    assert not any(".mlp." in n for n, _ in groups["language"])
+
+
+def test_router_is_softmax_top_k_renormalised(loaded):
+    """The rule the adapter's docstring states, on the tiny model's first router."""
+    gate = loaded["qwen3_vl_moe"].model.model.language_model.layers[0].mlp.gate
+    h = torch.randn(6, gate.hidden_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, weights, index = gate(h)
+    probs = logits.float().softmax(-1)
+    top = probs.topk(2, dim=-1)
+    assert torch.equal(index, top.indices)
+    torch.testing.assert_close(weights, top.values / top.values.sum(-1, keepdim=True))
+    assert torch.allclose(weights.sum(-1), torch.ones(6))
+
+
+def test_lora_reaches_the_fused_experts_and_trains_them(tiny_models, images):
+    lm = load_model(tiny_models["qwen3_vl_moe"])
+    a = lm.adapter
+    batch = collate([a.encode(_sample([images["small"]]), PLAIN, response="<answer>1</answer>")], 0)
+    with torch.no_grad():
+        base = lm.model(**batch).logits
+    modules, parameters = a.lora_targets(lm.model, ("language", "experts", "router"))
+    assert a.lora_targets(lm.model, ("router",)) == ([], [])  # the router has no LoRA target
+    assert sorted(p.rpartition(".")[2] for p in parameters) == [
+        "down_proj",
+        "down_proj",
+        "gate_up_proj",
+        "gate_up_proj",
+    ]
+    assert all(".self_attn." in m for m in modules)  # the MoE layers have no dense MLP
+    model = get_peft_model(
+        lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=modules, target_parameters=parameters)
+    )
+    torch.manual_seed(0)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)  # peft starts B at 0: make the adapters matter
+    groups = a.parameter_groups(model)
+    expert_lora = [(n, p) for n, p in groups["experts"] if "lora_" in n]
+    assert len(expert_lora) == 8  # A and B for gate_up_proj and down_proj, 2 layers
+    assert {g for g, ps in groups.items() for n, _ in ps if "lora_" in n} == {"language", "experts"}
+    out = model(**batch).logits
+    assert (out - base).abs().max() > 1e-3
+    out.float().logsumexp(-1).sum().backward()
+    for n, p in expert_lora:
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+    with model.disable_adapter(), torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, base, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["grouped_mm", "batched_mm"])
+def test_experts_kernels_match_eager(tiny_models, loaded, images, kernel):
+    """transformers' grouped_mm and batched_mm expert kernels run forward and backward on CPU
+    (torch 2.13) and equal the eager loop over experts."""
+    path = tiny_models["qwen3_vl_moe"]
+    lm = loaded["qwen3_vl_moe"]
+    items = [
+        lm.adapter.encode(s, PLAIN, response="<answer>3</answer>")
+        for s in (_sample([images["small"]]), _sample([images["big"]]))
+    ]
+    batch = collate(items, lm.adapter.tokenizer.pad_token_id)
+    results = {}
+    for impl in ("eager", kernel):
+        model = AutoModelForImageTextToText.from_pretrained(path, experts_implementation=impl)
+        assert model.config.text_config._experts_implementation == impl
+        logits = model(**batch).logits
+        logits.float().logsumexp(-1).sum().backward()
+        results[impl] = logits.detach(), {n: p.grad for n, p in model.named_parameters() if ".experts." in n}
+    torch.testing.assert_close(results[kernel][0], results["eager"][0], atol=1e-5, rtol=1e-5)
+    for name, grad in results["eager"][1].items():
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(results[kernel][1][name], grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+# ---- checkpoints and generation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_load_round_trip_keeps_weights_processor_and_outputs(loaded, images, family, tmp_path):
+    lm = loaded[family]
+    lm.model.save_pretrained(tmp_path)
+    lm.processor.save_pretrained(tmp_path)
+    again = load_model(tmp_path)
+    assert type(again.adapter) is adapter_class(family) and again.adapter.family == family
+    assert type(again.processor).__name__ == "Qwen3VLImageOnlyProcessor"
+    before, after = lm.model.state_dict(), again.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    enc = again.adapter.encode(_sample([images["big"]]), PLAIN)
+    assert torch.equal(
+        enc.tokens["input_ids"], lm.adapter.encode(_sample([images["big"]]), PLAIN).tokens["input_ids"]
+    )
+    batch = collate([enc], 0)
+    with torch.no_grad():
+        assert torch.equal(again.model(**batch).logits, lm.model(**batch).logits)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hf_backend_greedy_matches_model_generate(loaded, images, family):
+    """vlrl's shared-prefix backend (left padding, explicit M-RoPE decode positions, DeepStack in
+    the prefill) decodes what transformers' generate decodes for each prompt alone."""
+    lm = loaded[family]
+    prompts = _prompts(lm.adapter, images)
+    groups = HFRolloutBackend(lm.model, lm.adapter).generate(prompts, SamplingParams(2, 12, temperature=0))
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    banned = lm.adapter.blocked_token_ids(vocab)
+    for prompt, group in zip(prompts, groups, strict=True):
+        ref = lm.model.generate(
+            **collate([prompt], lm.adapter.tokenizer.pad_token_id),
+            do_sample=False,
+            max_new_tokens=12,
+            suppress_tokens=banned,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        ids = ref.sequences[0, prompt.length :]
+        logits = torch.cat(ref.logits).float()
+        logits[:, banned] = float("-inf")
+        ref_logp = logits.log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1)
+        for c in group:
+            assert c.token_ids.tolist() == ids.tolist()
+            torch.testing.assert_close(c.logprobs, ref_logp, atol=1e-4, rtol=0)
+
+
+def test_boxes_are_normalised_to_1000(loaded):
+    adapter = loaded["qwen3_vl"].adapter
+    # [30, 18, 150, 90] px of a 300x180 image = [0.1, 0.1, 0.5, 0.5] of it, whatever the resize.
+    assert adapter.box_from_pixels([30, 18, 150, 90], (300, 180)) == [100, 100, 500, 500]
+    assert loaded["qwen3_vl_moe"].adapter.box_convention == "norm1000"
+
+
+# ---- the real architectures ---------------------------------------------------------------------
+
+# config.json of the Hugging Face checkpoints Qwen/Qwen3-VL-8B-Instruct, Qwen/Qwen3-VL-30B-A3B-Instruct
+# and Qwen/Qwen3-VL-235B-A22B-Instruct (architecture fields; the Thinking variants share them). The
+# vision tower (27 layers of 1152, DeepStack taps 8, 16, 24) is the same in all three; only its
+# output width follows the language model.
+_VISION = dict(
+    depth=27,
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_heads=16,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    num_position_embeddings=2304,
+    deepstack_visual_indexes=[8, 16, 24],
+)
+_ROPE = {
+    "rope_type": "default",
+    "rope_theta": 5000000,
+    "mrope_section": [24, 20, 20],
+    "mrope_interleaved": True,
+}
+_TEXT = dict(
+    vocab_size=151936,
+    head_dim=128,
+    rope_parameters=_ROPE,
+    max_position_embeddings=262144,
+    tie_word_embeddings=False,
+)
+
+
+def _qwen3_vl_8b():
+    text = dict(
+        _TEXT,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+    )
+    return Qwen3VLConfig(
+        text_config=text, vision_config=dict(_VISION, out_hidden_size=4096), tie_word_embeddings=False
+    )
+
+
+def _qwen3_vl_moe(hidden, layers, heads, moe_intermediate):
+    text = dict(
+        _TEXT,
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,  # unused: every layer is sparse
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=4,
+        moe_intermediate_size=moe_intermediate,
+        num_experts=128,
+        num_experts_per_tok=8,
+        decoder_sparse_step=1,
+    )
+    return Qwen3VLMoeConfig(
+        text_config=text, vision_config=dict(_VISION, out_hidden_size=hidden), tie_word_embeddings=False
+    )
+
+
+def _counts(config) -> dict[str, float]:
+    """Parameters in billions: total, the language model's total and active share (all but the
+    (E - k) / E of routed expert weights a token does not use), the language model without its
+    input and output embeddings."""
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    total = sum(sizes.values())
+    text = total - sum(v for n, v in sizes.items() if n.startswith("model.visual."))
+    experts = sum(v for n, v in sizes.items() if ".mlp.experts." in n)
+    cfg = config.text_config
+    unused = experts * (cfg.num_experts - cfg.num_experts_per_tok) / cfg.num_experts if experts else 0
+    embeddings = 2 * cfg.vocab_size * cfg.hidden_size
+    return {
+        "total": total / 1e9,
+        "text": text / 1e9,
+        "active": (text - unused) / 1e9,
+        "non_embedding": (text - embeddings) / 1e9,
+    }
+
+
+def test_real_architectures_have_the_published_parameter_counts():
+    """Instantiated on the meta device (no memory), counted, and compared with the published
+    numbers at their precision. Totals: the safetensors size on the Hub model pages (8.77B, 31.1B
+    (31.07B), 236B). The MoE language models are Qwen3-30B-A3B's and Qwen3-235B-A22B's
+    (their model cards: 30.5B total / 3.3B activated / 29.9B non-embedding; 235B / 22B / 234B)."""
+    dense = _counts(_qwen3_vl_8b())
+    assert round(dense["total"], 2) == 8.77  # 8,767,123,696
+    a3b = _counts(_qwen3_vl_moe(2048, 48, 32, 768))
+    assert round(a3b["total"], 2) == 31.07  # 31,070,754,032
+    # language model: 30.53B total, 3.35B active, 29.91B without embeddings
+    assert a3b["text"] == pytest.approx(30.5, rel=0.01)
+    assert a3b["active"] == pytest.approx(3.3, rel=0.02)
+    assert a3b["non_embedding"] == pytest.approx(29.9, rel=0.01)
+    a22b = _counts(_qwen3_vl_moe(4096, 94, 64, 1536))
+    assert round(a22b["total"]) == 236  # 235,670,022,896
+    # language model: 235.09B total, 22.19B active, 233.85B without embeddings
+    assert a22b["text"] == pytest.approx(235, rel=0.01)
+    assert a22b["active"] == pytest.approx(22, rel=0.02)
+    assert a22b["non_embedding"] == pytest.approx(234, rel=0.01)
