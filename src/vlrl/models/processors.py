@@ -17,6 +17,9 @@ from transformers import (
     AriaConfig,
     AriaProcessor,
     AutoProcessor,
+    Glm4vConfig,
+    Glm4vMoeConfig,
+    Glm4vProcessor,
     Idefics3Config,
     Idefics3Processor,
     InternVLConfig,
@@ -53,6 +56,13 @@ class Qwen3VLImageOnlyProcessor(Qwen3VLProcessor):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
 
+class Glm4vImageOnlyProcessor(Glm4vProcessor):
+    """GLM-4.1V / GLM-4.5V processor without the video sub-processor (GLM-4.5V uses GLM-4.1V's)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
 class InternVLImageOnlyProcessor(InternVLProcessor):
     """InternVL processor without the video sub-processor.
 
@@ -78,6 +88,8 @@ IMAGE_ONLY_PROCESSORS = {
     Qwen2_5_VLConfig: Qwen2_5_VLImageOnlyProcessor,
     Qwen3VLConfig: Qwen3VLImageOnlyProcessor,
     Qwen3VLMoeConfig: Qwen3VLImageOnlyProcessor,
+    Glm4vConfig: Glm4vImageOnlyProcessor,
+    Glm4vMoeConfig: Glm4vImageOnlyProcessor,
     InternVLConfig: InternVLImageOnlyProcessor,
     Idefics3Config: Idefics3Processor,  # image-only already
     AriaConfig: AriaProcessor,  # image-only already (a PIL image processor, no video)

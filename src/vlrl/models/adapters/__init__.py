@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vlrl.models.adapters.aria import AriaAdapter
 from vlrl.models.adapters.base import ImageError, ModelAdapter, VisionCache, image_size, load_image
+from vlrl.models.adapters.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlrl.models.adapters.idefics3 import Idefics3Adapter
 from vlrl.models.adapters.internvl import InternVLAdapter, InternVLMoeAdapter
 from vlrl.models.adapters.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
@@ -14,6 +15,8 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
     "qwen2_5_vl": Qwen2_5_VLAdapter,
     "internvl": InternVLAdapter,
     "idefics3": Idefics3Adapter,
+    "glm4v": Glm4vAdapter,
+    "glm4v_moe": Glm4vMoeAdapter,
     "aria": AriaAdapter,
     # InternVL3.5-MoE: InternVL around a Qwen3-MoE language model (see `adapter_for`)
     "internvl/qwen3_moe": InternVLMoeAdapter,

@@ -34,6 +34,7 @@ from vlrl.models.processors import (
     Qwen2VLImageOnlyProcessor,
 )
 from vlrl.models.tiny import aria, internvl_moe
+from vlrl.models.tiny import glm4v as tiny_glm4v
 from vlrl.models.tiny.qwen3_vl import qwen3_vl_config, qwen3_vl_moe_config, qwen3_vl_processor
 from vlrl.models.tiny.tokenizer import train_bpe
 
@@ -290,6 +291,8 @@ FAMILIES: dict[str, TinyFamily] = {
     "qwen2_5_vl": TinyFamily(QWEN_SPECIALS, qwen2_5_vl_config, qwen_processor(Qwen2_5_VLImageOnlyProcessor)),
     "internvl": TinyFamily(INTERNVL_SPECIALS, internvl_config, internvl_processor, INTERNVL_NAMED),
     "idefics3": TinyFamily(IDEFICS3_SPECIALS, idefics3_config, idefics3_processor),
+    "glm4v": TinyFamily(tiny_glm4v.GLM_SPECIALS, tiny_glm4v.glm4v_config, tiny_glm4v.glm4v_processor),
+    "glm4v_moe": TinyFamily(tiny_glm4v.GLM_SPECIALS, tiny_glm4v.glm4v_moe_config, tiny_glm4v.glm4v_processor),
     "aria": TinyFamily(aria.SPECIALS, aria.aria_config, aria.aria_processor, aria.NAMED),
     "internvl_moe": TinyFamily(
         INTERNVL_SPECIALS, internvl_moe.with_moe_language(internvl_config), internvl_processor, INTERNVL_NAMED

@@ -1,0 +1,443 @@
+"""GLM-4.1V (`glm4v`) and GLM-4.5V (`glm4v_moe`): inputs, 3-D positions under padding, the vision
+cache, the shared prefix, module groups, the MoE router's semantics, LoRA on fused experts,
+save -> load, generation, and the real architectures' parameter counts on the meta device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors import safe_open
+from transformers import AutoModelForImageTextToText, Glm4vConfig, Glm4vMoeConfig
+
+from vlrl.data.prompts import TEMPLATES
+from vlrl.data.sample import Sample
+from vlrl.models.adapters import VisionCache
+from vlrl.models.adapters.glm4v import Glm4vAdapter
+from vlrl.models.batching import collate
+from vlrl.models.loading import load_model
+from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
+from vlrl.rollout import HFRolloutBackend, SamplingParams
+
+FAMILIES = ("glm4v", "glm4v_moe")
+PLAIN = TEMPLATES["answer_only"]
+TWO = "Image 1: <image> Image 2: <image> Which has more circles?"
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_models):
+    return {f: load_model(tiny_models[f]) for f in FAMILIES}
+
+
+def _sample(images, question="How many shapes?"):
+    return Sample(id="s", question=question, answer="1", images=list(images))
+
+
+def _prompts(adapter, images):
+    """A one-image prompt, a longer two-image one, and a text-only one (padding in every batch)."""
+    return [
+        adapter.encode(_sample([images["small"]]), PLAIN),
+        adapter.encode(_sample([images["big"], images["small"]], TWO), PLAIN),
+        adapter.encode(_sample([], "What is 2 + 3?"), PLAIN),
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inputs_are_patch_pairs_with_merged_image_tokens(loaded, images, family):
+    lm = loaded[family]
+    enc = lm.adapter.encode(_sample([images["small"], images["big"]], TWO), PLAIN)
+    # 112x112 -> 8x8 patches of 14 px. 300x180 = 54000 px is over the tiny budget of 4 x 112^2 =
+    # 50176 (the processor's t x h x w = 2 x 50176), so GLM's smart_resize scales it to 280x168.
+    assert enc.vision["image_grid_thw"].tolist() == [[1, 8, 8], [1, 12, 20]]
+    # Each patch row: 3 channels x a temporal pair x 14 x 14 = 1176 values.
+    assert enc.vision["pixel_values"].shape == (64 + 240, 1176)
+    ids, types = enc.tokens["input_ids"], enc.tokens["mm_token_type_ids"]
+    image = ids == lm.model.config.image_token_id
+    assert image.sum().item() == (64 + 240) // 4 == 76  # 2x2 merge
+    assert torch.equal(types.bool(), image) and types.max().item() == 1  # 1 = image, never video
+    assert lm.adapter.model_image_size((300, 180)) == (280, 168)
+    assert lm.model.config.image_token_id in lm.adapter.placeholder_token_ids()
+
+
+def test_pixel_bounds_are_the_images_and_match_the_processor(tiny_models, images):
+    """vlrl's bounds count the image's pixels; GLM's processor counts t x h x w (t = 2): the
+    adapter translates, and its model_image_size is what the processor really produces."""
+    lm = load_model(tiny_models["glm4v"], max_pixels=112 * 112)
+    adapter = lm.adapter
+    assert adapter.image_kwargs()["size"]["longest_edge"] == 2 * 112 * 112
+    enc = adapter.encode(_sample([images["big"]]), PLAIN)
+    t, h, w = enc.vision["image_grid_thw"][0].tolist()
+    # 300x180 into 12544 px: beta = sqrt(54000 / 12544) = 2.075 -> floor(144.6 / 28) x 28 = 140 and
+    # floor(86.7 / 28) x 28 = 84: 140x84, 10x6 patches.
+    assert adapter.model_image_size((300, 180)) == (w * 14, h * 14) == (140, 84)
+    assert (t, h, w) == (1, 6, 10)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padded_positions_give_each_prompt_its_own_logits(loaded, images, family):
+    """The 3-D positions of a left-padded batch (the prefill) count only real tokens: every row's
+    logits equal that prompt run alone, where the model derives positions itself."""
+    lm = loaded[family]
+    a, pad = lm.adapter, lm.adapter.tokenizer.pad_token_id
+    prompts = _prompts(a, images)
+    batch = collate(prompts, pad, padding_side="left")
+    positions = a.position_ids(lm.model, batch)
+    width = batch["input_ids"].shape[1]
+    assert positions.shape == (3, 3, width)
+    # The image row: 16 tokens on a 4x4 grid at one temporal index; text after the image
+    # continues on all three axes from max(4, 4) = 4 positions past the image's start.
+    row, mask = batch["input_ids"][0], batch["attention_mask"][0].bool()
+    img = row == lm.model.config.image_token_id
+    assert positions[1, 0, img].unique().numel() == 4 and positions[2, 0, img].unique().numel() == 4
+    assert positions[0, 0, img].unique().numel() == 1
+    first = int(positions[0, 0, img][0])
+    after = torch.nonzero(img)[-1].item() + 1
+    assert positions[:, 0, after].tolist() == [first + 4] * 3
+    # Text-only row: 0, 1, 2, ... from its first real token, whatever the padding.
+    text_mask = batch["attention_mask"][2].bool()
+    assert positions[0, 2, text_mask].tolist() == list(range(int(text_mask.sum())))
+    assert int(positions[:, 0, mask].max()) + 1 < int(mask.sum())  # images take fewer positions
+    with torch.no_grad():
+        together = lm.model(**batch, position_ids=positions).logits
+        for i, p in enumerate(prompts):
+            alone = lm.model(**collate([p], pad)).logits[0]
+            torch.testing.assert_close(together[i, width - p.length :], alone, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_vision_gives_the_same_logprobs(loaded, images, family):
+    lm = loaded[family]
+    a = lm.adapter
+    prompts = _prompts(a, images)[:2]
+    responses = [torch.tensor([5, 6, 7]), torch.tensor([8, 9])]
+    seqs = [p.with_response(r) for p, r in zip(prompts, responses, strict=True)]
+    blocked = torch.tensor(a.placeholder_token_ids())
+    args = (lm.model, seqs, [3, 2], a.tokenizer.pad_token_id, 1.0, blocked)
+    with torch.no_grad():
+        plain, _ = response_logprobs(*args)
+        cache = VisionCache.concat([a.vision_cache(lm.model, p.vision) for p in prompts])
+        cached, _ = response_logprobs(*args, adapter=a, vision=cache)
+    # The cache holds GLM's merged features per image: 16 and 60 + 16 tokens of text width.
+    assert [f.shape for f in cache.output.pooler_output] == [(16, 64), (60, 64), (16, 64)]
+    torch.testing.assert_close(plain, cached, atol=1e-5, rtol=1e-5)
+    assert (plain < 0).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grouped_logprobs_and_gradients_match_full_passes(loaded, images, family):
+    """One pass per prompt + cached continuations == one prompt + response pass per row, in
+    log-probs, entropies and every parameter's gradient (the vision tower's, the router's and
+    the experts' included). Rows are out of prompt order, prompt 0 has three rows."""
+    lm = loaded[family]
+    a, model = lm.adapter, lm.model
+    assert a.shared_prefix
+    prompts = _prompts(a, images)
+    row_prompt = [0, 1, 0, 2, 0]
+    responses = [torch.tensor(r) for r in ([5, 6, 7], [8, 9], [10], [11, 12, 13, 14], [15, 16])]
+    lengths = [r.numel() for r in responses]
+    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
+    blocked = torch.tensor(a.blocked_token_ids(model.get_input_embeddings().num_embeddings))
+    pad = a.tokenizer.pad_token_id
+    weights = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+
+    def run(grouped: bool):
+        model.zero_grad()
+        if grouped:
+            logp, ent = grouped_response_logprobs(
+                model, a, prompts, row_prompt, responses, pad, 0.7, blocked, True, entropy_grad=True
+            )
+        else:
+            seqs = [prompts[p].with_response(r) for p, r in zip(row_prompt, responses, strict=True)]
+            logp, ent = response_logprobs(model, seqs, lengths, pad, 0.7, blocked, True, entropy_grad=True)
+        ((logp + ent) * weights * mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logp * mask, ent * mask, grads
+
+    full, grouped = run(False), run(True)
+    torch.testing.assert_close(grouped[0], full[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grouped[1], full[1], atol=1e-5, rtol=1e-4)
+    assert grouped[2].keys() == full[2].keys()
+    groups = {g: {n for n, _ in params} for g, params in a.parameter_groups(model).items()}
+    for group, names in groups.items():  # every group is reached through the shared prompts
+        assert any(full[2][n].abs().sum() > 0 for n in names & full[2].keys()), group
+    for name, g in full[2].items():
+        torch.testing.assert_close(grouped[2][name], g, atol=1e-5, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_groups_cover_every_parameter_once(loaded, family):
+    lm = loaded[family]
+    groups = lm.adapter.parameter_groups(lm.model)
+    names = [n for params in groups.values() for n, _ in params]
+    assert len(names) == len(set(names)) == len(list(lm.model.named_parameters()))
+    counts = {g: sum(p.numel() for _, p in params) for g, params in groups.items()}
+    # micro sizes: the vision tower 64 wide, the projector 64 -> 128 -> 64 plus the 2x2 convolution
+    assert counts["connector"] == 64 * 64 * 4 + 64 + 64 * 64 + 2 * 64 + 3 * 64 * 128
+    assert all(n.startswith("model.visual.") for n, _ in groups["vision"] + groups["connector"])
+    assert any(n == "lm_head.weight" for n, _ in groups["language"])
+    if family == "glm4v":
+        assert list(groups) == ["vision", "connector", "language"]
+        return
+    assert list(groups) == ["vision", "connector", "language", "router", "experts"]
+    # Layer 0 is dense (first_k_dense_replace 1); layer 1 routes 6 experts of 64 -> 32 -> 64.
+    assert [n for n, _ in groups["router"]] == ["model.language_model.layers.1.mlp.gate.weight"]
+    assert counts["router"] == 6 * 64
+    assert counts["experts"] == 6 * (2 * 32 * 64 + 64 * 32)
+    language = {n for n, _ in groups["language"]}
+    assert "model.language_model.layers.1.mlp.shared_experts.up_proj.weight" in language
+    assert "model.language_model.layers.0.mlp.gate_proj.weight" in language
+
+
+def test_router_semantics_sigmoid_grouped_topk_and_selection_only_bias(loaded):
+    """The docstring's router: sigmoid scores; groups ranked by their two best biased scores,
+    the best 2 of 3 kept, top-2 among their experts; weights = unbiased scores renormalised."""
+    model = loaded["glm4v_moe"].model
+    router = model.get_submodule("model.language_model.layers.1.mlp.gate")
+    hidden = torch.randn(256, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, weights, chosen = router(hidden)
+        scores = logits.sigmoid()
+        torch.testing.assert_close(weights, scores.gather(1, chosen) / scores.gather(1, chosen).sum(-1, True))
+        groups = chosen // 2  # 3 groups of 2 experts
+        kept = scores.view(-1, 3, 2).sum(-1).topk(2, dim=-1).indices  # group score: its top-2 sum
+        assert all(set(g) <= set(k) for g, k in zip(groups.tolist(), kept.tolist(), strict=True))
+        # Grouping changes the choice: plain top-2 over all 6 would pick another expert for some tokens.
+        plain = scores.topk(2, dim=-1).indices.sort(-1).values
+        assert (plain != chosen.sort(-1).values).any(-1).sum() > 10
+        # The correction bias steers selection only: expert 5 is always picked, with its unbiased weight.
+        bias = router.e_score_correction_bias
+        saved = bias.clone()
+        bias[5] = 10.0
+        try:
+            _, biased_weights, biased = router(hidden)
+        finally:
+            bias.copy_(saved)
+        assert (biased == 5).any(-1).all()
+        torch.testing.assert_close(
+            biased_weights, scores.gather(1, biased) / scores.gather(1, biased).sum(-1, True)
+        )
+
+
+def test_router_trains_or_freezes_bit_identically_and_its_bias_never_trains(loaded, images):
+    lm = loaded["glm4v_moe"]
+    model, a = lm.model, lm.adapter
+    names = dict(model.named_parameters())
+    assert "model.language_model.layers.1.mlp.gate.e_score_correction_bias" in dict(model.named_buffers())
+    assert not any("e_score_correction_bias" in n for n in names)
+    enc = a.encode(_sample([images["small"]]), PLAIN, response="<answer>3</answer>")
+    batch = collate([enc], a.tokenizer.pad_token_id)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = a.parameter_groups(model)
+    try:
+        for frozen in ([], ["router"]):
+            model.load_state_dict(initial)
+            for g, params in groups.items():
+                for _, p in params:
+                    p.requires_grad_(g not in frozen)
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+            model(**batch, labels=batch["input_ids"]).loss.backward()
+            opt.step()
+            opt.zero_grad()
+            after = model.state_dict()
+            gate = "model.language_model.layers.1.mlp.gate.weight"
+            bias = "model.language_model.layers.1.mlp.gate.e_score_correction_bias"
+            assert torch.equal(after[bias], initial[bias])
+            assert torch.equal(after[gate], initial[gate]) == ("router" in frozen)
+            experts = "model.language_model.layers.1.mlp.experts.gate_up_proj"
+            assert not torch.equal(after[experts], initial[experts])
+    finally:
+        model.load_state_dict(initial)
+        model.requires_grad_(True)
+
+
+def test_lora_reaches_the_fused_experts_and_they_get_gradients(tiny_models, images):
+    lm = load_model(tiny_models["glm4v_moe"])
+    a = lm.adapter
+    modules, parameters = a.lora_targets(lm.model, ("language", "experts"))
+    assert parameters == [
+        "model.language_model.layers.1.mlp.experts.gate_up_proj",
+        "model.language_model.layers.1.mlp.experts.down_proj",
+    ]
+    assert "model.language_model.layers.1.mlp.shared_experts.gate_proj" in modules
+    assert not any(".visual." in m or m.endswith(".mlp.gate") for m in modules)
+    enc = a.encode(_sample([images["small"]]), PLAIN, response="<answer>3</answer>")
+    batch = collate([enc], a.tokenizer.pad_token_id)
+    with torch.no_grad():
+        base = lm.model(**batch).logits
+    peft_model = get_peft_model(
+        lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=modules, target_parameters=parameters)
+    )
+    out = peft_model(**batch, labels=batch["input_ids"])
+    torch.testing.assert_close(out.logits, base)  # LoRA's B starts at 0: the same function
+    out.loss.backward()
+    lora = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
+    expert_b = [p for n, p in lora.items() if ".mlp.experts." in n and "lora_B" in n]
+    assert len(expert_b) == 2 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in expert_b)
+    lora_groups = {
+        g for g, params in a.parameter_groups(peft_model).items() for n, _ in params if "lora_" in n
+    }
+    assert lora_groups == {"language", "experts"}
+    assert all(not p.requires_grad for n, p in peft_model.named_parameters() if "lora_" not in n)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_and_load_round_trip_in_the_hub_layout(loaded, images, tmp_path, family):
+    lm = loaded[family]
+    lm.model.save_pretrained(tmp_path)
+    lm.processor.save_pretrained(tmp_path)
+    again = load_model(tmp_path)
+    assert type(again.adapter) is type(lm.adapter) and type(again.processor) is type(lm.processor)
+    enc = lm.adapter.encode(_sample([images["big"]]), PLAIN)
+    assert torch.equal(
+        again.adapter.encode(_sample([images["big"]]), PLAIN).tokens["input_ids"], enc.tokens["input_ids"]
+    )
+    batch = collate([enc], lm.adapter.tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert torch.equal(again.model(**batch).logits, lm.model(**batch).logits)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    if family == "glm4v_moe":
+        # GLM-4.5V's published files: one gate/up/down per expert, the router's bias beside its weight.
+        assert "model.language_model.layers.1.mlp.experts.5.gate_proj.weight" in keys
+        assert "model.language_model.layers.1.mlp.gate.e_score_correction_bias" in keys
+        assert not any(k.endswith("experts.gate_up_proj") for k in keys)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hf_rollout_greedy_matches_generate(loaded, images, family):
+    """The shared-prefix HF backend (left padding, explicit 3-D decode positions) gives each
+    prompt exactly what transformers' generate gives it alone."""
+    lm = loaded[family]
+    prompts = _prompts(lm.adapter, images)
+    groups = HFRolloutBackend(lm.model, lm.adapter).generate(prompts, SamplingParams(2, 12, temperature=0))
+    pad = lm.adapter.tokenizer.pad_token_id
+    banned = lm.adapter.blocked_token_ids(lm.model.get_output_embeddings().weight.shape[0])
+    for prompt, group in zip(prompts, groups, strict=True):
+        ref = lm.model.generate(
+            **collate([prompt], pad),
+            do_sample=False,
+            max_new_tokens=12,
+            suppress_tokens=banned,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        ids = ref.sequences[0, prompt.length :]
+        logits = torch.cat(ref.logits).float()
+        logits[:, banned] = float("-inf")
+        expected = logits.log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1)
+        for c in group:
+            assert c.token_ids.tolist() == ids.tolist()
+            torch.testing.assert_close(c.logprobs, expected, atol=1e-4, rtol=0)
+
+
+def test_boxes_are_normalised_to_1000():
+    """GLM-V's grounding format (its README): [x1, y1, x2, y2] / (W, H) x 1000."""
+    assert Glm4vAdapter.box_convention == "norm1000"
+
+
+# ---- the real architectures on the meta device -----------------------------------------------
+# GLM-4.5V's config.json (zai-org/GLM-4.5V; transformers' Glm4vMoeConfig defaults are the same
+# checkpoint's), the fields that shape parameters.
+GLM_4_5V = {
+    "text_config": {
+        "vocab_size": 151552,
+        "hidden_size": 4096,
+        "intermediate_size": 10944,
+        "num_hidden_layers": 46,
+        "num_attention_heads": 96,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "attention_bias": True,
+        "moe_intermediate_size": 1408,
+        "n_routed_experts": 128,
+        "num_experts_per_tok": 8,
+        "n_shared_experts": 1,
+        "n_group": 1,
+        "topk_group": 1,
+        "first_k_dense_replace": 1,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.5,
+            "mrope_section": [8, 12, 12],
+        },
+    },
+    "vision_config": {
+        "depth": 24,
+        "hidden_size": 1536,
+        "num_heads": 12,
+        "intermediate_size": 10944,
+        "out_hidden_size": 4096,
+        "image_size": 336,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+    "tie_word_embeddings": False,
+}
+# GLM-4.1V-9B-Thinking's config.json (zai-org/GLM-4.1V-9B-Thinking; transformers' Glm4vConfig
+# defaults, documented as that checkpoint's, and its Megatron conversion script's defaults).
+GLM_4_1V = {
+    "text_config": {
+        "vocab_size": 151552,
+        "hidden_size": 4096,
+        "intermediate_size": 13696,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 2,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.5,
+            "mrope_section": [8, 12, 12],
+        },
+    },
+    "vision_config": {
+        "depth": 24,
+        "hidden_size": 1536,
+        "num_heads": 12,
+        "intermediate_size": 13696,
+        "out_hidden_size": 4096,
+        "image_size": 336,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+    "tie_word_embeddings": False,
+}
+
+
+def _meta_params(config) -> dict[str, int]:
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    return {n: p.numel() for n, p in model.named_parameters()}
+
+
+def test_real_glm4_1v_parameter_count():
+    """GLM-4.1V-9B-Thinking: 10.3B parameters (as MiniCPM-V 4.5's report, arXiv 2509.18154, lists
+    it; the "9B" of the name is its GLM-4-9B decoder)."""
+    params = _meta_params(Glm4vConfig(**GLM_4_1V))
+    total = sum(params.values())
+    assert total == 10_292_777_472
+    assert total == pytest.approx(10.3e9, rel=0.005)
+    language = sum(n for name, n in params.items() if not name.startswith("model.visual."))
+    assert language == pytest.approx(9.4e9, rel=0.01)  # GLM-4-9B-0414, its 151k-token embeddings included
+
+
+def test_real_glm4_5v_total_and_active_parameters():
+    """GLM-4.5V: "106B total, 12B active" (model card, from GLM-4.5-Air). Its weight files hold
+    107,710,933,120 values (18,106 tensors, among them 45 x 128 float32 router biases, which are
+    buffers here): the parameters must be exactly the rest. Active per token: all but the
+    (E - k) / E = 120/128 of routed-expert weights a token skips; the card's 12B counts the
+    language decoder's active weights without the embedding and output matrices."""
+    params = _meta_params(Glm4vMoeConfig(**GLM_4_5V))
+    total = sum(params.values())
+    assert total == 107_710_933_120 - 45 * 128
+    assert total == pytest.approx(106e9, rel=0.02)
+    routed = sum(n for name, n in params.items() if ".mlp.experts." in name)
+    assert routed == 45 * 128 * 3 * 4096 * 1408
+    active = total - routed * (128 - 8) // 128
+    assert active == 14_282_805_760
+    vision = sum(n for name, n in params.items() if name.startswith("model.visual."))
+    embeddings = sum(n for name, n in params.items() if "embed_tokens" in name or name == "lm_head.weight")
+    assert active - vision - embeddings == pytest.approx(12e9, rel=0.02)
