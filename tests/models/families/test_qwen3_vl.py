@@ -4,11 +4,14 @@ kernels, save -> load, generation, and the real architectures' parameter counts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForImageTextToText, Qwen3VLConfig, Qwen3VLMoeConfig
 
+from vlrl.config import load_config
 from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
 from vlrl.models.adapters import VisionCache, adapter_class
@@ -443,3 +446,20 @@ def test_real_architectures_have_the_published_parameter_counts():
     assert a22b["text"] == pytest.approx(235, rel=0.01)
     assert a22b["active"] == pytest.approx(22, rel=0.02)
     assert a22b["non_embedding"] == pytest.approx(234, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("config", "family"),
+    [("grpo_qwen3_vl_8b.yaml", "qwen3_vl"), ("grpo_qwen3_vl_30b_a3b.yaml", "qwen3_vl_moe")],
+)
+def test_real_checkpoint_configs_name_the_familys_groups(loaded, config, family):
+    """The shipped configs load, and every group they freeze, LoRA-target or rate exists in the
+    family (the check a run makes when the checkpoint loads)."""
+    cfg = load_config(Path(__file__).parents[3] / "configs" / config)
+    adapter = loaded[family].adapter
+    adapter.check_groups(cfg.model.freeze, "model.freeze")
+    adapter.check_groups(cfg.model.group_lr, "model.group_lr")
+    assert "vision" in cfg.model.freeze
+    if family == "qwen3_vl_moe":
+        assert cfg.model.freeze == ["vision", "router"]
+        assert cfg.model.experts_implementation == "grouped_mm" and cfg.model.router_aux_loss_coef == 0.0
