@@ -219,6 +219,31 @@ def test_lora_reaches_the_fused_experts_and_trains_them(tiny_models, images):
         torch.testing.assert_close(model(**batch).logits, base, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kernel", ["grouped_mm", "batched_mm"])
+def test_experts_kernels_match_eager(tiny_models, images, kernel):
+    """transformers' grouped_mm and batched_mm expert kernels (model.experts_implementation) run
+    forward and backward on CPU and equal the eager loop over experts."""
+    path = tiny_models["internvl_moe"]
+    results = {}
+    for impl in ("eager", kernel):
+        lm = load_model(path, experts_implementation=impl)
+        assert lm.model.config.text_config._experts_implementation == impl
+        items = [
+            lm.adapter.encode(_sample([images[k]]), PLAIN, response="<answer>3</answer>")
+            for k in ("small", "big")
+        ]
+        logits = lm.model(**collate(items, lm.adapter.tokenizer.pad_token_id)).logits
+        logits.float().logsumexp(-1).sum().backward()
+        results[impl] = (
+            logits.detach(),
+            {n: p.grad for n, p in lm.model.named_parameters() if ".experts." in n},
+        )
+    torch.testing.assert_close(results[kernel][0], results["eager"][0], atol=1e-5, rtol=1e-5)
+    for name, grad in results["eager"][1].items():
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(results[kernel][1][name], grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
 # ---- checkpoints, generation, boxes ------------------------------------------------------------
 
 
