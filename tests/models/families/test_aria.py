@@ -4,11 +4,14 @@ fused experts, save -> load, generation, boxes, and the real architecture's para
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AriaConfig, AutoModelForImageTextToText
 
+from vlrl.config import load_config
 from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
 from vlrl.models.adapters import AriaAdapter, VisionCache, adapter_for
@@ -16,6 +19,7 @@ from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
 from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
 from vlrl.rollout import HFRolloutBackend, SamplingParams
+from vlrl.training.setup import check_model_groups
 
 PLAIN = TEMPLATES["answer_only"]
 TWO = "Image 1: <image>\nImage 2: <image>\nWhich image has more circles?"
@@ -256,7 +260,8 @@ def test_lora_reaches_the_fused_experts_and_trains_them(tiny_models, images):
 @pytest.mark.parametrize("kernel", ["grouped_mm", "batched_mm"])
 def test_experts_kernels_match_eager(tiny_models, images, kernel):
     """transformers' grouped_mm and batched_mm expert kernels (model.experts_implementation) run
-    forward and backward on CPU and equal the eager loop over experts (Aria's fused weights are input-major, `is_transposed`)."""
+    forward and backward on CPU and equal the eager loop over experts (Aria's fused weights are
+    input-major: `is_transposed`)."""
     path = tiny_models["aria"]
     results = {}
     for impl in ("eager", kernel):
@@ -393,3 +398,15 @@ def test_real_architecture_has_the_published_parameter_counts():
     assert per_text_token == pytest.approx(3.5, rel=0.04)  # 3.601
     assert per_visual_token == pytest.approx(3.9, rel=0.04)  # 4.040
     assert round(vision / 1e9, 3) == 0.438
+
+
+def test_real_checkpoint_config_fits_the_family(lm):
+    """configs/grpo_aria.yaml loads, the adapter accepts its data settings, and every group it freezes,
+    LoRA-targets or rates exists in the family (the checks a run makes when the checkpoint loads)."""
+    cfg = load_config(Path(__file__).parents[3] / "configs" / "grpo_aria.yaml")
+    adapter = AriaAdapter(
+        lm.processor, min_pixels=cfg.data.image_min_pixels, max_pixels=cfg.data.image_max_pixels
+    )
+    check_model_groups(cfg.model, adapter)
+    assert cfg.model.freeze == ["vision", "router"]
+    assert cfg.model.experts_implementation == "grouped_mm" and cfg.model.router_aux_loss_coef == 0.0

@@ -4,11 +4,14 @@ LoRA on the fused experts, save -> load, generation, and the real architecture's
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForImageTextToText, InternVLConfig
 
+from vlrl.config import load_config
 from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
 from vlrl.models.adapters import InternVLAdapter, InternVLMoeAdapter, VisionCache, adapter_for
@@ -16,6 +19,7 @@ from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
 from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
 from vlrl.rollout import HFRolloutBackend, SamplingParams
+from vlrl.training.setup import check_model_groups
 
 PLAIN = TEMPLATES["answer_only"]
 TWO = "Image 1: <image>\nImage 2: <image>\nWhich image has more circles?"
@@ -368,3 +372,15 @@ def test_real_architecture_has_the_published_parameter_counts():
     assert round((text - unused) / 1e9, 1) == 3.4  # 3.353: published (rounded down) as 3.3B
     assert (text - unused) / 1e9 == pytest.approx(3.3, rel=0.02)
     assert round((text - embeddings) / 1e9, 1) == 29.9
+
+
+def test_real_checkpoint_config_fits_the_family(lm):
+    """configs/grpo_internvl3_5_30b_a3b.yaml loads, the adapter accepts its data settings, and every group it freezes,
+    LoRA-targets or rates exists in the family (the checks a run makes when the checkpoint loads)."""
+    cfg = load_config(Path(__file__).parents[3] / "configs" / "grpo_internvl3_5_30b_a3b.yaml")
+    adapter = InternVLMoeAdapter(
+        lm.processor, min_pixels=cfg.data.image_min_pixels, max_pixels=cfg.data.image_max_pixels
+    )
+    check_model_groups(cfg.model, adapter)
+    assert cfg.model.freeze == ["vision", "router"]
+    assert cfg.model.experts_implementation == "grouped_mm" and cfg.model.router_aux_loss_coef == 0.0
