@@ -11,6 +11,13 @@ what the G separate passes would have accumulated.
 Positions are explicit: after a prompt's last token all M-RoPE axes advance together, so the
 continuation's position t is the prompt's last position + 1 + t on every axis, for [3, B, L]
 M-RoPE positions and plain [B, L] ones alike.
+
+Hybrid models (Qwen3.5's Gated-DeltaNet layers) keep, per linear-attention layer, a conv state
+(the last kernel-size inputs) and a recurrent state in place of keys and values; they are a
+prompt's summary just as its keys and values are, so each row gets its prompt's copy
+(`RowStatesLayer`). Left padding in the prefill is exact for them too: transformers zeroes padded
+positions before the layer's projections, so the state a prompt's first real token meets is the
+zero state it would meet unpadded.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, LinearAttentionLayer
 
 from vlrl.models.adapters import ModelAdapter, VisionCache
 from vlrl.models.batching import Encoded, collate
@@ -43,9 +50,18 @@ class Prefix:
         """The state for rows of prompts `rows` ([R] prompt indices, repeats allowed), in that order.
 
         The cache is re-indexed in place (it is this prefix's, now the rows'); under autograd the
-        indexing is differentiable, so every row's gradient reaches its prompt.
+        indexing is differentiable, so every row's gradient reaches its prompt. Linear-attention
+        layers become `RowStatesLayer`s, whose states can be re-indexed and stay differentiable.
         """
-        self.cache.batch_select_indices(rows)
+        for i, layer in enumerate(self.cache.layers):
+            if type(layer) is LinearAttentionLayer:
+                layer = self.cache.layers[i] = RowStatesLayer(layer)
+            if not hasattr(layer, "batch_select_indices"):
+                raise TypeError(
+                    f"cache layer {i} ({type(layer).__name__}) cannot be re-indexed per row: its family "
+                    "must declare shared_prefix = False (ModelAdapter) so that it is scored by padded passes"
+                )
+            layer.batch_select_indices(rows)
         return Prefix(
             logits=self.logits.index_select(0, rows),
             cache=self.cache,
@@ -55,7 +71,8 @@ class Prefix:
 
     def reserve(self, tokens: int) -> None:
         """Give every plain layer of the cache room for `tokens` more positions (`ReservedLayer`),
-        so that decoding appends in place instead of copying the whole cache at every token."""
+        so that decoding appends in place instead of copying the whole cache at every token.
+        Linear-attention layers have fixed-size states and nothing to reserve."""
         for i, layer in enumerate(self.cache.layers):
             if type(layer) is DynamicLayer and layer.is_initialized:
                 self.cache.layers[i] = ReservedLayer(layer, tokens)
@@ -124,6 +141,60 @@ class ReservedLayer(DynamicLayer):
         self.value_buffer = self.value_buffer[indices, ...]
         self.keys = self.key_buffer[..., : self.length, :]
         self.values = self.value_buffer[..., : self.length, :]
+
+
+class RowStatesLayer(LinearAttentionLayer):
+    """A linear-attention cache layer (conv and recurrent states, transformers'
+    `LinearAttentionLayer`) that can be re-indexed per row and differentiated through.
+
+    transformers' layer has no `batch_select_indices`, and it overwrites its states in place
+    (`copy_`) at every update, which autograd refuses once a state has been read by an operation
+    that saved it for backward, as the gated delta rule saves its initial state. Here rows
+    index-select the states, and an update replaces a state by the new tensor instead of writing
+    into the old one; the numbers are transformers' own.
+    """
+
+    def __init__(self, layer: LinearAttentionLayer):
+        super().__init__(number_of_states=layer.number_of_states)
+        if layer.record_past:
+            raise ValueError("a linear-attention layer that records its past cannot be shared by rows")
+        # The prefill's states and bookkeeping, as transformers' layer left them.
+        for name in (
+            "conv_states",
+            "recurrent_states",
+            "is_conv_states_initialized",
+            "is_recurrent_states_initialized",
+            "has_previous_state",
+            "conv_kernel_size",
+        ):
+            setattr(self, name, dict(getattr(layer, name)))
+        self.cumulative_length_linear = layer.cumulative_length_linear
+        self.device, self.dtype = layer.device, layer.dtype
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        for i in range(self.number_of_states):
+            if self.is_conv_states_initialized[i]:
+                self.conv_states[i] = self.conv_states[i].index_select(0, indices)
+            if self.is_recurrent_states_initialized[i]:
+                self.recurrent_states[i] = self.recurrent_states[i].index_select(0, indices)
+
+    def update_conv_state(self, conv_states: Tensor, state_idx: int = 0, **kwargs) -> Tensor:
+        """The conv inputs of new tokens [R, C, T] -> the conv's full input: the kept state + them."""
+        if not self.has_previous_state[state_idx]:
+            return super().update_conv_state(conv_states, state_idx, **kwargs)
+        if state_idx == 0:
+            self.cumulative_length_linear = self.cumulative_length_linear + conv_states.shape[-1]
+        full = torch.cat([self.conv_states[state_idx], conv_states], dim=-1)
+        self.conv_states[state_idx] = full[..., -self.conv_kernel_size[state_idx] :]
+        return full
+
+    def update_recurrent_state(self, recurrent_states, state_idx: int = 0, **kwargs) -> Tensor:
+        """The state after the new tokens (or the list of the last few, of which the last counts)."""
+        if not self.is_recurrent_states_initialized[state_idx]:
+            return super().update_recurrent_state(recurrent_states, state_idx, **kwargs)
+        last = recurrent_states if isinstance(recurrent_states, Tensor) else recurrent_states[-1]
+        self.recurrent_states[state_idx] = last.to(self.recurrent_states[state_idx].dtype)
+        return self.recurrent_states[state_idx]
 
 
 def _with_room(states: Tensor, tokens: int) -> Tensor:

@@ -28,6 +28,8 @@ from transformers import (
     Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLProcessor,
+    Qwen3_5Config,
+    Qwen3_5MoeConfig,
     Qwen3VLConfig,
     Qwen3VLMoeConfig,
     Qwen3VLProcessor,
@@ -88,6 +90,9 @@ IMAGE_ONLY_PROCESSORS = {
     Qwen2_5_VLConfig: Qwen2_5_VLImageOnlyProcessor,
     Qwen3VLConfig: Qwen3VLImageOnlyProcessor,
     Qwen3VLMoeConfig: Qwen3VLImageOnlyProcessor,
+    # Qwen3.5 (dense and MoE) uses Qwen3-VL's processor (transformers' processing_auto)
+    Qwen3_5Config: Qwen3VLImageOnlyProcessor,
+    Qwen3_5MoeConfig: Qwen3VLImageOnlyProcessor,
     Glm4vConfig: Glm4vImageOnlyProcessor,
     Glm4vMoeConfig: Glm4vImageOnlyProcessor,
     InternVLConfig: InternVLImageOnlyProcessor,

@@ -7,6 +7,7 @@ from vlrl.models.adapters.base import ImageError, ModelAdapter, VisionCache, ima
 from vlrl.models.adapters.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlrl.models.adapters.idefics3 import Idefics3Adapter
 from vlrl.models.adapters.internvl import InternVLAdapter, InternVLMoeAdapter
+from vlrl.models.adapters.qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
 from vlrl.models.adapters.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from vlrl.models.adapters.qwen_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 
@@ -22,6 +23,8 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
     "internvl/qwen3_moe": InternVLMoeAdapter,
     "qwen3_vl": Qwen3VLAdapter,
     "qwen3_vl_moe": Qwen3VLMoeAdapter,
+    "qwen3_5": Qwen3_5Adapter,
+    "qwen3_5_moe": Qwen3_5MoeAdapter,
 }
 
 

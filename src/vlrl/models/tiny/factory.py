@@ -35,6 +35,7 @@ from vlrl.models.processors import (
 )
 from vlrl.models.tiny import aria, internvl_moe
 from vlrl.models.tiny import glm4v as tiny_glm4v
+from vlrl.models.tiny import qwen3_5 as tiny_qwen3_5
 from vlrl.models.tiny.qwen3_vl import qwen3_vl_config, qwen3_vl_moe_config, qwen3_vl_processor
 from vlrl.models.tiny.tokenizer import train_bpe
 
@@ -299,6 +300,8 @@ FAMILIES: dict[str, TinyFamily] = {
     ),
     "qwen3_vl": TinyFamily(QWEN_SPECIALS, qwen3_vl_config, qwen3_vl_processor(QWEN_TEMPLATE)),
     "qwen3_vl_moe": TinyFamily(QWEN_SPECIALS, qwen3_vl_moe_config, qwen3_vl_processor(QWEN_TEMPLATE)),
+    "qwen3_5": TinyFamily(QWEN_SPECIALS, tiny_qwen3_5.qwen3_5_config, tiny_qwen3_5.qwen3_5_processor),
+    "qwen3_5_moe": TinyFamily(QWEN_SPECIALS, tiny_qwen3_5.qwen3_5_moe_config, tiny_qwen3_5.qwen3_5_processor),
 }
 
 
