@@ -11,9 +11,9 @@ and a SwiGLU projector (`merger`); each 2x2 patch group becomes one `<|image|>` 
 (t x h x w with t = 2), so vlrl's pixel bounds (of the image) are doubled for the processor.
 
 Positions: 3-D rotary positions (time, height, width) on half of each head
-(`partial_rotary_factor` 0.5), which the model derives from `mm_token_type_ids`; an image spans
-max(h, w) / 2 positions and text continues after it on all three axes, so a prompt's cache is
-continued as for Qwen2-VL (`vlrl.models.prefix`): `shared_prefix` holds.
+(`partial_rotary_factor` 0.5), which the model derives from `mm_token_type_ids`; an image of
+h x w patches spans max(h, w) / 2 positions and text continues after it on all three axes, so a
+prompt's cache is continued as for Qwen2-VL (`vlrl.models.prefix`): `shared_prefix` holds.
 
 Boxes: GLM-4.xV grounds in `[x1, y1, x2, y2]` normalised by the image's width and height and
 scaled to 1000, written between `<|begin_of_box|>` and `<|end_of_box|>` (GLM-V README,
