@@ -175,11 +175,12 @@ def test_grouped_logprobs_match_full_passes_in_value_and_gradient(loaded, images
     torch.testing.assert_close(grouped[0], full[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(grouped[1], full[1], atol=1e-5, rtol=1e-4)
     assert grouped[2].keys() == full[2].keys()
-    # Gradient reaches the vision tower, the deepstack mergers and (MoE) routers and experts.
-    names = " ".join(full[2])
-    assert "deepstack_merger_list" in names and "visual.blocks" in names
+    # Gradient reaches the vision tower, every deepstack merger and (MoE) routers and experts.
+    reached = {n for n, g in full[2].items() if g.abs().sum() > 0}
+    deepstack = {n.split(".")[3] for n in reached if ".deepstack_merger_list." in n}
+    assert deepstack == {"0", "1"} and any(".visual.blocks." in n for n in reached)
     if family == "qwen3_vl_moe":
-        assert "mlp.gate.weight" in names and "mlp.experts.gate_up_proj" in names
+        assert any(".mlp.gate." in n for n in reached) and any(".mlp.experts." in n for n in reached)
     for name, g in full[2].items():
         torch.testing.assert_close(grouped[2][name], g, atol=1e-5, rtol=1e-3, msg=name)
 
@@ -234,12 +235,10 @@ def test_lora_reaches_the_fused_experts_and_trains_them(tiny_models, images):
         base = lm.model(**batch).logits
     modules, parameters = a.lora_targets(lm.model, ("language", "experts", "router"))
     assert a.lora_targets(lm.model, ("router",)) == ([], [])  # the router has no LoRA target
-    assert sorted(p.rpartition(".")[2] for p in parameters) == [
-        "down_proj",
-        "down_proj",
-        "gate_up_proj",
-        "gate_up_proj",
-    ]
+    layers = lm.model.config.text_config.num_hidden_layers
+    assert (
+        sorted(p.rpartition(".")[2] for p in parameters) == ["down_proj"] * layers + ["gate_up_proj"] * layers
+    )
     assert all(".self_attn." in m for m in modules)  # the MoE layers have no dense MLP
     model = get_peft_model(
         lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=modules, target_parameters=parameters)
@@ -250,7 +249,7 @@ def test_lora_reaches_the_fused_experts_and_trains_them(tiny_models, images):
             torch.nn.init.normal_(p, std=0.1)  # peft starts B at 0: make the adapters matter
     groups = a.parameter_groups(model)
     expert_lora = [(n, p) for n, p in groups["experts"] if "lora_" in n]
-    assert len(expert_lora) == 8  # A and B for gate_up_proj and down_proj, 2 layers
+    assert len(expert_lora) == 4 * layers  # A and B for gate_up_proj and down_proj per layer
     assert {g for g, ps in groups.items() for n, _ in ps if "lora_" in n} == {"language", "experts"}
     out = model(**batch).logits
     assert (out - base).abs().max() > 1e-3

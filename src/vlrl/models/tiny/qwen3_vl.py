@@ -42,7 +42,10 @@ def _text(size, vocab: int, tok) -> dict:
         vocab_size=vocab,
         hidden_size=size.hidden,
         intermediate_size=size.hidden * 2,
-        num_hidden_layers=size.layers,
+        # DeepStack adds vision features after language layers 0 and 1: a third layer must follow
+        # for them to reach any text token (after the last layer they would touch only the image
+        # tokens' own logits, and the second deepstack merger would get no gradient).
+        num_hidden_layers=max(3, size.layers),
         num_attention_heads=heads,
         num_key_value_heads=max(1, heads // 2),
         head_dim=HEAD_DIM,
