@@ -8,7 +8,10 @@ experts (fused 3-D weights) plus shared experts that see every token. The router
 logits and softmaxes over those k only (transformers' `AriaTextTopKRouter`).
 
 Aria's processor accepts only 490 or 980 as `max_image_size` (the resolutions Aria was trained
-at); the tiny one uses 490, the smaller. Its chat template is Aria's own (ChatML, no default system
+at), and its own default, 980, overrides the image processor's saved value unless a caller
+passes one (vlrl's adapter does; plain transformers use and vLLM's start-up profiling do not).
+The tiny one is meant for 490, the smaller, but like Aria it maps both sizes to image tokens
+(1225 or 4900 patches -> 16 queries), so that either caller works. Its chat template is Aria's own (ChatML, no default system
 prompt, an image as `<fim_prefix><|img|><fim_suffix>`), as in the `chat_template` of
 rhymes-ai/Aria's tokenizer_config.json.
 
@@ -24,9 +27,10 @@ from transformers.models.aria.image_processing_pil_aria import AriaImageProcesso
 HEAD_DIM = 32  # vLLM's minimum, as for the other tiny families
 PATCH = 14
 IMAGE_SIZE = 490  # Aria's smaller max_image_size (the other is 980)
-# Aria maps 35x35 = 1225 patches to 128 image tokens (and 70x70 to 256); here to 16, as many as
-# the other tiny families give a 112x112 image.
+# Aria maps 35x35 = 1225 patches (490 px) to 128 image tokens and 70x70 (980 px) to 256; here both
+# to 16, as many as the other tiny families give a 112x112 image.
 IMAGE_TOKENS = 16
+SIZES = (IMAGE_SIZE, 2 * IMAGE_SIZE)
 # MoE shape: Aria routes each token to 6 of 64 experts, beside 2 shared experts; 2 of 4 keeps
 # every routed expert busy on a tiny batch, so that each one gets gradient in tests.
 EXPERTS, TOP_K, SHARED = 4, 2, 1
@@ -80,7 +84,7 @@ def aria_config(size, vocab: int, tok) -> PretrainedConfig:
     return AriaConfig(
         text_config=text,
         vision_config=vision,
-        projector_patch_to_query_dict={(IMAGE_SIZE // PATCH) ** 2: IMAGE_TOKENS},
+        projector_patch_to_query_dict={(side // PATCH) ** 2: IMAGE_TOKENS for side in SIZES},
         image_token_index=tok.convert_tokens_to_ids("<|img|>"),
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
@@ -94,5 +98,5 @@ def aria_processor(tok) -> ProcessorMixin:
         image_processor=image_processor,
         tokenizer=tok,
         chat_template=TEMPLATE,
-        size_conversion={IMAGE_SIZE: IMAGE_TOKENS},
+        size_conversion=dict.fromkeys(SIZES, IMAGE_TOKENS),
     )
