@@ -4,20 +4,25 @@ save -> load, generation, and the real architectures' parameter counts on the me
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from PIL import Image
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, Glm4vConfig, Glm4vMoeConfig
 
+from vlrl.config import load_config
 from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
 from vlrl.models.adapters import VisionCache
-from vlrl.models.adapters.glm4v import Glm4vAdapter
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
 from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
+from vlrl.rewards.perception import to_pixels
 from vlrl.rollout import HFRolloutBackend, SamplingParams
+from vlrl.training.setup import check_model_groups, lora_config
 
 FAMILIES = ("glm4v", "glm4v_moe")
 PLAIN = TEMPLATES["answer_only"]
@@ -330,9 +335,49 @@ def test_hf_rollout_greedy_matches_generate(loaded, images, family):
             torch.testing.assert_close(c.logprobs, expected, atol=1e-4, rtol=0)
 
 
-def test_boxes_are_normalised_to_1000():
-    """GLM-V's grounding format (its README): [x1, y1, x2, y2] / (W, H) x 1000."""
-    assert Glm4vAdapter.box_convention == "norm1000"
+@pytest.mark.parametrize(("name", "family"), [("grpo_glm4_1v_9b", "glm4v"), ("grpo_glm4_5v", "glm4v_moe")])
+def test_real_checkpoint_configs_fit_the_families(loaded, tmp_path, name, family):
+    """configs/NAME.yaml loads; its groups exist in the family (the checks a run makes at load);
+    its pixel cap holds a large image to 1280 tokens; GLM-4.5V's LoRA reaches the fused experts
+    and leaves the frozen vision tower and routers alone."""
+    cfg = load_config(Path(__file__).parents[3] / "configs" / f"{name}.yaml")
+    lm = loaded[family]
+    adapter = type(lm.adapter)(
+        lm.processor, min_pixels=cfg.data.image_min_pixels, max_pixels=cfg.data.image_max_pixels
+    )
+    check_model_groups(cfg.model, adapter)
+    Image.new("RGB", (2000, 1500), "white").save(tmp_path / "large.png")
+    enc = adapter.encode(_sample([tmp_path / "large.png"]), PLAIN)
+    # 1003520 px = 1280 x 28 x 28: beta = sqrt(3e6 / 1003520) = 1.729, so 2000x1500 becomes
+    # floor(1156.7 / 28) x 28 = 1148 by floor(867.5 / 28) x 28 = 840: 82x60 patches, 41x30 tokens
+    assert enc.vision["image_grid_thw"].tolist() == [[1, 60, 82]]
+    assert (enc.tokens["input_ids"] == lm.model.config.image_token_id).sum() == 41 * 30 <= 1280
+    if family == "glm4v":
+        assert cfg.model.freeze == ["vision"] and not cfg.model.lora.enabled
+        return
+    assert cfg.model.freeze == ["vision", "router"]
+    assert cfg.model.experts_implementation == "grouped_mm" and cfg.model.router_aux_loss_coef == 0.0
+    lora = lora_config(cfg.model, lm.model, adapter)
+    assert lora.target_parameters == [
+        "model.language_model.layers.1.mlp.experts.gate_up_proj",
+        "model.language_model.layers.1.mlp.experts.down_proj",
+    ]
+    assert not any(".visual." in m or m.endswith("mlp.gate") for m in lora.target_modules)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_boxes_are_normalised_to_1000(loaded, images, family):
+    """GLM-V's grounding format (its README): [x1, y1, x2, y2] / (W, H) x 1000, whatever the
+    resize (300x180 is seen as 280x168), read back as the box rewards read a completion."""
+    adapter = loaded[family].adapter
+    box = [30, 18, 150, 90]
+    written = adapter.box_from_pixels(box, (300, 180))
+    assert written == [100, 100, 500, 500]
+    sample = Sample(id="b", question="Where is the square?", answer=[box], images=[images["big"]])
+    text = adapter.render_target(sample, "<|begin_of_box|>[30, 18, 150, 90]<|end_of_box|>")
+    assert text == "<|begin_of_box|>[100, 100, 500, 500]<|end_of_box|>"
+    [(back, _)] = to_pixels([(written, None)], adapter.box_convention, (300, 180), (280, 168))
+    assert back == pytest.approx(box)
 
 
 # ---- the real architectures on the meta device -----------------------------------------------
