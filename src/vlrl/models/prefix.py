@@ -168,7 +168,7 @@ class RowStatesLayer(LinearAttentionLayer):
             "conv_kernel_size",
         ):
             setattr(self, name, dict(getattr(layer, name)))
-        self.cumulative_length_linear = layer.cumulative_length_linear
+        self.cumulative_length_linear = layer.cumulative_length_linear.clone()
         self.device, self.dtype = layer.device, layer.dtype
 
     def batch_select_indices(self, indices: Tensor) -> None:

@@ -1,0 +1,547 @@
+"""Qwen3.5 and Qwen3.5-MoE: the hybrid Gated-DeltaNet + attention cache under padding and the
+shared prefix, the vision cache, module groups (linear attention in language, router, experts,
+shared expert), LoRA on the linear-attention projections and the fused experts, save -> load,
+generation, boxes, and the real architectures' parameter counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForImageTextToText, Qwen3_5Config, Qwen3_5MoeConfig
+from transformers.cache_utils import DynamicLayer, LinearAttentionLayer
+
+from vlrl.config import load_config
+from vlrl.data.prompts import TEMPLATES
+from vlrl.data.sample import Sample
+from vlrl.models.adapters import VisionCache, adapter_class
+from vlrl.models.batching import collate
+from vlrl.models.loading import load_model
+from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
+from vlrl.models.prefix import Prefix, RowStatesLayer, prefill
+from vlrl.rollout import HFRolloutBackend, SamplingParams
+
+FAMILIES = ("qwen3_5", "qwen3_5_moe")
+PLAIN = TEMPLATES["answer_only"]
+TWO = "Image 1: <image>\nImage 2: <image>\nWhich image has more circles?"
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_models):
+    return {f: load_model(tiny_models[f]) for f in FAMILIES}
+
+
+def _sample(images, question="How many shapes?"):
+    return Sample(id="s", question=question, answer="1", images=list(images))
+
+
+def _prompts(adapter, images):
+    """A one-image prompt, a longer two-image one, and a short text-only one (so batches pad)."""
+    return [
+        adapter.encode(_sample([images["small"]]), PLAIN),
+        adapter.encode(_sample([images["big"], images["small"]], TWO), PLAIN),
+        adapter.encode(_sample([], "What is 2 + 3?"), PLAIN),
+    ]
+
+
+# ---- architecture and inputs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_model_is_hybrid_with_one_cache_layer_per_kind(loaded, family):
+    """Even the micro model has a Gated-DeltaNet layer and a full-attention layer, and the cache
+    transformers builds for it holds conv + recurrent states for the first, keys and values for
+    the second."""
+    lm = loaded[family]
+    text = lm.model.config.text_config
+    assert text.layer_types == ["linear_attention", "full_attention"]
+    layers = lm.model.model.language_model.layers
+    assert hasattr(layers[0], "linear_attn") and hasattr(layers[1], "self_attn")
+    with torch.no_grad():
+        prefix = prefill(lm.model, lm.adapter, [lm.adapter.encode(_sample([], "2 + 3?"), PLAIN)], 0)
+    assert [type(layer) for layer in prefix.cache.layers] == [LinearAttentionLayer, DynamicLayer]
+    conv, state = prefix.cache.layers[0].conv_states[0], prefix.cache.layers[0].recurrent_states[0]
+    # conv: [rows, 2 x key dim + value dim, kernel 4]; recurrent: [rows, value heads, d_k, d_v]
+    heads = text.linear_num_key_heads
+    assert conv.shape == (1, (2 * heads + 2 * heads) * 32, 4)
+    assert state.shape == (1, 2 * heads, 32, 32) and text.linear_num_value_heads == 2 * heads
+    if family == "qwen3_5_moe":
+        mlp = layers[0].mlp
+        assert mlp.gate.num_experts == 4 and mlp.gate.top_k == 2 and hasattr(mlp, "shared_expert")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inputs_are_16px_patches_merged_2x2(loaded, images, family):
+    lm = loaded[family]
+    enc = lm.adapter.encode(_sample([images["small"], images["big"]], TWO), PLAIN)
+    # 112x112 -> 128x128 (multiples of 32) = 8x8 patches of 16 px; 300x180 -> 288x192 = 18x12.
+    assert enc.vision["image_grid_thw"].tolist() == [[1, 8, 8], [1, 12, 18]]
+    assert lm.adapter.model_image_size((300, 180)) == (288, 192)
+    assert enc.vision["pixel_values"].shape == (64 + 12 * 18, 3 * 2 * 16 * 16)
+    image = enc.tokens["input_ids"] == lm.model.config.image_token_id
+    assert image.sum().item() == 16 + 6 * 9
+    assert torch.equal(enc.tokens["mm_token_type_ids"].bool(), image)
+
+
+# ---- padding: the recurrent state must not absorb pad tokens ----------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padded_prompts_give_each_prompt_its_own_logits(loaded, images, family):
+    """The prefill's left padding (87 pads before the text-only prompt: more than a whole 64-token
+    chunk of transformers' chunked gated delta rule) leaves the linear-attention states exactly as
+    without padding: transformers zeroes padded positions before the projections, so the conv sees
+    zeros (its own zero padding) and the delta rule decays a zero state."""
+    lm = loaded[family]
+    prompts = _prompts(lm.adapter, images)
+    pad = lm.adapter.tokenizer.pad_token_id
+    batch = collate(prompts, pad, padding_side="left")
+    assert (batch["attention_mask"] == 0).sum(-1).tolist() == [71, 0, 87]
+    with torch.no_grad():
+        together = lm.model(**batch, position_ids=lm.adapter.position_ids(lm.model, batch)).logits
+        for row, prompt in enumerate(prompts):
+            alone = lm.model(**collate([prompt], pad)).logits[0]
+            real = batch["attention_mask"][row].bool()
+            torch.testing.assert_close(together[row, real], alone, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_right_padded_scoring_gives_each_sequence_its_own_logprobs(loaded, images, family):
+    """The padded path (`response_logprobs`, one right-padded pass) equals scoring each sequence
+    alone: pads come after every real token of a row."""
+    lm = loaded[family]
+    a = lm.adapter
+    prompts = _prompts(a, images)
+    responses = [torch.tensor([5, 6, 7]), torch.tensor([8]), torch.tensor([9, 10, 11, 12, 13])]
+    seqs = [p.with_response(r) for p, r in zip(prompts, responses, strict=True)]
+    lengths = [r.numel() for r in responses]
+    blocked = torch.tensor(a.placeholder_token_ids())
+    pad = a.tokenizer.pad_token_id
+    with torch.no_grad():
+        together, _ = response_logprobs(lm.model, seqs, lengths, pad, 1.0, blocked)
+        for row, seq in enumerate(seqs):
+            alone, _ = response_logprobs(lm.model, [seq], lengths[row : row + 1], pad, 1.0, blocked)
+            torch.testing.assert_close(together[row, : lengths[row]], alone[0], atol=1e-5, rtol=1e-4)
+
+
+# ---- the vision cache and the shared prefix -------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_vision_gives_the_same_logprobs(loaded, images, family):
+    lm = loaded[family]
+    a = lm.adapter
+    prompts = _prompts(a, images)[:2]
+    seqs = [
+        p.with_response(r)
+        for p, r in zip(prompts, [torch.tensor([5, 6, 7]), torch.tensor([8, 9])], strict=True)
+    ]
+    blocked = torch.tensor(a.placeholder_token_ids())
+    args = (lm.model, seqs, [3, 2], a.tokenizer.pad_token_id, 1.0, blocked)
+    with torch.no_grad():
+        plain, _ = response_logprobs(*args)
+        cache = VisionCache.concat([a.vision_cache(lm.model, p.vision) for p in prompts])
+        cached, _ = response_logprobs(*args, adapter=a, vision=cache)
+        # No deepstack in Qwen3.5: the merged features of the 3 images (16, 54, 16 tokens) are all.
+        assert list(cache.output.keys()) == ["pooler_output"]
+        assert [t.shape for t in cache.output["pooler_output"]] == [(16, 64), (54, 64), (16, 64)]
+        blank = VisionCache(type(cache.output)(pooler_output=[torch.zeros_like(t) for t in cache.output[0]]))
+        without, _ = response_logprobs(*args, adapter=a, vision=blank)
+    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
+    assert (without - plain).abs().max() > 1e-2  # the cached features are what the model reads
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grouped_logprobs_match_full_passes_in_value_and_gradient(loaded, images, family):
+    """The shared-prefix path (`shared_prefix` is True): each prompt runs once, left-padded, and its
+    rows continue its hybrid cache (conv + recurrent states re-indexed per row like keys and
+    values) == one right-padded prompt + response pass per row. Prompt 0 has three rows (a group
+    of 3), rows are out of order, responses of 1 to 4 tokens."""
+    lm = loaded[family]
+    a = lm.adapter
+    assert a.shared_prefix
+    prompts = _prompts(a, images)
+    row_prompt = [0, 1, 0, 2, 0]
+    responses = [
+        torch.tensor([5, 6, 7]),
+        torch.tensor([8, 9]),
+        torch.tensor([10]),
+        torch.tensor([11, 12, 13, 14]),
+        torch.tensor([15, 16, 17, 18]),
+    ]
+    lengths = [r.numel() for r in responses]
+    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
+    blocked = torch.tensor(a.blocked_token_ids(lm.model.get_input_embeddings().num_embeddings))
+    pad = a.tokenizer.pad_token_id
+    weights = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+
+    def run(grouped: bool):
+        lm.model.zero_grad()
+        if grouped:
+            logp, ent = grouped_response_logprobs(
+                lm.model, a, prompts, row_prompt, responses, pad, 0.7, blocked, True, entropy_grad=True
+            )
+        else:
+            seqs = [prompts[p].with_response(r) for p, r in zip(row_prompt, responses, strict=True)]
+            logp, ent = response_logprobs(lm.model, seqs, lengths, pad, 0.7, blocked, True, entropy_grad=True)
+        ((logp + ent) * weights * mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
+        lm.model.zero_grad()
+        return logp * mask, ent * mask, grads
+
+    full, grouped = run(False), run(True)
+    torch.testing.assert_close(grouped[0], full[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grouped[1], full[1], atol=1e-5, rtol=1e-4)
+    assert grouped[2].keys() == full[2].keys()
+    names = " ".join(full[2])
+    # Gradient reaches the vision tower, the linear-attention layer's own parameters (its decay
+    # A_log and dt_bias, and the conv, which only a correct recurrent / conv state path carries),
+    # and for the MoE the routers and the experts.
+    for part in ("visual.blocks", "linear_attn.A_log", "linear_attn.dt_bias", "linear_attn.conv1d"):
+        assert part in names, part
+    if family == "qwen3_5_moe":
+        assert "mlp.gate.weight" in names and "mlp.experts.gate_up_proj" in names
+    for name, g in full[2].items():
+        torch.testing.assert_close(grouped[2][name], g, atol=1e-5, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_get_their_own_prompts_linear_attention_states(loaded, images, family):
+    lm = loaded[family]
+    prompts = _prompts(lm.adapter, images)
+    with torch.no_grad():
+        prefix = prefill(lm.model, lm.adapter, prompts, lm.adapter.tokenizer.pad_token_id)
+        before = prefix.cache.layers[0].recurrent_states[0].clone()
+        rows = prefix.select(torch.tensor([2, 0, 2, 1]))
+    layer = rows.cache.layers[0]
+    assert isinstance(layer, RowStatesLayer)
+    for row, p in enumerate([2, 0, 2, 1]):
+        assert torch.equal(layer.recurrent_states[0][row], before[p])
+    assert not torch.equal(before[0], before[1])  # different prompts, different summaries
+
+
+# ---- module groups, router, LoRA ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_groups_cover_every_parameter_once(loaded, family):
+    lm = loaded[family]
+    groups = lm.adapter.parameter_groups(lm.model)
+    names = [n for g in groups.values() for n, _ in g]
+    assert sorted(names) == sorted(n for n, _ in lm.model.named_parameters())
+    assert all(groups.values())
+    assert {n.rpartition(".")[0] for n, _ in groups["connector"]} == {
+        "model.visual.merger.norm",
+        "model.visual.merger.linear_fc1",
+        "model.visual.merger.linear_fc2",
+    }
+    assert all(n.startswith("model.visual.") for n, _ in groups["vision"])
+    language = [n for n, _ in groups["language"]]
+    # The linear-attention layer, all of it, is language.
+    assert sum(".linear_attn." in n for n in language) == 9  # A_log, dt_bias, conv, norm, 5 projections
+    if family == "qwen3_5":
+        assert list(groups) == ["vision", "connector", "language"]
+        return
+    assert list(groups) == ["vision", "connector", "language", "router", "experts"]
+    assert sorted(n for n, _ in groups["router"]) == [
+        f"model.language_model.layers.{i}.mlp.gate.weight" for i in range(2)
+    ]
+    # Fused routed experts: gate_up_proj [E, 2I, H], down_proj [E, H, I], E = 4, I = H = 64.
+    assert {n.rpartition(".")[2]: tuple(p.shape) for n, p in groups["experts"]} == {
+        "gate_up_proj": (4, 128, 64),
+        "down_proj": (4, 64, 64),
+    }
+    # The shared expert and its gate are dense weights every token uses: language.
+    mlp = {n.split(".mlp.")[1] for n in language if ".mlp." in n}
+    assert mlp == {
+        "shared_expert.gate_proj.weight",
+        "shared_expert.up_proj.weight",
+        "shared_expert.down_proj.weight",
+        "shared_expert_gate.weight",
+    }
+
+
+def test_router_is_softmax_top_k_renormalised_and_the_shared_expert_always_adds(loaded):
+    """The rule the MoE adapter's docstring states, on the tiny model's first MoE block."""
+    mlp = loaded["qwen3_5_moe"].model.model.language_model.layers[0].mlp
+    h = torch.randn(6, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, weights, index = mlp.gate(h)
+        probs = logits.float().softmax(-1)
+        top = probs.topk(2, dim=-1)
+        assert torch.equal(index, top.indices)
+        torch.testing.assert_close(weights, top.values / top.values.sum(-1, keepdim=True))
+        out = mlp(h[None])[0]
+        routed = mlp.experts(h, index, weights)
+        shared = torch.sigmoid(mlp.shared_expert_gate(h)) * mlp.shared_expert(h)
+    torch.testing.assert_close(out, routed + shared)
+    assert shared.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_wraps_linear_attention_and_experts_and_trains_them(tiny_models, images, family):
+    lm = load_model(tiny_models[family])
+    a = lm.adapter
+    batch = collate([a.encode(_sample([images["small"]]), PLAIN, response="<answer>1</answer>")], 0)
+    with torch.no_grad():
+        base = lm.model(**batch).logits
+    parts = ("language", "experts", "router") if family == "qwen3_5_moe" else ("language",)
+    modules, parameters = a.lora_targets(lm.model, parts)
+    linear_attn = sorted(m.rpartition(".")[2] for m in modules if ".linear_attn." in m)
+    assert linear_attn == ["in_proj_a", "in_proj_b", "in_proj_qkv", "in_proj_z", "out_proj"]
+    assert sum(".self_attn." in m for m in modules) == 4  # q, k, v, o of the full-attention layer
+    if family == "qwen3_5_moe":
+        assert a.lora_targets(lm.model, ("router",)) == ([], [])  # the router has no LoRA target
+        assert sorted(p.rpartition(".")[2] for p in parameters) == ["down_proj"] * 2 + ["gate_up_proj"] * 2
+        assert sum(".shared_expert." in m for m in modules) == 6  # 3 projections x 2 layers
+    else:
+        assert parameters == [] and sum(".mlp." in m for m in modules) == 6
+    model = get_peft_model(
+        lm.model,
+        LoraConfig(r=4, lora_alpha=8, target_modules=modules, target_parameters=parameters or None),
+    )
+    torch.manual_seed(0)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)  # peft starts B at 0: make the adapters matter
+    groups = a.parameter_groups(model)
+    lora = {g: [(n, p) for n, p in ps if "lora_" in n] for g, ps in groups.items()}
+    out = model(**batch).logits
+    assert (out - base).abs().max() > 1e-3
+    out.float().logsumexp(-1).sum().backward()
+    trained = [(n, p) for n, p in lora["language"] if ".linear_attn." in n]
+    assert len(trained) == 2 * 5  # A and B for the 5 projections
+    if family == "qwen3_5_moe":
+        assert len(lora["experts"]) == 8  # A and B for gate_up_proj and down_proj, 2 layers
+        trained += lora["experts"]
+    for n, p in trained:
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+    with model.disable_adapter(), torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, base, atol=1e-5, rtol=0)
+
+
+def test_experts_kernel_grouped_mm_matches_eager(tiny_models, loaded, images):
+    path = tiny_models["qwen3_5_moe"]
+    lm = loaded["qwen3_5_moe"]
+    items = [lm.adapter.encode(_sample([images["small"]]), PLAIN, response="<answer>3</answer>")]
+    batch = collate(items, lm.adapter.tokenizer.pad_token_id)
+    results = {}
+    for impl in ("eager", "grouped_mm"):
+        model = AutoModelForImageTextToText.from_pretrained(path, experts_implementation=impl)
+        logits = model(**batch).logits
+        logits.float().logsumexp(-1).sum().backward()
+        results[impl] = logits.detach(), {n: p.grad for n, p in model.named_parameters() if ".experts." in n}
+    torch.testing.assert_close(results["grouped_mm"][0], results["eager"][0], atol=1e-5, rtol=1e-5)
+    for name, grad in results["eager"][1].items():
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(results["grouped_mm"][1][name], grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+# ---- checkpoints and generation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_load_round_trip_keeps_weights_processor_and_outputs(loaded, images, family, tmp_path):
+    lm = loaded[family]
+    lm.model.save_pretrained(tmp_path)
+    lm.processor.save_pretrained(tmp_path)
+    again = load_model(tmp_path)
+    assert type(again.adapter) is adapter_class(family) and again.adapter.family == family
+    assert type(again.processor).__name__ == "Qwen3VLImageOnlyProcessor"
+    assert again.model.config.text_config.layer_types == ["linear_attention", "full_attention"]
+    before, after = lm.model.state_dict(), again.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    enc = again.adapter.encode(_sample([images["big"]]), PLAIN)
+    assert torch.equal(
+        enc.tokens["input_ids"], lm.adapter.encode(_sample([images["big"]]), PLAIN).tokens["input_ids"]
+    )
+    batch = collate([enc], 0)
+    with torch.no_grad():
+        assert torch.equal(again.model(**batch).logits, lm.model(**batch).logits)
+
+
+def _reference(lm, prompt, steps):
+    """transformers' generate on the prompt alone, greedy: its tokens and their log-probs."""
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    banned = lm.adapter.blocked_token_ids(vocab)
+    ref = lm.model.generate(
+        **collate([prompt], lm.adapter.tokenizer.pad_token_id),
+        do_sample=False,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        suppress_tokens=banned,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
+    ids = ref.sequences[0, prompt.length :]
+    logits = torch.cat(ref.logits).float()
+    logits[:, banned] = float("-inf")
+    return ids, logits.log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hf_backend_greedy_matches_generate_on_each_prompt_alone(loaded, images, family):
+    """vlrl's shared-prefix backend (left-padded prefill, the hybrid cache expanded to 2 rows per
+    prompt, single-token decode through the conv and recurrent states) decodes what transformers'
+    generate decodes for each prompt alone, token for token, with the same log-probs."""
+    lm = loaded[family]
+    prompts = _prompts(lm.adapter, images)
+    backend = HFRolloutBackend(lm.model, lm.adapter, stop_token_ids=[-1])  # no early stop
+    groups = backend.generate(prompts, SamplingParams(2, 12, temperature=0))
+    for prompt, group in zip(prompts, groups, strict=True):
+        ids, logp = _reference(lm, prompt, 12)
+        for c in group:
+            assert c.token_ids.tolist() == ids.tolist()
+            torch.testing.assert_close(c.logprobs, logp, atol=1e-4, rtol=0)
+
+
+def test_hf_backend_drops_finished_rows_without_disturbing_the_others(loaded, images, monkeypatch):
+    """When a quarter of the rows have finished, the backend re-selects the live rows of the cache
+    (conv and recurrent states included) mid-decode; the remaining rows still decode exactly."""
+    lm = loaded["qwen3_5"]
+    prompts = _prompts(lm.adapter, images)
+    refs = [_reference(lm, p, 10)[0].tolist() for p in prompts]
+    # Stop on the first token prompt 0 produces that the others never do: prompt 0's 2 rows (of 6)
+    # finish there, and are dropped from the batch.
+    stop = next(t for t in refs[0] if t not in refs[1] + refs[2])
+    selected = []
+    select = Prefix.select
+    monkeypatch.setattr(
+        Prefix, "select", lambda self, rows: selected.append(rows.tolist()) or select(self, rows)
+    )
+    backend = HFRolloutBackend(lm.model, lm.adapter, stop_token_ids=[stop])
+    groups = backend.generate(prompts, SamplingParams(2, 10, temperature=0))
+    n = refs[0].index(stop) + 1
+    assert n < 10 and selected == [[0, 0, 1, 1, 2, 2], [2, 3, 4, 5]]  # the group expansion, then the drop
+    assert [c.token_ids.tolist() for c in groups[0]] == [refs[0][:n]] * 2
+    for prompt, ref, group in zip(prompts[1:], refs[1:], groups[1:], strict=True):
+        _, logp = _reference(lm, prompt, 10)
+        for c in group:
+            assert c.token_ids.tolist() == ref
+            torch.testing.assert_close(c.logprobs, logp, atol=1e-4, rtol=0)
+
+
+def test_boxes_are_normalised_to_1000(loaded):
+    adapter = loaded["qwen3_5"].adapter
+    assert adapter.box_from_pixels([30, 18, 150, 90], (300, 180)) == [100, 100, 500, 500]
+    assert loaded["qwen3_5_moe"].adapter.box_convention == "norm1000"
+
+
+# ---- the real architectures ---------------------------------------------------------------------
+
+# The released checkpoints' config.json values. Language models: the model cards of
+# Qwen/Qwen3.5-9B and Qwen/Qwen3.5-35B-A3B ("Model Overview": hidden 4096 / 2048, 32 / 40 layers
+# as 8 / 10 x (3 Gated DeltaNet + 1 Gated Attention), DeltaNet 32 V / 16 QK heads of 128,
+# attention 16 Q / 4 or 2 KV heads of 256, rotary dimension 64, FFN 12288, or 256 experts of 512
+# with 8 routed + 1 shared, vocabulary 248320) and their config.json (mrope_section [11, 11, 10],
+# rope_theta 1e7, untied embeddings). Vision tower (config.json "vision_config"; the same in both):
+# 27 blocks of 1152, MLP 4304, 16 heads, 16 px patches, 2304 position embeddings.
+_VISION = dict(
+    depth=27,
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_heads=16,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    num_position_embeddings=2304,
+)
+_TEXT = dict(
+    vocab_size=248320,
+    head_dim=256,
+    linear_num_key_heads=16,
+    linear_num_value_heads=32,
+    linear_key_head_dim=128,
+    linear_value_head_dim=128,
+    linear_conv_kernel_dim=4,
+    full_attention_interval=4,
+    rope_parameters={
+        "rope_type": "default",
+        "rope_theta": 10000000.0,
+        "partial_rotary_factor": 0.25,
+        "mrope_section": [11, 11, 10],
+        "mrope_interleaved": True,
+    },
+    max_position_embeddings=262144,
+    tie_word_embeddings=False,
+)
+
+
+def _qwen3_5_9b():
+    text = dict(
+        _TEXT,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+    )
+    return Qwen3_5Config(
+        text_config=text, vision_config=dict(_VISION, out_hidden_size=4096), tie_word_embeddings=False
+    )
+
+
+def _qwen3_5_35b_a3b():
+    text = dict(
+        _TEXT,
+        hidden_size=2048,
+        num_hidden_layers=40,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        num_experts=256,
+        num_experts_per_tok=8,
+        moe_intermediate_size=512,
+        shared_expert_intermediate_size=512,
+    )
+    return Qwen3_5MoeConfig(
+        text_config=text, vision_config=dict(_VISION, out_hidden_size=2048), tie_word_embeddings=False
+    )
+
+
+def _counts(config) -> dict[str, float]:
+    """Parameters in billions: total, the language model's (all but the vision tower), and its
+    active share: all but the (E - k) / E of routed expert weights a token does not use."""
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    total = sum(sizes.values())
+    text = total - sum(v for n, v in sizes.items() if n.startswith("model.visual."))
+    experts = sum(v for n, v in sizes.items() if ".mlp.experts." in n)
+    cfg = config.text_config
+    unused = experts * (cfg.num_experts - cfg.num_experts_per_tok) / cfg.num_experts if experts else 0
+    return {"total": total / 1e9, "text": text / 1e9, "active": (text - unused) / 1e9}
+
+
+def test_real_architectures_have_the_published_parameter_counts():
+    """Instantiated on the meta device (no memory), counted, and compared with the model cards'
+    language-model numbers at the precision they are published ("Number of Parameters: 9B";
+    "35B in total and 3B activated"). The multi-token-prediction head of the checkpoints is not
+    part of transformers' model (its weights are skipped at load)."""
+    dense = _counts(_qwen3_5_9b())
+    assert round(dense["text"]) == 9  # 8,953,803,264
+    # llama.cpp's GGUF of the language model reports 8.95B parameters
+    assert dense["text"] == pytest.approx(8.95, abs=0.005)
+    assert round(dense["total"], 2) == 9.41  # with the 0.456B vision tower
+    moe = _counts(_qwen3_5_35b_a3b())
+    assert round(moe["text"]) == 35  # 34,660,610,688
+    assert round(moe["active"]) == 3  # 3,454,988,928: attention, DeltaNet, shared experts, 8/256 routed
+    assert round(moe["total"], 2) == 35.11  # with the 0.447B vision tower
+
+
+@pytest.mark.parametrize(
+    ("config", "family"),
+    [("grpo_qwen3_5_9b.yaml", "qwen3_5"), ("grpo_qwen3_5_35b_a3b.yaml", "qwen3_5_moe")],
+)
+def test_real_checkpoint_configs_name_the_familys_groups(loaded, config, family):
+    """The shipped configs load, and every group they freeze or rate exists in the family."""
+    cfg = load_config(Path(__file__).parents[3] / "configs" / config)
+    adapter = loaded[family].adapter
+    adapter.check_groups(cfg.model.freeze, "model.freeze")
+    adapter.check_groups(cfg.model.group_lr, "model.group_lr")
+    assert "vision" in cfg.model.freeze
+    if family == "qwen3_5_moe":
+        assert cfg.model.freeze == ["vision", "router"]
+        assert cfg.model.experts_implementation == "grouped_mm" and cfg.model.router_aux_loss_coef == 0.0
