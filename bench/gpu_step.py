@@ -1,14 +1,15 @@
-"""GPU step-time harness: vlrl's GRPO step on real-size Qwen2.5-VL shapes, against its physical floor.
+"""GPU step-time harness: vlrl's GRPO step on real-size Qwen2.5-VL and Qwen3-VL-MoE shapes, against
+its physical floor.
 
-Builds a Qwen2.5-VL architecture with random weights from a config in this file (the 3B or 7B
-shapes, or a toy one for CPUs; nothing is downloaded) with a small BPE tokenizer carrying Qwen's
-special tokens (embedding rows beyond it are never sampled: `adapter.blocked_token_ids`), saves
-it to a temporary folder (bf16 on GPU) and trains `--steps` GRPO steps on a fixed synthetic
-workload: P prompts of one noise image (`--image-tokens` tokens, 600 by default: 2400 14x14
-patches, a 700x672 image) and a short question, G samples of exactly `--response-tokens` tokens,
-rewards format + accuracy (all zero for a random model: zero advantages, the update still runs).
-The checkpoint's EOS is a vision placeholder, which the sampler never draws, so every completion
-has the same length and runs are comparable.
+Builds an architecture with random weights from a config in this file (Qwen2.5-VL-3B or 7B,
+Qwen3-VL-30B-A3B, or toy ones for CPUs; nothing is downloaded) with a small BPE tokenizer carrying
+Qwen's special tokens (embedding rows beyond it are never sampled: `adapter.blocked_token_ids`),
+saves it to a temporary folder (bf16 on GPU) and trains `--steps` GRPO steps on a fixed synthetic
+workload: P prompts of one noise image (`--image-tokens` tokens, 600 by default: 2400 14x14 patches,
+a 700x672 image, for Qwen2.5-VL; 16x16 patches, 800x768, for Qwen3-VL) and a short question, G
+samples of exactly `--response-tokens` tokens, rewards format + accuracy (all zero for a random
+model: zero advantages, the update still runs). The checkpoint's EOS is a vision placeholder, which
+the sampler never draws, so every completion has the same length and runs are comparable.
 
 Printed, as medians over the steps after the first (a warm-up): vlrl's verl-style phase times
 (timing_s/gen, reward, old_ref, update, step; vlrl's own clocks, not synchronised with the GPU, so
@@ -18,9 +19,22 @@ physical floor of bench/floor.py (FLOPs at the GPU's peak bf16 rate + decode byt
 bandwidth; its docstring has the formula). `--trl` runs TRL's GRPOTrainer on the same checkpoint,
 data and settings when TRL is installed, against the same floor.
 
+Mixture-of-Experts shapes (`30b-a3b`: Qwen3-VL-30B-A3B's published config, 48 layers of 128 experts
+with 8 routed per token, 31.1B parameters; `moe-toy` for CPUs) run once per expert kernel of
+`--experts-implementation` (default: grouped_mm and eager; `model.experts_implementation`) on the
+same checkpoint, and print each kernel's step time, tokens/s and peak memory side by side.
+`--layers N` keeps the first N language layers (the vision tower stays whole), so that the 30B model
+fits one GPU: with 4 layers it has 3.65B parameters (2.42B of them experts), 7.3 GB of bf16
+weights, ~27 GiB with gradients and AdamW state (8 bytes a parameter), activations aside. The floor
+counts the weights that multiply a token: for an MoE, N_lm is the active language weights (routers,
+attention and top_k / experts of the routed experts), so the floor stays a lower bound (a decode step
+reads at least those).
+
     python bench/gpu_step.py --shape 3b --steps 3 --prompts 4 --group 8 --response-tokens 256
     python bench/gpu_step.py --shape 7b --grad-ckpt --micro-batch-tokens 4096   # 80 GB GPUs
     python bench/gpu_step.py --shape toy --image-tokens 16 --response-tokens 32   # CPU smoke run
+    python bench/gpu_step.py --shape 30b-a3b --layers 4 --experts-implementation grouped_mm eager
+    python bench/gpu_step.py --shape moe-toy --image-tokens 16 --response-tokens 32   # CPU smoke run
 """
 
 from __future__ import annotations
@@ -33,36 +47,77 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from floor import Device, ModelCounts, StepShape, device_for, floor_seconds
 from PIL import Image
-from transformers import AutoModelForImageTextToText, GenerationConfig, Qwen2_5_VLConfig
+from transformers import (
+    AutoModelForImageTextToText,
+    GenerationConfig,
+    PretrainedConfig,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen3VLMoeConfig,
+)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vlrl.config import TrainConfig, load_config
-from vlrl.models.processors import Qwen2_5_VLImageOnlyProcessor
+from vlrl.models.processors import Qwen2_5_VLImageOnlyProcessor, Qwen3VLImageOnlyProcessor
 from vlrl.models.tiny.factory import QWEN_SPECIALS, QWEN_TEMPLATE, _qwen_ids, default_corpus
 from vlrl.models.tiny.tokenizer import train_bpe
 
 PATCH, MERGE = 14, 2
 CELL = PATCH * MERGE  # pixels per image-token side: one token per 28x28 area after the 2x2 merge
+KERNELS = (
+    "grouped_mm",
+    "batched_mm",
+    "eager",
+)  # transformers' experts kernels (model.experts_implementation)
 NEVER_SAMPLED_EOS = "<|video_pad|>"  # a vision placeholder: blocked in sampling, so rows never stop
 QUESTION = "How many different colours does this picture show? Count carefully."
 PHASES = ("gen", "reward", "old_ref", "update", "step")
 
 
 @dataclass(frozen=True)
+class Family:
+    """What differs between the architectures built here: config class, patch size, processor."""
+
+    config: type[PretrainedConfig]
+    patch: int
+    processor: type[ProcessorMixin]
+    pixel_norm: dict  # image processor mean / std when not the CLIP values
+
+    @property
+    def cell(self) -> int:
+        """Pixels per image-token side, after the 2x2 merge."""
+        return self.patch * MERGE
+
+
+FAMILIES = {
+    "qwen2_5_vl": Family(Qwen2_5_VLConfig, 14, Qwen2_5_VLImageOnlyProcessor, {}),
+    # Qwen3-VL normalises pixels to [-1, 1].
+    "qwen3_vl_moe": Family(
+        Qwen3VLMoeConfig, 16, Qwen3VLImageOnlyProcessor, {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    ),
+}
+
+
+@dataclass(frozen=True)
 class Shape:
-    """A Qwen2.5-VL architecture: text and vision config fields; vocab None = the tokenizer's size."""
+    """An architecture: text and vision config fields; vocab None = the tokenizer's size."""
 
     text: dict
     vision: dict
     vocab: int | None
     tie: bool
+    family: str = "qwen2_5_vl"
+
+    @property
+    def moe(self) -> bool:
+        return "num_experts" in self.text
 
 
 QWEN2_5_VL_VISION = dict(
@@ -77,6 +132,38 @@ QWEN2_5_VL_VISION = dict(
     fullatt_block_indexes=[7, 15, 23, 31],
 )
 QWEN_ROPE = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}  # head dim 128
+# The published Qwen/Qwen3-VL-30B-A3B-Instruct config.json values (tests/models/families/test_qwen3_vl.py
+# checks the same architecture's parameter counts).
+QWEN3_VL_VISION = dict(
+    depth=27,
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_heads=16,
+    patch_size=16,
+    spatial_merge_size=MERGE,
+    temporal_patch_size=2,
+    num_position_embeddings=2304,
+    deepstack_visual_indexes=[8, 16, 24],  # added to language layers 0, 1, 2
+)
+QWEN3_VL_30B_A3B_TEXT = dict(
+    hidden_size=2048,
+    intermediate_size=6144,  # unused: every layer is sparse
+    num_hidden_layers=48,
+    num_attention_heads=32,
+    num_key_value_heads=4,
+    head_dim=128,
+    moe_intermediate_size=768,
+    num_experts=128,
+    num_experts_per_tok=8,
+    decoder_sparse_step=1,
+    norm_topk_prob=True,
+    rope_parameters={
+        "rope_type": "default",
+        "rope_theta": 5e6,
+        "mrope_section": [24, 20, 20],
+        "mrope_interleaved": True,
+    },
+)
 
 # The published Qwen/Qwen2.5-VL-{3B,7B}-Instruct config.json values.
 SHAPES = {
@@ -130,17 +217,67 @@ SHAPES = {
         vocab=152064,
         tie=False,
     ),
+    "30b-a3b": Shape(
+        text=QWEN3_VL_30B_A3B_TEXT,
+        vision={**QWEN3_VL_VISION, "out_hidden_size": 2048},
+        vocab=151936,
+        tie=False,
+        family="qwen3_vl_moe",
+    ),
+    "moe-toy": Shape(
+        text=dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            moe_intermediate_size=64,
+            num_experts=8,
+            num_experts_per_tok=2,
+            decoder_sparse_step=1,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1e4,
+                "mrope_section": [6, 5, 5],
+                "mrope_interleaved": True,
+            },
+        ),
+        vision=dict(
+            depth=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=2,
+            out_hidden_size=128,
+            patch_size=16,
+            spatial_merge_size=MERGE,
+            temporal_patch_size=2,
+            num_position_embeddings=36,
+            deepstack_visual_indexes=[0, 1],
+        ),
+        vocab=None,
+        tie=False,
+        family="qwen3_vl_moe",
+    ),
 }
 
 
+def with_layers(shape: Shape, layers: int | None) -> Shape:
+    """`shape` with its first `layers` language layers (None: all of them)."""
+    if layers is None:
+        return shape
+    return replace(shape, text={**shape.text, "num_hidden_layers": layers})
+
+
 # ---- checkpoint and workload -------------------------------------------------------------------
-def image_size(tokens: int) -> tuple[int, int]:
-    """(width, height) in pixels of the most nearly square image of exactly `tokens` image tokens."""
+def image_size(tokens: int, cell: int = CELL) -> tuple[int, int]:
+    """(width, height) in pixels of the most nearly square image of exactly `tokens` image tokens
+    of `cell` x `cell` pixels each."""
     rows = max(d for d in range(1, math.isqrt(tokens) + 1) if tokens % d == 0)
-    return (tokens // rows) * CELL, rows * CELL
+    return (tokens // rows) * cell, rows * cell
 
 
-def model_config(shape: Shape, tok) -> Qwen2_5_VLConfig:
+def model_config(shape: Shape, tok) -> PretrainedConfig:
     """The `shape` architecture with the special-token ids of the tokenizer `tok`."""
     text = dict(
         shape.text,
@@ -151,7 +288,7 @@ def model_config(shape: Shape, tok) -> Qwen2_5_VLConfig:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    return Qwen2_5_VLConfig(
+    return FAMILIES[shape.family].config(
         text_config=text, vision_config=shape.vision, tie_word_embeddings=shape.tie, **_qwen_ids(tok)
     )
 
@@ -173,24 +310,25 @@ def build_checkpoint(shape: Shape, out: Path, image_tokens: int, device: torch.d
     )
     model.save_pretrained(out)
     del model
-    pixels = image_tokens * CELL * CELL
+    family = FAMILIES[shape.family]
+    pixels = image_tokens * family.cell**2
     image_processor = Qwen2VLImageProcessorPil(
-        patch_size=PATCH,
+        patch_size=family.patch,
         merge_size=MERGE,
         temporal_patch_size=2,
-        size={"shortest_edge": min(56 * 56, pixels), "longest_edge": pixels},
+        size={"shortest_edge": min(4 * family.cell**2, pixels), "longest_edge": pixels},
+        **family.pixel_norm,
     )
-    processor = Qwen2_5_VLImageOnlyProcessor(
-        image_processor=image_processor, tokenizer=tok, chat_template=QWEN_TEMPLATE
-    )
+    processor = family.processor(image_processor=image_processor, tokenizer=tok, chat_template=QWEN_TEMPLATE)
     processor.save_pretrained(out)
     return out
 
 
-def write_workload(folder: Path, rows: int, image_tokens: int) -> Path:
-    """A canonical JSONL of `rows` identical prompts (one noise image each); returns its path."""
+def write_workload(folder: Path, rows: int, image_tokens: int, cell: int = CELL) -> Path:
+    """A canonical JSONL of `rows` identical prompts (one noise image each, of `cell`-pixel image
+    tokens); returns its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    width, height = image_size(image_tokens)
+    width, height = image_size(image_tokens, cell)
     pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(folder / "noise.png")
     path = folder / "train.jsonl"
@@ -203,7 +341,10 @@ def write_workload(folder: Path, rows: int, image_tokens: int) -> Path:
 
 
 # ---- vlrl --------------------------------------------------------------------------------------
-def train_config(args, model: Path, data: Path, out: Path, device: torch.device) -> TrainConfig:
+def train_config(
+    args, model: Path, data: Path, out: Path, device: torch.device, kernel: str | None = None
+) -> TrainConfig:
+    kernel_setting = [f"model.experts_implementation={kernel}"] if kernel else []
     return load_config(
         None,
         [
@@ -229,18 +370,27 @@ def train_config(args, model: Path, data: Path, out: Path, device: torch.device)
             "logging.jsonl=false",
             "logging.progress=false",
             "logging.rollouts_every=0",
+            *kernel_setting,
         ],
         schema=TrainConfig,
     )
 
 
 def model_counts(model: torch.nn.Module, adapter) -> ModelCounts:
-    """N_lm, N_vis, N_conn, W and kv bytes of `model` as bench/floor.py defines them."""
+    """N_lm, N_vis, N_conn, W and kv bytes of `model` as bench/floor.py defines them.
+
+    For an MoE, N_lm and W count the weights one token multiplies: every group but vision and
+    connector (language, router, ...), with the routed experts at top_k / experts of their size.
+    """
     groups = {g: sum(p.numel() for _, p in ps) for g, ps in adapter.parameter_groups(model).items()}
+    text = model.config.text_config
+    experts = groups.pop("experts", 0)
+    if experts:
+        experts = experts * text.num_experts_per_tok // text.num_experts
     embedding = model.get_input_embeddings().weight
     tied = embedding is model.get_output_embeddings().weight
-    language = groups["language"] - (0 if tied else embedding.numel())
-    text = model.config.text_config
+    language = sum(n for g, n in groups.items() if g not in ("vision", "connector")) + experts
+    language -= 0 if tied else embedding.numel()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     width = embedding.element_size()
     kv = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * width
@@ -269,14 +419,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_vlrl(args, model: Path, data: Path, out: Path, device: torch.device) -> dict:
-    """Train `args.steps` steps one at a time, each timed with the device synchronised.
+def run_vlrl(
+    args, model: Path, data: Path, out: Path, device: torch.device, kernel: str | None = None
+) -> dict:
+    """Train `args.steps` steps one at a time, each timed with the device synchronised, with the
+    experts kernel `kernel` (None: transformers' default; dense models ignore it).
 
     Returns {"history": per-step metrics, "wall": per-step seconds, "counts", "shape", "memory"}.
     """
     from vlrl.training.grpo import GRPOTrainer
 
-    trainer = GRPOTrainer(train_config(args, model, data, out, device))
+    trainer = GRPOTrainer(train_config(args, model, data, out, device, kernel))
     reset_peak_memory(device)
     history, wall = [], []
     for step in range(1, args.steps + 1):
@@ -472,6 +625,13 @@ def print_floor(counts: ModelCounts, shape: StepShape, floor: dict[str, float], 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), default="toy")
+    p.add_argument("--layers", type=int, help="keep the first N language layers (default: the shape's all)")
+    p.add_argument(
+        "--experts-implementation",
+        nargs="+",
+        choices=KERNELS,
+        help="MoE shapes: one run per experts kernel, on the same checkpoint (default: grouped_mm eager)",
+    )
     p.add_argument("--steps", type=int, default=3, help="steps run; the first is a warm-up (at least 2)")
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--group", type=int, default=8)
@@ -489,34 +649,88 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps < 2:
         p.error("--steps must be at least 2: the first step is a warm-up and is not counted")
+    if args.layers is not None and args.layers < 1:
+        p.error("--layers must be at least 1")
+    moe = SHAPES[args.shape].moe
+    if args.experts_implementation and not moe:
+        moe_shapes = ", ".join(n for n, s in SHAPES.items() if s.moe)
+        p.error(
+            f"--experts-implementation needs a Mixture-of-Experts shape ({moe_shapes}); {args.shape} is dense"
+        )
+    if moe and not args.experts_implementation:
+        args.experts_implementation = ["grouped_mm", "eager"]
     return args
 
 
+def run_kernel(args, model: Path, data: Path, out: Path, device: torch.device, kernel: str | None) -> dict:
+    """`run_vlrl`, or {"error": ...} when the device runs out of memory: the other kernels still run
+    (on a lent GPU's one try, a partial table beats none)."""
+    try:
+        return run_vlrl(args, model, data, out, device, kernel)
+    except torch.OutOfMemoryError as error:
+        release_memory(device)
+        return {"error": f"out of memory: {str(error).splitlines()[0]}"}
+
+
+def print_kernels(kernels: dict[str, dict]) -> None:
+    """The experts kernels side by side: wall time, tokens/s, peak memory, wall over the first's."""
+    first = next((s["wall_s"] for s in kernels.values() if "wall_s" in s), None)
+    print(f"\n{'experts kernel':16}{'wall s':>10}{'tokens/s':>12}{'peak GiB':>10}{'wall / first':>14}")
+    for kernel, s in kernels.items():
+        if "error" in s:
+            print(f"{kernel:16}  {s['error']}")
+            continue
+        gib = s["peak_memory"]["gib"]
+        print(
+            f"{kernel:16}{s['wall_s']:10.3f}{s['tokens_per_s']:12.1f}{gib:10.2f}{s['wall_s'] / first:13.2f}x"
+        )
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Run the harness; returns {"vlrl": summary, "trl": summary (with --trl), "shape": StepShape,
-    "floor": seconds by phase}."""
+    """Run the harness; returns {"vlrl": summary (an MoE's: the first kernel's), "kernels": kernel ->
+    summary (MoE shapes), "trl": summary (with --trl), "shape": StepShape, "floor": seconds by phase,
+    "counts": the floor's ModelCounts}."""
     args = parse_args(argv)
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
+    shape = with_layers(SHAPES[args.shape], args.layers)
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        model = build_checkpoint(SHAPES[args.shape], tmp / "model", args.image_tokens, device)
-        data = write_workload(tmp / "data", args.prompts, args.image_tokens)
-        run = run_vlrl(args, model, data, tmp / "vlrl", device)
-        floor_dev, device_label = floor_device(args, device)
-        floor = floor_seconds(run["counts"], run["shape"], floor_dev)
-        print(f"\nshape {args.shape}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-        print_floor(run["counts"], run["shape"], floor, device_label)
-        results["shape"], results["floor"] = run["shape"], floor
-        results["vlrl"] = summarise(run["history"], run["wall"], run["shape"], floor)
-        results["vlrl"]["peak_memory"] = dict(zip(("gib", "measured"), run["memory"], strict=True))
-        print_report("vlrl", results["vlrl"], run["memory"], args.steps - 1)
-        save_json(args, results)  # now too: vlrl's numbers stay when TRL then fails
-        if args.trl:
+        model = build_checkpoint(shape, tmp / "model", args.image_tokens, device)
+        data = write_workload(tmp / "data", args.prompts, args.image_tokens, FAMILIES[shape.family].cell)
+        layers = f", {shape.text['num_hidden_layers']} language layers" if args.layers else ""
+        print(
+            f"\nshape {args.shape}{layers}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        )
+        floor = None
+        for kernel in args.experts_implementation or [None]:
+            run = run_kernel(args, model, data, tmp / f"vlrl_{kernel}", device, kernel)
+            if "error" in run:
+                print(f"\nvlrl, experts kernel {kernel}: {run['error']}")
+                results.setdefault("kernels", {})[kernel] = run
+                save_json(args, results)
+                continue
+            if floor is None:
+                floor_dev, device_label = floor_device(args, device)
+                floor = floor_seconds(run["counts"], run["shape"], floor_dev)
+                print_floor(run["counts"], run["shape"], floor, device_label)
+                results["shape"], results["floor"], results["counts"] = run["shape"], floor, run["counts"]
+            summary = summarise(run["history"], run["wall"], run["shape"], floor)
+            summary["peak_memory"] = dict(zip(("gib", "measured"), run["memory"], strict=True))
+            results.setdefault("vlrl", summary)
+            title = "vlrl"
+            if kernel:
+                results.setdefault("kernels", {})[kernel] = summary
+                title += f", experts kernel {kernel}"
+            print_report(title, summary, run["memory"], args.steps - 1)
+            save_json(args, results)  # now too: these numbers stay when a later run fails
+        if "kernels" in results:
+            print_kernels(results["kernels"])
+        if args.trl and floor is not None:
             trl_run = run_trl(args, model, data, tmp / "trl", device)
-            results["trl"] = summarise(trl_run["history"], trl_run["wall"], run["shape"], floor)
+            results["trl"] = summarise(trl_run["history"], trl_run["wall"], results["shape"], floor)
             results["trl"]["peak_memory"] = dict(zip(("gib", "measured"), trl_run["memory"], strict=True))
             print_report("TRL GRPOTrainer", results["trl"], trl_run["memory"], args.steps - 1)
             save_json(args, results)
@@ -527,9 +741,8 @@ def save_json(args, results: dict) -> None:
     """With --json: the results so far and the arguments, to that file."""
     if args.json:
         arguments = vars(args) | {"json": str(args.json)}
-        args.json.write_text(
-            json.dumps(results | {"shape": asdict(results["shape"]), "args": arguments}, indent=1)
-        )
+        plain = {k: asdict(results[k]) for k in ("shape", "counts") if k in results}
+        args.json.write_text(json.dumps(results | plain | {"args": arguments}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""bench/floor.py on a hand-worked case; bench/gpu_step.py's shapes and its toy run on the CPU."""
+"""bench/floor.py on a hand-worked case; bench/gpu_step.py's shapes, its arguments, and its toy runs
+(dense, and MoE with two experts kernels) on the CPU."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import math
 import pytest
 import torch
 from floor import Device, ModelCounts, StepShape, device_for, floor_seconds
-from gpu_step import SHAPES, image_size, main, model_config
+from gpu_step import NEVER_SAMPLED_EOS, SHAPES, image_size, main, model_config, parse_args, with_layers
 from transformers import AutoModelForImageTextToText
 
-from vlrl.models.tiny.factory import QWEN_SPECIALS
+from vlrl.models.tiny.factory import QWEN_SPECIALS, default_corpus
 from vlrl.models.tiny.tokenizer import train_bpe
 
 
@@ -70,6 +71,57 @@ def test_real_shapes_have_the_published_sizes(name, params):
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=2e-3)
 
 
+def _parameters(shape, tok) -> dict[str, int]:
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(model_config(shape, tok))
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    return {
+        "total": sum(sizes.values()),
+        "experts": sum(v for n, v in sizes.items() if ".experts." in n),
+        "layers": len(model.model.language_model.layers),
+    }
+
+
+def test_the_moe_shape_is_qwen3_vl_30b_a3b_and_layers_cut_it():
+    """Qwen3-VL-30B-A3B-Instruct's safetensors hold 31,070,754,032 parameters; 4 of its 48 layers
+    keep the vision tower, embeddings and 4 layers' 128 experts (128 x 3 x 2048 x 768 each)."""
+    tok = train_bpe(["a b c"], QWEN_SPECIALS)
+    full = _parameters(SHAPES["30b-a3b"], tok)
+    assert full["total"] == 31_070_754_032 and full["layers"] == 48
+    cut = _parameters(with_layers(SHAPES["30b-a3b"], 4), tok)
+    assert cut["layers"] == 4 and cut["experts"] == 4 * 128 * 3 * 2048 * 768
+    per_layer = (full["total"] - cut["total"]) / 44
+    assert cut["total"] == full["total"] - 44 * per_layer == 3_653_445_872
+    assert with_layers(SHAPES["30b-a3b"], None) is SHAPES["30b-a3b"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "kernels"),
+    [
+        (["--shape", "30b-a3b", "--layers", "4"], ["grouped_mm", "eager"]),  # both kernels by default
+        (["--shape", "moe-toy", "--experts-implementation", "eager"], ["eager"]),
+        (["--shape", "toy"], None),  # dense: no kernel runs
+    ],
+)
+def test_experts_kernels_default_to_both_for_moe_shapes(argv, kernels):
+    assert parse_args(argv).experts_implementation == kernels
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shape", "3b", "--experts-implementation", "eager"], "needs a Mixture-of-Experts shape"),
+        (["--shape", "30b-a3b", "--layers", "0"], "--layers must be at least 1"),
+        (["--shape", "30b-a3b", "--experts-implementation", "fast"], "invalid choice"),
+    ],
+)
+def test_bad_moe_arguments_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def _toy_argv(*extra: str) -> list[str]:
     return ["--shape", "toy", "--device", "cpu", "--steps", "2", "--prompts", "2", "--group", "4",
             "--response-tokens", "12", "--image-tokens", "16", *extra]  # fmt: skip
@@ -85,6 +137,7 @@ def _check_summary(summary: dict, floor: dict) -> None:
 
 
 def test_toy_harness_runs_on_cpu(capsys, tmp_path):
+    """The dense path: one run, no kernel table."""
     results = main(_toy_argv("--ppo-epochs", "2", "--json", str(tmp_path / "r.json")))
     shape, floor = results["shape"], results["floor"]
     assert (shape.image_tokens, shape.patches) == (16, 64)  # a 112x112 image: 8x8 patches, 2x2 merged
@@ -105,3 +158,34 @@ def test_toy_harness_runs_trl_alike():
     pytest.importorskip("trl")
     results = main(_toy_argv("--trl"))
     _check_summary(results["trl"], results["floor"])
+
+
+def test_moe_toy_harness_runs_both_kernels_on_cpu(capsys, tmp_path):
+    """Qwen3-VL-MoE at toy size (16 px patches: a 128x128 image for 16 tokens), one run per kernel
+    on the same checkpoint; the floor counts the active weights. (The random model's rewards are
+    all zero here, so its losses are too: bench/moe_step.py checks that the kernels' losses agree.)"""
+    results = main(_toy_argv("--shape", "moe-toy", "--layers", "1", "--experts-implementation", "grouped_mm",
+                             "eager", "--json", str(tmp_path / "r.json")))  # fmt: skip
+    shape, floor = results["shape"], results["floor"]
+    assert (shape.image_tokens, shape.patches) == (16, 64)
+    kernels = results["kernels"]
+    assert list(kernels) == ["grouped_mm", "eager"] and results["vlrl"] is kernels["grouped_mm"]
+    for summary in kernels.values():
+        _check_summary(summary, floor)
+    out = capsys.readouterr().out
+    assert "shape moe-toy, 1 language layers" in out
+    assert "vlrl, experts kernel grouped_mm" in out and "vlrl, experts kernel eager" in out
+    table = out[out.index("experts kernel      wall s") :].splitlines()
+    assert table[1].startswith("grouped_mm") and table[1].endswith("1.00x") and table[2].startswith("eager")
+    # N_lm: the language side's weights less the input embedding and the 6 of 8 experts a token
+    # skips (one layer of 8 experts of 3 x 128 x 64 weights).
+    tok = train_bpe(default_corpus(), QWEN_SPECIALS, vocab_size=2000, eos_token=NEVER_SAMPLED_EOS)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(model_config(with_layers(SHAPES["moe-toy"], 1), tok))
+    language = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("model.visual."))
+    skipped = 8 * 3 * 128 * 64 * 6 // 8
+    assert results["counts"].language == language - model.get_input_embeddings().weight.numel() - skipped
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["counts"]["language"] == results["counts"].language
+    assert saved["kernels"]["eager"]["wall_s"] == kernels["eager"]["wall_s"]
+    assert saved["args"]["experts_implementation"] == ["grouped_mm", "eager"]
