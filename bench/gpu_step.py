@@ -71,11 +71,8 @@ from vlrl.models.tiny.tokenizer import train_bpe
 
 PATCH, MERGE = 14, 2
 CELL = PATCH * MERGE  # pixels per image-token side: one token per 28x28 area after the 2x2 merge
-KERNELS = (
-    "grouped_mm",
-    "batched_mm",
-    "eager",
-)  # transformers' experts kernels (model.experts_implementation)
+# transformers' experts kernels (model.experts_implementation)
+KERNELS = ("grouped_mm", "batched_mm", "eager")
 NEVER_SAMPLED_EOS = "<|video_pad|>"  # a vision placeholder: blocked in sampling, so rows never stop
 QUESTION = "How many different colours does this picture show? Count carefully."
 PHASES = ("gen", "reward", "old_ref", "update", "step")
