@@ -151,8 +151,8 @@ def test_weights_must_match_functions():
 def test_cross_field_error_names_the_key_to_fix():
     with pytest.raises(ConfigError) as info:
         load_config(None, [*REQUIRED, "rollout.backend=server"])
-    # rollout.server_url was set by no file or override, so the error is charged to the defaults.
-    assert str(info.value) == "defaults: rollout.server_url: is required when rollout.backend is server"
+    # rollout.server.url was set by no file or override, so the error is charged to the defaults.
+    assert str(info.value) == "defaults: rollout.server.url: is required when rollout.backend is server"
 
 
 def test_a_learning_rate_for_a_frozen_group_is_an_error():

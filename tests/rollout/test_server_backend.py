@@ -126,14 +126,19 @@ def test_sglang_transient_errors_are_retried(loaded, samples, sglang):
 
 def test_sglang_weight_sync_writes_weights_and_checks_the_version(loaded, samples, sglang, tmp_path):
     fake, url = sglang
-    lm = loaded["qwen2_vl"]
+    lm = loaded["internvl"]
+    fake.eos = lm.model.generation_config.eos_token_id[0]
     backend = _backend(lm, url, sync_dir=str(tmp_path / "sync"))
     backend.sync_weights(lm.model)
     path, body = fake.requests[-1]
     assert path == "/update_weights_from_disk" and body["model_path"] == str(tmp_path / "sync")
+    # Checkpoint layout, which the server loads: InternVL's files say `language_model.model.*`
+    # where the model in memory says `model.language_model.*`.
     written = load_file(str(tmp_path / "sync" / "model.safetensors"))
-    assert set(written) == set(lm.model.state_dict())
-    torch.testing.assert_close(written["lm_head.weight"], lm.model.lm_head.weight.detach())
+    lm.model.save_pretrained(tmp_path / "saved")
+    assert set(written) == set(load_file(str(tmp_path / "saved" / "model.safetensors")))
+    assert "language_model.lm_head.weight" in written and "lm_head.weight" not in written
+    torch.testing.assert_close(written["language_model.lm_head.weight"], lm.model.lm_head.weight.detach())
     assert (tmp_path / "sync" / "config.json").is_file()
     prompt = lm.adapter.encode(samples[0], TEMPLATES["answer_only"])
     backend.generate([prompt], SamplingParams(1, 4))  # versions agree

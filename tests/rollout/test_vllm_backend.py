@@ -20,9 +20,9 @@ import torch
 
 from vlrl.data.prompts import TEMPLATES
 from vlrl.models.loading import load_model
+from vlrl.models.logprobs import response_logprobs
 from vlrl.rollout import SamplingParams, make_backend
 from vlrl.rollout.hf import HFRolloutBackend
-from vlrl.models.logprobs import response_logprobs
 
 vllm = pytest.importorskip("vllm", reason="needs vLLM (see README, 'Rollout backends')")
 pytestmark = pytest.mark.vllm
@@ -212,5 +212,5 @@ def test_server_reloads_synced_weights_and_notices_a_foreign_version(
 
 def test_server_that_is_down_fails_naming_the_url(lm):
     url = f"http://127.0.0.1:{_free_port()}"
-    with pytest.raises(RuntimeError, match=f"rollout.server_url={url}.*Is it running"):
+    with pytest.raises(RuntimeError, match=f"rollout.server.url={url}.*Is it running"):
         make_backend("server", lm.model, lm.adapter, url=url, kind="vllm", retries=1, timeout_s=2)

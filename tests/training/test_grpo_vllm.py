@@ -15,11 +15,11 @@ import torch
 from helpers_rl import has_e_args
 
 from vlrl.config import TrainConfig, load_config
+from vlrl.models.logprobs import response_logprobs
 from vlrl.rollout import SamplingParams
 from vlrl.rollout.hf import HFRolloutBackend
 from vlrl.synth import generate_dataset
 from vlrl.training.grpo import GRPOTrainer
-from vlrl.models.logprobs import response_logprobs
 
 pytest.importorskip("vllm", reason="needs vLLM (see README, 'Rollout backends')")
 pytestmark = pytest.mark.vllm
@@ -41,7 +41,7 @@ def _trainer(ws, out, backend: str) -> GRPOTrainer:
     args = [
         *has_e_args(ws["model"], ws["data"], ws["reward"], out),
         f"rollout.backend={backend}",
-        "rollout.vllm_gpu_memory_utilization=0.1",
+        "rollout.vllm.gpu_memory_utilization=0.1",
     ]
     return GRPOTrainer(load_config(None, args, schema=TrainConfig))
 

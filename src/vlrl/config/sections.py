@@ -217,6 +217,38 @@ class DataSection(Section):
         return self
 
 
+class VllmSection(Section):
+    """The vLLM engine that `rollout.backend: vllm` runs in each training process."""
+
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="Share of GPU memory vLLM may take; the rest is left for training."
+    )
+    max_model_len: int | None = Field(
+        None,
+        ge=1,
+        description="Longest prompt + completion vLLM reserves KV cache for; None: the model's limit.",
+    )
+    sleep: bool = Field(
+        True, description="Let the colocated vLLM engine sleep during the policy update (GPU only)."
+    )
+
+
+class ServerSection(Section):
+    """The separately launched vLLM or SGLang server that `rollout.backend: server` samples from."""
+
+    url: str | None = Field(None, description="Address of the generation server; needed by backend server.")
+    kind: Literal["vllm", "sglang"] = Field(
+        "vllm", description="What runs at rollout.server.url: a `vllm serve` or an SGLang server."
+    )
+    sync_dir: str | None = Field(
+        None,
+        description="Folder on disk the trainer and the server share; the trainer writes each update's"
+        " weights there and the server reloads them. None: the server keeps its weights.",
+    )
+    timeout_s: float = Field(600.0, gt=0, description="Time limit of one request to the server.")
+    retries: int = Field(3, ge=0, description="Retries of a failed server request, with backoff.")
+
+
 class RolloutSection(Section):
     """Sampling G completions per prompt."""
 
@@ -225,30 +257,12 @@ class RolloutSection(Section):
         description="Generation engine: hf (the training model, in vlrl's own decoding loop that prefills each "
         "prompt once for its whole group), vllm (in process), server (HTTP).",
     )
-    server_url: str | None = Field(
-        None, description="Address of the generation server; needed by backend server."
+    vllm: VllmSection = Field(
+        default_factory=VllmSection, description="The colocated vLLM engine (backend vllm)."
     )
-    vllm_gpu_memory_utilization: float = Field(
-        0.5, gt=0, le=1, description="Share of GPU memory vLLM may take; the rest is left for training."
+    server: ServerSection = Field(
+        default_factory=ServerSection, description="The generation server (backend server)."
     )
-    vllm_max_model_len: int | None = Field(
-        None,
-        ge=1,
-        description="Longest prompt + completion vLLM reserves KV cache for; None: the model's limit.",
-    )
-    vllm_sleep: bool = Field(
-        True, description="Let the colocated vLLM engine sleep during the policy update (GPU only)."
-    )
-    server_kind: Literal["vllm", "sglang"] = Field(
-        "vllm", description="What runs at rollout.server_url: a `vllm serve` or an SGLang server."
-    )
-    server_sync_dir: str | None = Field(
-        None,
-        description="Folder on disk the trainer and the server share; the trainer writes each update's"
-        " weights there and the server reloads them. None: the server keeps its weights.",
-    )
-    server_timeout_s: float = Field(600.0, gt=0, description="Time limit of one request to the server.")
-    server_retries: int = Field(3, ge=0, description="Retries of a failed server request, with backoff.")
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (G in GRPO).")
     prompts_per_step: int = Field(
         8, ge=1, description="Prompts per optimizer step; the batch is this times G."
@@ -272,8 +286,8 @@ class RolloutSection(Section):
 
     @model_validator(mode="after")
     def _server_needs_url(self) -> RolloutSection:
-        if self.backend == "server" and not self.server_url:
-            raise field_error("rollout", "server_url", "is required when rollout.backend is server", None)
+        if self.backend == "server" and not self.server.url:
+            raise field_error("rollout", "server.url", "is required when rollout.backend is server", None)
         return self
 
 

@@ -1,6 +1,7 @@
 """Rollout backends: sample G completions per encoded prompt, with behaviour log-probs.
 
 backend = make_backend("hf", model, adapter)                       # any name in BACKENDS
+backend = make_backend(cfg.rollout.backend, model, adapter, cfg)  # options from a TrainConfig
 groups = backend.generate(prompts, SamplingParams(group_size=8, max_new_tokens=256))
 groups[p][g].token_ids, .logprobs, .text, .finish_reason
 backend.sync_weights(model)                                       # after each policy update

@@ -7,8 +7,11 @@ never re-tokenises text. The update recomputes log-probs with the training model
 log-probs are there for diagnostics and for correcting a rollout/training mismatch.
 
 Backends join `BACKENDS` by name with `@register_backend(name)`; every backend is constructed as
-`Backend(model, adapter, **options)`. A backend wrapping an optional engine (vLLM) imports the
-engine only when constructed, so only the runs that choose it need it installed.
+`Backend(model, adapter, **options)`. A training run passes its whole config to `make_backend`,
+and each backend reads its options from it in `config_options` (the `vllm` backend from
+`rollout.vllm`, the `server` backend from `rollout.server`), so the trainer names no backend.
+A backend wrapping an optional engine (vLLM) imports the engine only when constructed, so only
+the runs that choose it need it installed.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded
+
+if TYPE_CHECKING:
+    from vlrl.config import TrainConfig
 
 FINISH_REASONS = ("stop", "length")
 
@@ -76,6 +83,12 @@ class Completion:
 class RolloutBackend(ABC):
     """Samples groups of completions from the current policy."""
 
+    @classmethod
+    def config_options(cls, cfg: TrainConfig) -> dict[str, Any]:
+        """The constructor's keyword arguments that a training config sets (its own section and the
+        few common values it needs: model path, dtype, seed); none by default."""
+        return {}
+
     @abstractmethod
     def generate(self, prompts: list[Encoded], params: SamplingParams) -> list[list[Completion]]:
         """`params.group_size` completions for each prompt: result[p][g], in prompt order."""
@@ -106,8 +119,14 @@ def register_backend(name: str) -> Callable[[type[RolloutBackend]], type[Rollout
     return register
 
 
-def make_backend(name: str, model: nn.Module, adapter: ModelAdapter, **options) -> RolloutBackend:
-    """The backend registered as `name`; an unknown name fails listing the valid ones."""
+def make_backend(
+    name: str, model: nn.Module, adapter: ModelAdapter, cfg: TrainConfig | None = None, **options
+) -> RolloutBackend:
+    """The backend registered as `name`, configured by `cfg` (a training config; see
+    `RolloutBackend.config_options`) and `options` (which win over it); an unknown name fails
+    listing the valid ones."""
     if name not in BACKENDS:
         raise ValueError(f"unknown rollout backend {name!r}; valid: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name](model, adapter, **options)
+    backend = BACKENDS[name]
+    configured = {} if cfg is None else backend.config_options(cfg)
+    return backend(model, adapter, **(configured | options))

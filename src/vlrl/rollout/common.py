@@ -1,15 +1,12 @@
-"""What the rollout backends share: stop tokens, the token mask, the prompt check and weight export.
+"""What the rollout backends share: stop tokens, the token mask and the prompt check.
 
 Kept apart from the backends so that none imports another: the `server` backend needs the same
-token mask, prompt check and weight stream as the colocated vLLM engine, and every backend the
-same default stop tokens.
+token mask and prompt check as the colocated vLLM engine, and every backend the same default
+stop tokens. (The weights both send are `vlrl.models.export.export_weights`.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import torch
 from torch import nn
 
 from vlrl.models.adapters import ModelAdapter
@@ -25,29 +22,6 @@ def default_stop_ids(model: nn.Module, tokenizer) -> list[int]:
     if not ids:
         raise ValueError("the model declares no EOS token: give stop_token_ids")
     return list(dict.fromkeys(ids))
-
-
-def hf_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(checkpoint name, full tensor) for every weight of `model`, one at a time.
-
-    A peft model yields its merged weights under the base checkpoint's names (the adapters are
-    merged for the duration and unmerged after); FSDP2 shards are gathered one parameter at a
-    time, so peak memory grows by one full parameter, not one full model.
-    """
-    merged = hasattr(model, "merge_adapter")
-    if merged:
-        model.merge_adapter()
-    try:
-        base = model.get_base_model() if merged else model
-        for name, tensor in base.state_dict().items():
-            if "lora_" in name:
-                continue
-            if hasattr(tensor, "full_tensor"):
-                tensor = tensor.full_tensor()
-            yield name.replace(".base_layer.", "."), tensor.detach()
-    finally:
-        if merged:
-            model.unmerge_adapter()
 
 
 def token_mask(model: nn.Module, adapter: ModelAdapter) -> tuple[list[int], list[int]]:

@@ -4,12 +4,13 @@ For inference on other GPUs or nodes than training (MAYE puts it on a dedicated 
 
     vllm:   VLLM_SERVER_DEV_MODE=1 vllm serve CKPT --logprobs-mode processed_logprobs
     sglang: python -m sglang.launch_server --model-path CKPT
-    rollout: {backend: server, server_url: http://host:8000, server_kind: vllm, server_sync_dir: /shared/sync}
+    rollout: {backend: server, server: {url: http://host:8000, kind: vllm, sync_dir: /shared/sync}}
 
 - **vLLM**: `POST /v1/chat/completions` with the prompt's chat messages (images as data URLs),
   `n` = G, the seed, `allowed_token_ids` (no vision placeholder is ever drawn), token ids and
   log-probs returned. The server must run with `--logprobs-mode processed_logprobs`, or its
-  log-probs are those before temperature. Weights: written to `server_sync_dir` after each update,
+  log-probs are those before temperature. Weights: written to `rollout.server.sync_dir` after each
+  update in checkpoint layout (`vlrl.models.export.export_weights`),
   then `POST /collective_rpc` (`reload_weights` from that folder; dev mode), the caches derived
   from the old weights reset, and the step recorded as the server's weight version.
 - **SGLang** (its documented native API; SGLang needs CUDA, so this client is tested against
@@ -20,7 +21,7 @@ For inference on other GPUs or nodes than training (MAYE puts it on a dedicated 
 Before sampling, the server's weight version is compared with the one the trainer last wrote: a
 server that restarted or was updated by someone else stops the run with a clear error instead of
 training on samples from other weights. Every request is retried with backoff on connection
-errors and 5xx answers (`server_retries`), each within `server_timeout_s`.
+errors and 5xx answers (`rollout.server.retries`), each within `rollout.server.timeout_s`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import base64
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -37,10 +39,14 @@ from torch import nn
 
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded
+from vlrl.models.export import export_weights
 from vlrl.net import RequestFailed, request_json
 from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams, register_backend
-from vlrl.rollout.common import check_prompt_ids, default_stop_ids, hf_weights, token_mask
+from vlrl.rollout.common import check_prompt_ids, default_stop_ids, token_mask
 from vlrl.rollout.sampling import group_seed
+
+if TYPE_CHECKING:
+    from vlrl.config import TrainConfig
 
 SERVER_KINDS = ("vllm", "sglang")
 WEIGHTS_FILE = "model.safetensors"
@@ -62,7 +68,7 @@ class ServerRolloutBackend(RolloutBackend):
         stop_token_ids: list[int] | None = None,
     ):
         if kind not in SERVER_KINDS:
-            raise ValueError(f"rollout.server_kind '{kind}' is not one of {', '.join(SERVER_KINDS)}")
+            raise ValueError(f"rollout.server.kind '{kind}' is not one of {', '.join(SERVER_KINDS)}")
         self.url = url.rstrip("/").removesuffix("/v1")
         self.kind = kind
         self.sync_dir = None if sync_dir is None else Path(sync_dir)
@@ -78,6 +84,18 @@ class ServerRolloutBackend(RolloutBackend):
         self.syncs = 0
         self.model_name = self._served_model() if kind == "vllm" else None
 
+    @classmethod
+    def config_options(cls, cfg: TrainConfig) -> dict[str, Any]:
+        """`rollout.server.*`."""
+        s = cfg.rollout.server
+        return {
+            "url": s.url,
+            "kind": s.kind,
+            "sync_dir": s.sync_dir,
+            "timeout_s": s.timeout_s,
+            "retries": s.retries,
+        }
+
     # ---- HTTP -------------------------------------------------------------------------------------
     def _call(self, route: str, body: dict | None = None) -> dict:
         try:
@@ -88,7 +106,7 @@ class ServerRolloutBackend(RolloutBackend):
                 "sglang": "python -m sglang.launch_server --model-path CKPT",
             }[self.kind]
             raise RequestFailed(
-                f"rollout server ({self.kind}, rollout.server_url={self.url}): {exc}. Is it running (`{hint}`)?"
+                f"rollout server ({self.kind}, rollout.server.url={self.url}): {exc}. Is it running (`{hint}`)?"
             ) from None
 
     def _served_model(self) -> str:
@@ -221,7 +239,7 @@ class ServerRolloutBackend(RolloutBackend):
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         main = not distributed or torch.distributed.get_rank() == 0
         weights = {}
-        for name, tensor in hf_weights(model):
+        for name, tensor in export_weights(model):
             if main:
                 weights[name] = tensor.to("cpu", copy=True).contiguous()
         self.syncs += 1

@@ -1,5 +1,6 @@
 """Rollouts with a vLLM engine living in the training process (colocated).
 
+    backend = make_backend("vllm", model, adapter, cfg)   # rollout.vllm.*, model.path, model.dtype, train.seed
     backend = make_backend("vllm", model, adapter, model_path="ckpt/", gpu_memory_utilization=0.3)
 
 How it keeps vLLM's samples the trainer's:
@@ -10,9 +11,10 @@ How it keeps vLLM's samples the trainer's:
   and only the adapter's allowed tokens can be drawn (`allowed_token_ids`): no vision
   placeholder, no padding row of the embedding. With top-k / top-p set, vLLM reports the
   log-prob under the truncated distribution it sampled from, the HF backend under the full one.
-- **Same weights.** `sync_weights` streams the trained weights into the engine parameter by
-  parameter (gathered from FSDP2 shards one at a time; LoRA merged first), then drops the prefix
-  cache, whose keys and values the old weights computed.
+- **Same weights.** `sync_weights` streams the trained weights into the engine in checkpoint
+  layout (`vlrl.models.export.export_weights`: the names and layouts `save_pretrained` writes,
+  converted one layer at a time, gathered from FSDP2 shards one tensor at a time, LoRA merged
+  first), then drops the prefix cache, whose keys and values the old weights computed.
 - **Memory.** On a GPU the engine sleeps between rollouts (weights to host memory, KV cache freed),
   so the update gets the memory; vLLM's CPU build has no sleep mode and keeps both.
 
@@ -25,15 +27,20 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded
+from vlrl.models.export import export_weights
 from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams, register_backend
-from vlrl.rollout.common import check_prompt_ids, default_stop_ids, hf_weights, token_mask
+from vlrl.rollout.common import check_prompt_ids, default_stop_ids, token_mask
 from vlrl.rollout.sampling import group_seed
+
+if TYPE_CHECKING:
+    from vlrl.config import TrainConfig
 
 MIN_VLLM = (0, 10, 2)  # logprobs_mode (post-temperature log-probs) arrived in 0.10.2
 
@@ -88,6 +95,19 @@ class VLLMRolloutBackend(RolloutBackend):
         self.asleep = False
         if self.sleeps:
             self._sleep()
+
+    @classmethod
+    def config_options(cls, cfg: TrainConfig) -> dict[str, Any]:
+        """`rollout.vllm.*`, and the checkpoint, dtype and seed the engine starts from."""
+        v = cfg.rollout.vllm
+        return {
+            "model_path": cfg.model.path,
+            "dtype": cfg.model.dtype,
+            "gpu_memory_utilization": v.gpu_memory_utilization,
+            "max_model_len": v.max_model_len,
+            "sleep": v.sleep,
+            "seed": cfg.train.seed,
+        }
 
     # ---- sampling -------------------------------------------------------------------------------
     def generate(self, prompts: list[Encoded], params: SamplingParams) -> list[list[Completion]]:
@@ -147,7 +167,7 @@ class VLLMRolloutBackend(RolloutBackend):
 
     # ---- weights --------------------------------------------------------------------------------
     def sync_weights(self, model: nn.Module) -> None:
-        """Load `model`'s current weights into the engine, one parameter at a time.
+        """Load `model`'s current weights into the engine, in checkpoint layout, one layer at a time.
 
         Every rank must call this under FSDP2 (each full tensor is a collective)."""
         if self.asleep:
@@ -156,7 +176,7 @@ class VLLMRolloutBackend(RolloutBackend):
         # so the engine's bookkeeping of them is reset too (else the scheduler expects vision
         # features the worker no longer has), and so is the prefix cache, whose keys and values the
         # old weights computed.
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": hf_weights(model)})
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": export_weights(model)})
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_mm_cache()
         self.llm.reset_prefix_cache()

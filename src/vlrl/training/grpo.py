@@ -101,9 +101,7 @@ class GRPOTrainer(TrainingRun):
         check_rewards(cfg)  # and so is a misspelt or broken user reward, of any stage
         super().__init__(cfg, lambda _: total_steps(cfg))
         self.cfg = stage_config(cfg, self.step)
-        self.backend = make_backend(
-            cfg.rollout.backend, self.rollout_model, self.adapter, **self._backend_options()
-        )
+        self.backend = make_backend(cfg.rollout.backend, self.rollout_model, self.adapter, self.cfg)
         # A resumed policy is no longer the checkpoint an engine loaded at start-up.
         self.backend.sync_weights(self.model)
         self.scorer = RewardScorer(cfg.reward, self.adapter)
@@ -119,28 +117,6 @@ class GRPOTrainer(TrainingRun):
         if self.world.is_main:
             for name in (ALARMS_FILE, ROLLOUTS_FILE):
                 truncate_jsonl(self.out / name, self.step)
-
-    def _backend_options(self) -> dict:
-        """Keyword arguments of the configured rollout backend's factory."""
-        r, cfg = self.cfg.rollout, self.cfg
-        if r.backend == "vllm":
-            return {
-                "model_path": cfg.model.path,
-                "dtype": cfg.model.dtype,
-                "gpu_memory_utilization": r.vllm_gpu_memory_utilization,
-                "max_model_len": r.vllm_max_model_len,
-                "sleep": r.vllm_sleep,
-                "seed": cfg.train.seed,
-            }
-        if r.backend == "server":
-            return {
-                "url": r.server_url,
-                "kind": r.server_kind,
-                "sync_dir": r.server_sync_dir,
-                "timeout_s": r.server_timeout_s,
-                "retries": r.server_retries,
-            }
-        return {}
 
     def _reference_model(self):
         """A frozen copy of the starting policy for the KL term; None when kl_beta is 0.
