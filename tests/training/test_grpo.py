@@ -92,7 +92,7 @@ def test_trainable_parameters_change_and_frozen_ones_do_not(workspace, tmp_path)
 
 def test_kl_to_a_reference_model_is_logged_and_grows(workspace, tmp_path):
     trainer = GRPOTrainer(make_config(workspace, tmp_path, "algo.kl_beta=0.1", "train.steps=4"))
-    assert trainer.reference is not None
+    assert trainer.policy.reference is not None
     history = trainer.train()
     assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first update starts at the reference
     assert history[-1]["kl"] > 0
@@ -111,7 +111,7 @@ def test_entropy_bonus_alone_moves_the_policy_towards_higher_entropy(workspace, 
 
 
 def test_no_reference_model_without_kl(workspace, tmp_path):
-    assert GRPOTrainer(make_config(workspace, tmp_path, "train.steps=1")).reference is None
+    assert GRPOTrainer(make_config(workspace, tmp_path, "train.steps=1")).policy.reference is None
 
 
 def test_raising_user_reward_gets_fallback_and_training_continues(workspace, tmp_path):

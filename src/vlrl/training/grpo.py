@@ -45,10 +45,10 @@ from vlrl.algos import (
 from vlrl.config import TrainConfig
 from vlrl.data import Sample
 from vlrl.distributed import all_gather_objects, all_reduce_sums, shard_range
-from vlrl.distributed.fsdp import shard_model
 from vlrl.io import ALARMS_FILE, ROLLOUTS_FILE, truncate_jsonl
-from vlrl.models.adapters import VisionCache
 from vlrl.models.batching import Encoded
+from vlrl.models.logprobs import response_mask, token_budget_batches
+from vlrl.models.policy import Policy
 from vlrl.monitoring.alarms import AlarmMonitor, append_alarms
 from vlrl.monitoring.answers import answer_health
 from vlrl.monitoring.dynamics import dynamics_metrics
@@ -56,14 +56,9 @@ from vlrl.monitoring.rollouts import rollout_record, write_rollouts
 from vlrl.rewards.runner import check_rewards
 from vlrl.rollout import make_backend
 from vlrl.rollout.base import Completion, SamplingParams
-from vlrl.training.logprobs import (
-    grouped_response_logprobs,
-    response_logprobs,
-    response_mask,
-    token_budget_batches,
-)
 from vlrl.training.run import TrainingRun
 from vlrl.training.scoring import RewardScorer
+from vlrl.training.setup import load_reference
 from vlrl.training.stages import check_stages, stage_config, stage_index, total_steps
 
 
@@ -89,6 +84,14 @@ class GroupBatch:
     def group_size(self) -> int:
         return len(self.completions[0]) if self.completions else 1
 
+    def rows(self, rows: list[int]) -> tuple[list[int], list[int], list[torch.Tensor]]:
+        """For global `rows`: their distinct prompts (indices into `prompts`, in order of first
+        appearance), each row's position in that list, and each row's response token ids."""
+        G, flat = self.group_size, self.flat
+        prompts = list(dict.fromkeys(i // G for i in rows))
+        local = {p: k for k, p in enumerate(prompts)}
+        return prompts, [local[i // G] for i in rows], [flat[i].token_ids for i in rows]
+
 
 class GRPOTrainer(TrainingRun):
     name = "grpo"
@@ -105,35 +108,31 @@ class GRPOTrainer(TrainingRun):
         # A resumed policy is no longer the checkpoint an engine loaded at start-up.
         self.backend.sync_weights(self.model)
         self.scorer = RewardScorer(cfg.reward, self.adapter)
-        self.reference = self._reference_model()
-        # Sharded, the policy's vision tower cannot run outside the model's own forward.
-        frozen = all(g in cfg.model.freeze for g in self.adapter.vision_groups)
-        self.reuse_vision = frozen and not self.world.distributed
-        # Gradient checkpointing recomputes layers and cannot keep the prompt's KV cache.
-        self.shared_prefix = not cfg.model.gradient_checkpointing
+        m = cfg.model
+        # With LoRA the base weights are the reference: no second model is loaded.
+        need_reference = cfg.algo.kl_beta > 0
+        frozen_vision = all(g in m.freeze for g in self.adapter.vision_groups)
+        self.policy = Policy(
+            self.model,
+            self.adapter,
+            pad_id=self.pad_id,
+            blocked_ids=self.blocked_ids,
+            reference=load_reference(cfg, self.device, self.world)
+            if need_reference and not m.lora.enabled
+            else None,
+            lora_reference=need_reference and m.lora.enabled,
+            # Gradient checkpointing recomputes layers and cannot keep the prompt's KV cache.
+            shared_prefix=not m.gradient_checkpointing,
+            # Sharded, the policy's vision tower cannot run outside the model's own forward.
+            reuse_vision=frozen_vision and not self.world.distributed,
+            router_aux_loss_coef=m.router_aux_loss_coef,
+        )
         self.monitor = AlarmMonitor(cfg.monitor)
         # The steps after the checkpoint (all of them when there is none) are redone: their old
         # records go, as metrics.jsonl's do.
         if self.world.is_main:
             for name in (ALARMS_FILE, ROLLOUTS_FILE):
                 truncate_jsonl(self.out / name, self.step)
-
-    def _reference_model(self):
-        """A frozen copy of the starting policy for the KL term; None when kl_beta is 0.
-
-        With LoRA the base weights are the reference, so no second model is loaded: the policy
-        runs with its adapters disabled instead.
-        """
-        if self.cfg.algo.kl_beta == 0 or self.cfg.model.lora.enabled:
-            return None
-        from vlrl.models.loading import load_model
-
-        ref = load_model(self.cfg.model.path, dtype=self.cfg.model.dtype, device=self.device).model
-        ref.eval().requires_grad_(False)
-        if self.world.distributed:
-            d = self.cfg.distributed
-            shard_model(ref, d.param_dtype, d.reduce_dtype, d.cpu_offload)
-        return ref
 
     # ---- the loop ---------------------------------------------------------------------------
     def run_step(self) -> tuple[dict[str, float], float]:
@@ -268,21 +267,28 @@ class GRPOTrainer(TrainingRun):
         loss_cfg = LossConfig.from_config(a)
         need_old = a.ppo_epochs > 1
         t0 = time.perf_counter()
-        features = self._image_features(batch)
-        old = self._frozen_logprobs(self.model, batch, micro, features) if need_old else None
+        vision = self.policy.vision_caches(batch.prompts)
+        old = self._frozen_logprobs(batch, micro, vision) if need_old else None
         use_ref = a.kl_beta > 0 and not a.kl_in_reward
-        ref = self._reference_logprobs(batch, micro, features) if use_ref else None
+        ref = self._frozen_logprobs(batch, micro, vision, reference=True) if use_ref else None
         timing["old_ref"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.model.train()
         sums: dict[str, float] = {}
         epochs = 0
         for _ in range(a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for k, (rows, w) in enumerate(zip(micro, weights, strict=True)):
-                logp, entropy = self._logprobs(
-                    batch, rows, True, features=features, entropy_grad=bool(a.entropy_coef)
+                prompts, row_prompt, responses = batch.rows(rows)
+                scores = self.policy.score(
+                    [batch.prompts[p] for p in prompts],
+                    row_prompt,
+                    responses,
+                    self.cfg.rollout.temperature,
+                    vision=[vision[p] for p in prompts] if vision else None,
+                    with_entropy=True,
+                    entropy_grad=bool(a.entropy_coef),
                 )
+                logp, entropy = scores.logprobs, scores.entropy
                 mask = mask_all[rows][:, : logp.shape[1]].to(logp.device)
                 adv = batch.advantages[rows].to(logp.device)
                 old_logp = old[k] if need_old else logp.detach()
@@ -296,10 +302,14 @@ class GRPOTrainer(TrainingRun):
                 loss = aggregate(
                     loss_mat, mask, a.loss_agg, norm_length=self.cfg.rollout.max_new_tokens, denominator=denom
                 )
+                weight = w * len(rows) / len(lengths)
+                if scores.model_loss is not None:
+                    # A mean over the batch's passes, as the policy loss is one over its tokens.
+                    m["router_aux_loss"] = scores.model_loss.detach() / self.policy.router_aux_loss_coef
+                    loss = loss + scores.model_loss * (len(rows) / len(lengths))
                 (loss * (w * self.loss_scale)).backward()
                 m["entropy"] = masked_mean(entropy.detach(), mask)
                 m["loss"] = loss.detach()
-                weight = w * len(rows) / len(lengths)
                 for key, value in m.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * (w if key == "loss" else weight)
             epochs += 1
@@ -325,82 +335,33 @@ class GRPOTrainer(TrainingRun):
         micro = token_budget_batches(lengths, self.cfg.train.micro_batch_tokens)
         return self.lockstep([[rows[i] for i in m] for m in micro])
 
-    def _logprobs(
-        self,
-        batch: GroupBatch,
-        rows: list[int],
-        with_entropy=False,
-        model=None,
-        features=None,
-        entropy_grad=False,
-    ):
-        """Log-probs [len(rows), T] (and entropies) of the completions in global `rows` of `batch`.
-
-        `features`: per-prompt image features (`_image_features`), or None to run the vision tower.
-        """
-        G, flat, model = batch.group_size, batch.flat, model or self.model
-        common = dict(
-            pad_id=self.pad_id,
-            temperature=self.cfg.rollout.temperature,
-            blocked_ids=self.blocked_ids,
-            with_entropy=with_entropy,
-            entropy_grad=entropy_grad,
-        )
-        if self.shared_prefix:
-            prompts = list(dict.fromkeys(i // G for i in rows))
-            local = {p: k for k, p in enumerate(prompts)}
-            return grouped_response_logprobs(
-                model,
-                self.adapter,
-                [batch.prompts[p] for p in prompts],
-                [local[i // G] for i in rows],
-                [flat[i].token_ids for i in rows],
-                vision=VisionCache.concat([features[p] for p in prompts]) if features else None,
-                **common,
+    def _frozen_logprobs(
+        self, batch: GroupBatch, micro, vision, reference: bool = False
+    ) -> list[torch.Tensor]:
+        """Per micro-batch, [rows, T] log-probs without gradient: the current policy's (PPO's old
+        policy) or the reference's."""
+        out = []
+        for rows in micro:
+            prompts, row_prompt, responses = batch.rows(rows)
+            out.append(
+                self.policy.frozen_logprobs(
+                    [batch.prompts[p] for p in prompts],
+                    row_prompt,
+                    responses,
+                    self.cfg.rollout.temperature,
+                    vision=[vision[p] for p in prompts] if vision else None,
+                    reference=reference,
+                )
             )
-        return response_logprobs(
-            model,
-            [batch.prompts[i // G].with_response(flat[i].token_ids) for i in rows],
-            [flat[i].token_ids.numel() for i in rows],
-            adapter=self.adapter,
-            vision=VisionCache.concat([features[i // G] for i in rows]) if features else None,
-            **common,
-        )
-
-    @torch.no_grad()
-    def _image_features(self, batch: GroupBatch) -> list[torch.Tensor | None] | None:
-        """Image features of each prompt from one vision-tower pass per prompt — or None.
-
-        Exact only while vision tower and connector are frozen (their output cannot change
-        within a step), so otherwise every pass runs the tower itself.
-        """
-        if not self.reuse_vision:
-            return None
-        return [
-            self.adapter.vision_cache(self.model, {k: v.to(self.device) for k, v in p.vision.items()})
-            if p.vision
-            else None
-            for p in batch.prompts
-        ]
-
-    @torch.no_grad()
-    def _frozen_logprobs(self, model, batch, micro, features) -> list[torch.Tensor]:
-        model.eval()
-        return [self._logprobs(batch, rows, model=model, features=features)[0] for rows in micro]
-
-    def _reference_logprobs(self, batch, micro, features) -> list[torch.Tensor]:
-        if self.reference is not None:
-            return self._frozen_logprobs(self.reference, batch, micro, features)
-        with self.model.disable_adapter():  # LoRA: the base weights are the reference
-            return self._frozen_logprobs(self.model, batch, micro, features)
+        return out
 
     def _sequence_kl(self, batch: GroupBatch) -> torch.Tensor:
         """[B] summed KL(policy || reference) of every completion; each rank scores its rows."""
         lengths = [c.token_ids.numel() for c in batch.flat]
         micro, weights = self._micro_batches(batch)
-        features = self._image_features(batch)
-        pol = self._frozen_logprobs(self.model, batch, micro, features)
-        ref = self._reference_logprobs(batch, micro, features)
+        vision = self.policy.vision_caches(batch.prompts)
+        pol = self._frozen_logprobs(batch, micro, vision)
+        ref = self._frozen_logprobs(batch, micro, vision, reference=True)
         kl_fn = get(KL_ESTIMATORS, self.cfg.algo.kl_estimator, "KL estimator")
         mask_all = response_mask(lengths)
         mine = {}

@@ -17,8 +17,10 @@ from torch import nn
 from vlrl.config.sections import DataSection, ModelSection, TrainSection
 from vlrl.data import LoadReport, Sample, load_samples
 from vlrl.data.prompts import Template, get_template
+from vlrl.distributed.fsdp import shard_model
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.loading import LoadedModel, load_model
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -87,6 +89,25 @@ def load_policy(cfg: ModelSection, data: DataSection, device: torch.device, path
         # Frozen embeddings would otherwise cut the graph at the first checkpointed layer.
         model.enable_input_require_grads()
     return LoadedModel(model, lm.processor, lm.adapter)
+
+
+def load_reference(cfg, device: torch.device, world) -> nn.Module:
+    """A frozen copy of the starting policy (`cfg.model.path`) for the KL term, sharded as the
+    policy is in a distributed run."""
+    m = cfg.model
+    # The policy's experts kernel; the router coefficient stays 0: the reference computes no loss.
+    ref = load_model(
+        m.path,
+        dtype=m.dtype,
+        attn_implementation=m.attn_implementation,
+        device=device,
+        experts_implementation=m.experts_implementation,
+    ).model
+    ref.eval().requires_grad_(False)
+    if world.distributed:
+        d = cfg.distributed
+        shard_model(ref, d.param_dtype, d.reduce_dtype, d.cpu_offload)
+    return ref
 
 
 def parameter_table(model: nn.Module, adapter: ModelAdapter) -> str:
