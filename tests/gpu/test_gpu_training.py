@@ -17,9 +17,9 @@ from vlrl.config import SFTConfig, TrainConfig, load_config
 from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
 from vlrl.models.loading import load_model
+from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
 from vlrl.synth import generate_dataset
 from vlrl.training.grpo import GRPOTrainer
-from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
 from vlrl.training.sft import SFTTrainer
 
 pytestmark = [

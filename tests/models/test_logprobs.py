@@ -9,9 +9,9 @@ from torch.utils._pytree import tree_leaves
 
 from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
+from vlrl.models import logprobs
 from vlrl.models.adapters import VisionCache
 from vlrl.models.loading import load_model
-from vlrl.models import logprobs
 from vlrl.models.logprobs import (
     grouped_response_logprobs,
     response_logprobs,

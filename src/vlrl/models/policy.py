@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from vlrl.models.adapters import ModelAdapter, VisionCache
 from vlrl.models.adapters.base import unwrap
 from vlrl.models.batching import Encoded
+from vlrl.models.export import export_weights
 from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
 
 
@@ -192,3 +193,9 @@ class Policy:
         if not losses:
             return None
         return self.router_aux_loss_coef * torch.stack([x.float() for x in losses]).mean()
+
+    # ---- weights ----------------------------------------------------------------------------
+    def export_weights(self) -> Iterator[tuple[str, Tensor]]:
+        """(name, tensor) in checkpoint layout, as `save_pretrained` writes them (see
+        `vlrl.models.export`): what an inference engine loads."""
+        return export_weights(self.model)

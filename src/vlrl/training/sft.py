@@ -17,8 +17,8 @@ from vlrl.config import SFTConfig
 from vlrl.config.sections import REFLECTION_WORDS
 from vlrl.data import DataError, Sample
 from vlrl.distributed import all_reduce_sums, shard_range
-from vlrl.rollout import make_backend
 from vlrl.models.logprobs import response_logprobs, response_mask, token_budget_batches
+from vlrl.rollout import make_backend
 from vlrl.training.run import TrainingRun
 
 
