@@ -62,7 +62,7 @@ def test_images_become_masked_490px_squares_and_16_tokens_each(lm, images):
     tok = lm.adapter.tokenizer
     img, pre, post = tok.convert_tokens_to_ids(["<|img|>", "<fim_prefix>", "<fim_suffix>"])
     assert img == lm.model.config.image_token_id
-    # Each image: <fim_prefix>, 16 <|img|> (1225 patches -> 16 projector queries), <fim_suffix>.
+    # Each image: <fim_prefix>, 16 <|img|> (14x14 patches -> 16 projector queries), <fim_suffix>.
     starts = [i for i, t in enumerate(ids) if t == pre]
     assert len(starts) == 2
     for s in starts:

@@ -375,8 +375,9 @@ def test_real_architecture_has_the_published_parameter_counts():
 
 
 def test_real_checkpoint_config_fits_the_family(lm):
-    """configs/grpo_internvl3_5_30b_a3b.yaml loads, the adapter accepts its data settings, and every group it freezes,
-    LoRA-targets or rates exists in the family (the checks a run makes when the checkpoint loads)."""
+    """configs/grpo_internvl3_5_30b_a3b.yaml loads, the adapter accepts its data settings, and every
+    group it freezes, LoRA-targets or rates exists in the family (the checks a run makes when the
+    checkpoint loads)."""
     cfg = load_config(Path(__file__).parents[3] / "configs" / "grpo_internvl3_5_30b_a3b.yaml")
     adapter = InternVLMoeAdapter(
         lm.processor, min_pixels=cfg.data.image_min_pixels, max_pixels=cfg.data.image_max_pixels

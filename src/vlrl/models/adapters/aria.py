@@ -1,4 +1,4 @@
-"""Aria (rhymes-ai/Aria in transformers' native layout): SigLIP on padded squares, a query projector, MoE decoder.
+"""Aria (rhymes-ai/Aria, transformers' layout): SigLIP on padded squares, a query projector, an MoE decoder.
 
 An image is resized so that its longer side is the processor's `max_image_size` (490 or 980, the
 two resolutions Aria was trained at; the shorter side is at least `min_image_size`), padded to a

@@ -1,19 +1,24 @@
 """Tiny Aria checkpoints (rhymes-ai/Aria in transformers' layout), for `vlrl.models.tiny.factory.FAMILIES`.
 
 The architecture of Aria (transformers' `AriaConfig`) at micro widths: an Idefics3-style SigLIP
-vision tower over 14 px patches of an image padded to 490x490 (with a `pixel_mask` marking the
-real pixels), a projector whose learned queries cross-attend to the 35x35 patches (Aria maps 1225
-patches to 128 queries; here to 16), and a Mixture-of-Experts decoder whose every layer has routed
-experts (fused 3-D weights) plus shared experts that see every token. The router picks the top-k
-logits and softmaxes over those k only (transformers' `AriaTextTopKRouter`).
+vision tower over the patches of an image padded to a square (with a `pixel_mask` marking the
+real pixels), a projector whose learned queries cross-attend to the patches, and a
+Mixture-of-Experts decoder whose every layer has routed experts (fused 3-D weights) plus shared
+experts that see every token. The router picks the top-k logits and softmaxes over those k only
+(transformers' `AriaTextTopKRouter`).
 
 Aria's processor accepts only 490 or 980 as `max_image_size` (the resolutions Aria was trained
 at), and its own default, 980, overrides the image processor's saved value unless a caller
 passes one (vlrl's adapter does; plain transformers use and vLLM's start-up profiling do not).
-The tiny one is meant for 490, the smaller, but like Aria it maps both sizes to image tokens
-(1225 or 4900 patches -> 16 queries), so that either caller works. Its chat template is Aria's own (ChatML, no default system
-prompt, an image as `<fim_prefix><|img|><fim_suffix>`), as in the `chat_template` of
-rhymes-ai/Aria's tokenizer_config.json.
+The tiny one is meant for 490, the smaller, and like Aria maps both sizes to image tokens, so
+that either caller works. Aria cuts 14 px patches (35x35 at 490 px, 128 queries; 70x70 at 980,
+256); the tiny one cuts 35 px patches (14x14 at 490, 28x28 at 980) into 16 queries either way:
+a 490 px image costs 196 patches in the vision tower, as a 112 px one does in the other tiny
+families with 8x8 patches, instead of 1225 (which made a CPU GRPO step several times slower).
+
+Its chat template is Aria's own (ChatML, no default system prompt, an image as
+`<fim_prefix><|img|><fim_suffix>`), as in the `chat_template` of rhymes-ai/Aria's
+tokenizer_config.json.
 
 `size` is the factory's `Size` (hidden, layers, vision_hidden, vision_depth); this module does
 not import the factory, which imports it.
@@ -25,10 +30,9 @@ from transformers import AriaConfig, AriaProcessor, PretrainedConfig, ProcessorM
 from transformers.models.aria.image_processing_pil_aria import AriaImageProcessorPil
 
 HEAD_DIM = 32  # vLLM's minimum, as for the other tiny families
-PATCH = 14
+PATCH = 35  # Aria's is 14 (see the module docstring)
 IMAGE_SIZE = 490  # Aria's smaller max_image_size (the other is 980)
-# Aria maps 35x35 = 1225 patches (490 px) to 128 image tokens and 70x70 (980 px) to 256; here both
-# to 16, as many as the other tiny families give a 112x112 image.
+# Image tokens per image at either size: as many as the other tiny families give a 112x112 image.
 IMAGE_TOKENS = 16
 SIZES = (IMAGE_SIZE, 2 * IMAGE_SIZE)
 # MoE shape: Aria routes each token to 6 of 64 experts, beside 2 shared experts; 2 of 4 keeps
