@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, Qwen3VLConfig, Qwen3VLMoeConfig
 
 from vlrl.config import load_config
@@ -206,10 +207,10 @@ def test_groups_cover_every_parameter_once(loaded, family):
     assert sorted(n for n, _ in groups["router"]) == [
         f"model.language_model.layers.{i}.mlp.gate.weight" for i in range(layers)
     ]
-    # Fused experts: gate_up_proj [E, 2I, H] and down_proj [E, H, I] per layer, E = 4, I = H = 64.
+    # Fused experts: gate_up_proj [E, 2I, H] and down_proj [E, H, I] per layer, E = 4, H = 64, I = 48.
     shapes = {n.rpartition(".")[2]: tuple(p.shape) for n, p in groups["experts"]}
     assert len(groups["experts"]) == 2 * layers
-    assert shapes == {"gate_up_proj": (4, 128, 64), "down_proj": (4, 64, 64)}
+    assert shapes == {"gate_up_proj": (4, 96, 64), "down_proj": (4, 64, 48)}
     # The language group keeps attention, norms, embeddings and head, nothing of the MoE blocks.
     assert not any(".mlp." in n for n, _ in groups["language"])
 
@@ -292,6 +293,11 @@ def test_save_load_round_trip_keeps_weights_processor_and_outputs(loaded, images
     lm = loaded[family]
     lm.model.save_pretrained(tmp_path)
     lm.processor.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not iterable)
+    # transformers 5.25 writes the fused experts as they are in memory ([E, 2I, H], [E, H, I]);
+    # the Hub's Qwen3-VL-MoE files hold them transposed, which its loader detects by shape.
+    assert saved == {n: tuple(p.shape) for n, p in lm.model.named_parameters()}
     again = load_model(tmp_path)
     assert type(again.adapter) is adapter_class(family) and again.adapter.family == family
     assert type(again.processor).__name__ == "Qwen3VLImageOnlyProcessor"

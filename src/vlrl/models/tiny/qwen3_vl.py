@@ -101,7 +101,10 @@ def qwen3_vl_moe_config(size, vocab: int, tok) -> PretrainedConfig:
     text = _text(size, vocab, tok) | dict(
         num_experts=EXPERTS,
         num_experts_per_tok=TOP_K,
-        moe_intermediate_size=size.hidden,
+        # Neither I nor 2I equals the hidden size, so that the fused [E, 2I, H] and [E, H, I] weights
+        # are not square: a checkpoint's transposed expert layout ([E, H, 2I], see transformers'
+        # conversion_mapping) cannot pass for the in-memory one unnoticed.
+        moe_intermediate_size=3 * size.hidden // 4,
         decoder_sparse_step=1,
         # Kept off in RL (see ModelSection.router_aux_loss_coef); the trainer sets what it needs.
         router_aux_loss_coef=0.0,
