@@ -52,7 +52,12 @@ class Qwen3VLMoeAdapter(Qwen3VLAdapter):
     W h, softmax over all experts, top-k of the probabilities, then the k weights renormalised to
     sum to 1. The router is its own group (freezable, its own learning rate); it has no LoRA
     target (its weight is one [E, H] matrix: train it in full or freeze it). The experts' LoRA
-    targets are the fused weights, through peft's `target_parameters`.
+    targets are the fused weights, through peft's `target_parameters` (peft requires
+    lora_dropout 0 for them).
+
+    Layouts: the Hub's Qwen3-VL-MoE files hold the experts transposed ([E, H, 2I], [E, I, H]);
+    transformers 5.25 transposes them at load when the shapes say so (its conversion_mapping,
+    huggingface/transformers#43956) and `save_pretrained` writes the in-memory layout.
     """
 
     family = "qwen3_vl_moe"
