@@ -336,7 +336,7 @@ def test_hf_rollout_greedy_matches_generate(loaded, images, family):
 
 
 @pytest.mark.parametrize(("name", "family"), [("grpo_glm4_1v_9b", "glm4v"), ("grpo_glm4_5v", "glm4v_moe")])
-def test_real_checkpoint_configs_fit_the_families(loaded, tmp_path, name, family):
+def test_real_checkpoint_configs_fit_the_families(loaded, tiny_models, tmp_path, name, family):
     """configs/NAME.yaml loads; its groups exist in the family (the checks a run makes at load);
     its pixel cap holds a large image to 1280 tokens; GLM-4.5V's LoRA reaches the fused experts
     and leaves the frozen vision tower and routers alone."""
@@ -363,6 +363,10 @@ def test_real_checkpoint_configs_fit_the_families(loaded, tmp_path, name, family
         "model.language_model.layers.1.mlp.experts.down_proj",
     ]
     assert not any(".visual." in m or m.endswith("mlp.gate") for m in lora.target_modules)
+    # peft accepts it as configured (its fused-parameter LoRA refuses dropout)
+    fresh = load_model(tiny_models[family]).model
+    peft_model = get_peft_model(fresh, lora)
+    assert any(".mlp.experts." in n and "lora_B" in n for n, _ in peft_model.named_parameters())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
