@@ -149,8 +149,21 @@ def test_cached_vision_gives_the_same_logprobs(loaded, images, family):
         assert [t.shape for t in cache.output["pooler_output"]] == [(16, 64), (54, 64), (16, 64)]
         blank = VisionCache(type(cache.output)(pooler_output=[torch.zeros_like(t) for t in cache.output[0]]))
         without, _ = response_logprobs(*args, adapter=a, vision=blank)
+        # The shared-prefix path with the cache (the prefill skips the vision tower), 2 rows each.
+        responses = [
+            torch.tensor([5, 6, 7]),
+            torch.tensor([8, 9]),
+            torch.tensor([5, 6, 7]),
+            torch.tensor([8, 9]),
+        ]
+        grouped = (lm.model, a, prompts, [0, 1, 0, 1], responses, a.tokenizer.pad_token_id, 1.0, blocked)
+        grouped_plain, _ = grouped_response_logprobs(*grouped)
+        grouped_cached, _ = grouped_response_logprobs(*grouped, vision=cache)
     torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
     assert (without - plain).abs().max() > 1e-2  # the cached features are what the model reads
+    torch.testing.assert_close(grouped_cached, grouped_plain, atol=1e-5, rtol=1e-5)
+    real = torch.tensor([[1, 1, 1], [1, 1, 0]])  # past a response's end the values are padding
+    torch.testing.assert_close(grouped_plain[:2] * real, plain * real, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
