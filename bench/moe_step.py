@@ -5,16 +5,17 @@ Three sides, all vlrl's GRPOTrainer on the same data, rewards, seeds and setting
 - `moe grouped_mm` and `moe eager`: the factory's tiny `qwen3_vl_moe` (every layer routes each
   token to top_k of its experts) loaded with `model.experts_implementation` grouped_mm (one grouped
   matmul over all experts) and eager (a Python loop over the experts that received tokens);
-- `dense`: the factory's tiny `qwen3_vl` at the same size, checked here to be the same architecture
-  with one dense MLP of intermediate size top_k * moe_intermediate_size per layer (what a token
-  passes through in the MoE: same hidden size, layers, attention and vision tower), so the same
-  active parameters per token, minus the routers.
+- `dense`: its dense twin, a Qwen3-VL built here from the MoE's own config with each layer's
+  experts replaced by one MLP of intermediate size top_k * moe_intermediate_size (what a token
+  passes through in the MoE; same hidden size, layers, attention, vision tower, tokenizer and
+  processor), so the same active parameters per token, minus the routers.
 
-The task is the RL tests' has-"e" task (reward 1 for an answer containing the letter e, which a
-random tiny policy writes in about 40% of its answers, so advantages are not zero) on the
-synthetic counting data: P prompts x G samples of at most `--max-new-tokens` tokens per step, KL to
-the reference model with `--kl-beta` (> 0 by default: the reference's forward runs the experts
-too). Each run trains `--steps` steps; the first is a warm-up and is not counted. Runs are
+The task is like the RL tests' has-"e" task, with a graded reward so that advantages are not zero
+in any group of a random tiny policy (the number of distinct characters of the answer, over 8), on
+the synthetic counting data: P prompts x G samples of at most `--max-new-tokens` tokens per step,
+KL to the reference model with `--kl-beta` (> 0 by default: the reference's forward runs the
+experts too, and the loss after the first step, whose on-policy policy-gradient term is zero, is
+not). Each run trains `--steps` steps; the first is a warm-up and is not counted. Runs are
 interleaved (grouped_mm, eager, dense, grouped_mm, ...) `--runs` times, so that load from other
 processes hits all sides alike.
 
@@ -40,18 +41,24 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig, Qwen3VLConfig
 
 from vlrl.config import TrainConfig, load_config
+from vlrl.models.loading import load_processor
 from vlrl.models.tiny.factory import FAMILIES, SIZES, build_tiny_model
 from vlrl.synth import generate_dataset
 
-MOE_FAMILY, DENSE_FAMILY = "qwen3_vl_moe", "qwen3_vl"
+MOE_FAMILY = "qwen3_vl_moe"
+# Text-config fields of Qwen3-VL-MoE that its dense twin (Qwen3VLConfig) has no use for.
+MOE_FIELDS = (
+    "num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step",
+    "mlp_only_layers", "norm_topk_prob", "router_aux_loss_coef", "output_router_logits",
+)  # fmt: skip
 SIDES = {"moe grouped_mm": "grouped_mm", "moe eager": "eager", "dense": None}  # side -> experts kernel
 METRICS = {"s/step": "timing_s/step", "update s": "timing_s/update"}
 REWARD_FILE = """
-def has_e(completions, **fields):
-    return [1.0 if "e" in c else 0.0 for c in completions]
+def distinct(completions, **fields):
+    return [len(set(c)) / 8 for c in completions]
 """
 # Per-step losses of the two kernels: float rounding differs (one grouped matmul against a loop
 # of per-expert matmuls), nothing else may.
@@ -59,6 +66,31 @@ LOSS_RTOL, LOSS_ATOL = 1e-4, 1e-6
 
 
 # ---- models ------------------------------------------------------------------------------------
+def dense_twin(moe: Path, out: Path, seed: int = 0) -> Path:
+    """Save beside `moe` its dense twin: the same config with each layer's experts replaced by one
+    MLP of top_k experts' width, random weights, and the MoE's tokenizer, processor and
+    generation settings."""
+    config = AutoConfig.from_pretrained(moe)
+    text = {k: v for k, v in config.text_config.to_dict().items() if k not in (*MOE_FIELDS, "model_type")}
+    text["intermediate_size"] = (
+        config.text_config.num_experts_per_tok * config.text_config.moe_intermediate_size
+    )
+    vision = {k: v for k, v in config.vision_config.to_dict().items() if k != "model_type"}
+    ids = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    dense = Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        tie_word_embeddings=config.tie_word_embeddings,
+        **{k: getattr(config, k) for k in ids},
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(dense)
+    model.generation_config = GenerationConfig.from_pretrained(moe)
+    model.save_pretrained(out)
+    load_processor(moe).save_pretrained(out)
+    return out
+
+
 def check_same_active_size(moe: Path, dense: Path) -> None:
     """Fail unless `dense` is `moe` with each MoE layer replaced by one MLP of top_k experts' width."""
     m, d = (AutoConfig.from_pretrained(p) for p in (moe, dense))
@@ -77,7 +109,7 @@ def check_same_active_size(moe: Path, dense: Path) -> None:
     if vision[0] != vision[1]:
         wrong["vision_config"] = ("differs", "")
     if wrong:
-        raise SystemExit(f"moe_step: {DENSE_FAMILY} is not {MOE_FAMILY}'s dense twin: (moe, dense) {wrong}")
+        raise SystemExit(f"moe_step: the dense twin does not match {MOE_FAMILY}: (moe, dense) {wrong}")
 
 
 def parameter_counts(path: Path) -> dict[str, int]:
@@ -99,13 +131,13 @@ def parameter_counts(path: Path) -> dict[str, int]:
 
 
 def build_models(root: Path, size: str) -> dict[str, Path]:
-    """The MoE and its dense twin, built by the tiny-model factory with the same seed."""
-    missing = [f for f in (MOE_FAMILY, DENSE_FAMILY) if f not in FAMILIES]
-    if missing:
-        raise SystemExit(f"moe_step: the tiny-model factory has no {', '.join(missing)} family")
-    paths = {f: build_tiny_model(f, root / f, size=size) for f in (MOE_FAMILY, DENSE_FAMILY)}
-    check_same_active_size(paths[MOE_FAMILY], paths[DENSE_FAMILY])
-    return paths
+    """{"moe": the factory's tiny MoE, "dense": its dense twin}."""
+    if MOE_FAMILY not in FAMILIES:
+        raise SystemExit(f"moe_step: the tiny-model factory has no {MOE_FAMILY} family")
+    moe = build_tiny_model(MOE_FAMILY, root / MOE_FAMILY, size=size)
+    dense = dense_twin(moe, root / "dense_twin")
+    check_same_active_size(moe, dense)
+    return {"moe": moe, "dense": dense}
 
 
 # ---- runs --------------------------------------------------------------------------------------
@@ -119,7 +151,7 @@ def train_config(args, model: Path, kernel: str | None, data: Path, reward: Path
         f"rollout.prompts_per_step={args.prompts}",
         f"rollout.max_new_tokens={args.max_new_tokens}",
         "rollout.temperature=1.0",
-        f"reward.functions=['{reward}:has_e']",
+        f"reward.functions=['{reward}:distinct']",
         f"algo.kl_beta={args.kl_beta}",
         f"train.steps={args.steps}",
         "train.lr=1e-3",
@@ -214,12 +246,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {MOE_FAMILY} vs {DENSE_FAMILY}, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {MOE_FAMILY} and its dense twin, "
           f"size {args.size}", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_name:
         root = args.out or Path(tmp_name)
         paths = build_models(root / "models", args.size)
-        model = {side: paths[MOE_FAMILY if kernel else DENSE_FAMILY] for side, kernel in SIDES.items()}
+        model = {side: paths["moe" if kernel else "dense"] for side, kernel in SIDES.items()}
         counts = {side: parameter_counts(model[side]) for side in SIDES}
         data = generate_dataset("counting", 4 * args.prompts * args.steps, root / "data", seed=0)["train"]
         reward = root / "rewards.py"
