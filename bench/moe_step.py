@@ -14,8 +14,8 @@ The task is like the RL tests' has-"e" task, with a graded reward so that advant
 in any group of a random tiny policy (the number of distinct characters of the answer, over 8), on
 the synthetic counting data: P prompts x G samples of at most `--max-new-tokens` tokens per step,
 KL to the reference model with `--kl-beta` (> 0 by default: the reference's forward runs the
-experts too, and the loss after the first step, whose on-policy policy-gradient term is zero, is
-not). Each run trains `--steps` steps; the first is a warm-up and is not counted. Runs are
+experts too, and the KL term makes the losses after the first step non-zero, where the on-policy
+policy-gradient loss is zero in value). Each run trains `--steps` steps; the first is a warm-up and is not counted. Runs are
 interleaved (grouped_mm, eager, dense, grouped_mm, ...) `--runs` times, so that load from other
 processes hits all sides alike.
 
