@@ -87,15 +87,16 @@ def test_grouped_mm_and_eager_give_the_same_logits(moe_model):
     torch.testing.assert_close(grouped, eager, rtol=1e-5, atol=1e-5)
 
 
-def test_router_logits_are_recorded_only_with_a_load_balancing_coefficient(router_loss_model):
+def test_router_logits_are_never_recorded_through_the_config_only_when_a_pass_asks(router_loss_model):
     off = load_model(router_loss_model).model
     on = load_model(router_loss_model, router_aux_loss_coef=0.01).model
     assert [c.output_router_logits for c in text_configs(off)] == [False]
-    assert [(c.output_router_logits, c.router_aux_loss_coef) for c in text_configs(on)] == [(True, 0.01)]
+    # The coefficient is written, but logits stay off: generation would record them for nothing.
+    assert [(c.output_router_logits, c.router_aux_loss_coef) for c in text_configs(on)] == [(False, 0.01)]
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
-        assert getattr(off(input_ids=ids), "router_logits", None) is None
-        recorded = on.model.language_model(input_ids=ids).router_logits
+        assert getattr(on(input_ids=ids), "router_logits", None) is None
+        recorded = on.model.language_model(input_ids=ids, output_router_logits=True).router_logits
     # One [tokens, experts] tensor per MoE layer (gate_up_proj is [experts, 2 * intermediate, hidden]).
     experts = experts_modules(on)
     assert len(recorded) == len(experts) and recorded[0].shape == (4, experts[0].gate_up_proj.shape[0])
@@ -112,7 +113,7 @@ def test_load_policy_passes_the_model_section(router_loss_model, tmp_path):
     )  # fmt: skip
     model = load_policy(cfg.model, cfg.data, torch.device("cpu")).model
     assert {e.config._experts_implementation for e in experts_modules(model)} == {"eager"}
-    assert [(c.output_router_logits, c.router_aux_loss_coef) for c in text_configs(model)] == [(True, 0.02)]
+    assert [(c.output_router_logits, c.router_aux_loss_coef) for c in text_configs(model)] == [(False, 0.02)]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

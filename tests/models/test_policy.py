@@ -30,7 +30,9 @@ def prompts_and_rows(adapter, images):
 def make_policy(lm, **kwargs) -> Policy:
     vocab = lm.model.get_output_embeddings().weight.shape[0]
     blocked = torch.tensor(lm.adapter.blocked_token_ids(vocab))
-    return Policy(lm.model, lm.adapter, pad_id=lm.adapter.tokenizer.pad_token_id, blocked_ids=blocked, **kwargs)
+    return Policy(
+        lm.model, lm.adapter, pad_id=lm.adapter.tokenizer.pad_token_id, blocked_ids=blocked, **kwargs
+    )
 
 
 def test_a_family_without_shared_prefix_is_scored_by_padded_passes_with_the_same_numbers(
@@ -98,15 +100,14 @@ def test_the_router_loss_is_the_coefficient_times_transformers_aux_loss_and_trai
     coef = 0.01
     lm = load_model(tiny_models["qwen3_vl_moe"], router_aux_loss_coef=coef)
     prompts, row_prompt, responses = prompts_and_rows(lm.adapter, images)
-    lm.adapter.shared_prefix = False  # one padded pass: its aux loss is the expected value
-    policy = make_policy(lm, router_aux_loss_coef=coef)
+    policy = make_policy(lm, router_aux_loss_coef=coef)  # a router loss runs padded passes
     torch.manual_seed(0)
     scores = policy.score(prompts, row_prompt, responses, 1.0)
     sequences = [prompts[p].with_response(r) for p, r in zip(row_prompt, responses, strict=True)]
     batch = collate(sequences, lm.adapter.tokenizer.pad_token_id)
     positions = lm.adapter.position_ids(lm.model, batch)
     with torch.no_grad():
-        aux = lm.model(**batch, position_ids=positions, use_cache=False).aux_loss
+        aux = lm.model(**batch, position_ids=positions, use_cache=False, output_router_logits=True).aux_loss
     assert aux is not None and aux.item() > 0
     torch.testing.assert_close(scores.model_loss.detach(), coef * aux, atol=1e-6, rtol=1e-5)
     scores.model_loss.backward()
@@ -119,3 +120,10 @@ def test_without_a_coefficient_no_router_logits_are_collected(tiny_models, image
     assert lm.model.config.text_config.output_router_logits is False
     prompts, row_prompt, responses = prompts_and_rows(lm.adapter, images)
     assert make_policy(lm).score(prompts, row_prompt, responses, 1.0).model_loss is None
+
+
+def test_a_family_whose_forward_has_no_router_loss_is_refused(tiny_models):
+    lm = load_model(tiny_models["internvl_moe"])
+    # transformers' InternVL passes no router logits up from its Qwen3-MoE language model.
+    with pytest.raises(ValueError, match="computes no router load-balancing loss"):
+        make_policy(lm, router_aux_loss_coef=0.01)

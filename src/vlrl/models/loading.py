@@ -69,7 +69,9 @@ def load_processor(path: str | Path, config=None):
         processor_class = IMAGE_ONLY_PROCESSORS.get(type(config))
         if processor_class is None:
             raise RuntimeError(
-                f"'{path}' ({config.model_type}) needs torchvision for its processor, which is not usable here"
+                f"'{path}': the {config.model_type} processor needs torchvision (its video processor), which is "
+                "not usable here, and vlrl has no image-only processor for this family: install a torchvision "
+                "matching your torch, or add an image-only subclass to vlrl.models.processors"
             )
         processor = processor_class.from_pretrained(path)
     if getattr(processor, "image_processor", None) is None:
@@ -104,21 +106,23 @@ def _config_tree(config: PretrainedConfig):
 
 
 def configure_router(config: PretrainedConfig, router_aux_loss_coef: float) -> bool:
-    """Write the load-balancing coefficient into every (sub-)config that has the field, and record
-    the routers' logits only when that loss needs them (`output_router_logits`); True if any did.
+    """Write the load-balancing coefficient into every (sub-)config that has the field, and turn
+    the config's `output_router_logits` off; True if the model has routers' logits to give.
 
     Each MoE family keeps the fields where its language model reads them (text_config for
     Qwen3-VL-MoE, Qwen3.5-MoE, GLM-4.xV-MoE and InternVL's Qwen3-MoE), so every config that
-    has them is set rather than naming a place per family. Without this a checkpoint's own
-    setting decides, and recorded router logits are one [tokens, experts] tensor per layer kept
-    for nothing.
+    has them is set rather than naming a place per family. The logits are asked for per call,
+    by the policy's update passes only (`vlrl.models.policy`), never through the config: recorded
+    router logits are one [tokens, experts] tensor per layer kept for nothing elsewhere, and
+    transformers' load-balancing loss fails in a decoding step (its attention mask spans the
+    cache, the logits only the new token).
     """
     found = False
     for c in _config_tree(config):
         if hasattr(c, "router_aux_loss_coef"):
             c.router_aux_loss_coef = router_aux_loss_coef
         if hasattr(c, "output_router_logits"):
-            c.output_router_logits = router_aux_loss_coef > 0
+            c.output_router_logits = False
             found = True
     if router_aux_loss_coef > 0 and not found:
         raise ValueError(

@@ -63,12 +63,14 @@ def response_logprobs(
     adapter: ModelAdapter | None = None,
     vision: VisionCache | None = None,
     entropy_grad: bool = False,
+    forward_kwargs: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [b, T] (and entropies) of each sequence's response, T = longest response.
 
     `sequences[i]` is prompt + response with `prompt_length` marking the split; positions past a
     response's end are 0 and must be masked by the caller. With `vision` (the batch's images, in
-    order) the vision tower is skipped and `adapter` places the cached outputs.
+    order) the vision tower is skipped and `adapter` places the cached outputs. `forward_kwargs`
+    go to the model's forward (the policy asks MoE models for their routers' logits this way).
     """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate(sequences, pad_id, padding_side="right").items()}
@@ -79,7 +81,9 @@ def response_logprobs(
     # prompt_length - 1. Only positions from the earliest of those on get logits (the prompts'
     # own would be [b, L_prompt, V] of memory, most of it for image tokens).
     first = int(starts.min()) - 1
-    logits = model(**inputs, use_cache=False, logits_to_keep=ids.shape[1] - first).logits  # [b, K, V]
+    logits = model(
+        **inputs, use_cache=False, logits_to_keep=ids.shape[1] - first, **(forward_kwargs or {})
+    ).logits  # [b, K, V]
     # Every kept position scored in place (the last, which predicts nothing, against a dummy
     # target), then each row's window picked from the [b, K] results: no [b, T, V] copy.
     targets = torch.cat([ids[:, first + 1 :], ids[:, :1]], dim=1)  # [b, K]

@@ -10,7 +10,9 @@ numbers about responses. The policy owns what depends on the model:
 - the vision cache: while the family's vision groups are frozen, each prompt's images go through
   the vision tower once per step and every later pass reuses the output;
 - model-side losses: the router load-balancing loss of Mixture-of-Experts models, added to the
-  policy loss when `model.router_aux_loss_coef` > 0;
+  policy loss when `model.router_aux_loss_coef` > 0 (the update then runs padded passes:
+  transformers computes that loss only for a pass without cache, whose attention mask covers
+  exactly the tokens routed);
 - the weights in checkpoint layout (`export_weights`), the one export path of checkpoints and
   engine syncs.
 """
@@ -60,6 +62,11 @@ class Policy:
         policy with its LoRA adapters disabled. `shared_prefix` and `reuse_vision` are what the
         run allows (gradient checkpointing forbids the first, sharding the second); the family's
         capability decides too."""
+        if router_aux_loss_coef and not adapter.router_loss:
+            raise ValueError(
+                f"model.router_aux_loss_coef={router_aux_loss_coef}: transformers' {adapter.family} model "
+                "computes no router load-balancing loss; set model.router_aux_loss_coef=0"
+            )
         self.model = model
         self.adapter = adapter
         self.pad_id = pad_id
@@ -110,7 +117,15 @@ class Policy:
         self.model.train()
         with self._model_losses() as losses:
             logp, entropy = self._logprobs(
-                self.model, prompts, row_prompt, responses, temperature, vision, with_entropy, entropy_grad
+                self.model,
+                prompts,
+                row_prompt,
+                responses,
+                temperature,
+                vision,
+                with_entropy,
+                entropy_grad,
+                router_loss=bool(self.router_aux_loss_coef),
             )
         return Scores(logp, entropy, self._model_loss(losses))
 
@@ -137,7 +152,16 @@ class Policy:
         return logp
 
     def _logprobs(
-        self, model, prompts, row_prompt, responses, temperature, vision, with_entropy, entropy_grad
+        self,
+        model,
+        prompts,
+        row_prompt,
+        responses,
+        temperature,
+        vision,
+        with_entropy,
+        entropy_grad,
+        router_loss=False,
     ):
         common = dict(
             pad_id=self.pad_id,
@@ -146,7 +170,7 @@ class Policy:
             with_entropy=with_entropy,
             entropy_grad=entropy_grad,
         )
-        if self.shared_prefix:
+        if self.shared_prefix and not router_loss:
             return grouped_response_logprobs(
                 model,
                 self.adapter,
@@ -162,6 +186,7 @@ class Policy:
             [r.numel() for r in responses],
             adapter=self.adapter,
             vision=VisionCache.concat([vision[p] for p in row_prompt]) if vision else None,
+            forward_kwargs={"output_router_logits": True} if router_loss else None,
             **common,
         )
 
@@ -169,8 +194,7 @@ class Policy:
     @contextmanager
     def _model_losses(self) -> Iterator[list[Tensor]]:
         """Collect the router load-balancing loss of every forward pass run inside (transformers
-        returns it as `aux_loss` when the config's `output_router_logits` is on, which loading
-        turns on only with a coefficient)."""
+        returns it as `aux_loss` when the forward is asked for `output_router_logits`)."""
         losses: list[Tensor] = []
         if not self.router_aux_loss_coef:
             yield losses
@@ -188,9 +212,8 @@ class Policy:
             handle.remove()
 
     def _model_loss(self, losses: list[Tensor]) -> Tensor | None:
-        """The coefficient times the mean load-balancing loss of the passes (the shared-prefix path
-        runs two: the prompts, then the responses)."""
-        if not losses:
+        """The coefficient times the load-balancing loss of the pass; None without a coefficient."""
+        if not self.router_aux_loss_coef:
             return None
         return self.router_aux_loss_coef * torch.stack([x.float() for x in losses]).mean()
 

@@ -46,6 +46,13 @@ def lora_config(cfg: ModelSection, model: nn.Module, adapter: ModelAdapter) -> L
             f"model.lora.target {cfg.lora.target}: no LoRA target in the unfrozen groups {parts} of "
             f"{adapter.family} (frozen by model.freeze: {cfg.freeze})"
         )
+    if parameters and cfg.lora.dropout:
+        # peft's ParamWrapper (LoRA on a fused parameter) cannot apply dropout to its input.
+        raise ValueError(
+            f"model.lora.dropout={cfg.lora.dropout}: LoRA on fused expert weights "
+            f"({len(parameters)} parameters of {adapter.family}, e.g. {parameters[0]}) needs "
+            "model.lora.dropout=0, or leave experts out of model.lora.target"
+        )
     return LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,

@@ -2,7 +2,9 @@
 
 The same run machinery as RL (`TrainingRun`: loading, LoRA / freezing, precision, checkpoints,
 resume, logging); the step is cross-entropy on the response tokens only, averaged over all
-response tokens of the batch (micro-batches share that denominator, so accumulation is exact).
+response tokens of the batch (micro-batches share that denominator, so accumulation is exact),
+plus, for Mixture-of-Experts models with `model.router_aux_loss_coef` > 0, the routers'
+load-balancing loss (the policy's model-side loss, as in RL).
 Its checkpoints are what `vlrl train` starts from. Data parallel (torchrun), each rank takes a
 contiguous block of the batch and the token count is summed over ranks first, so the loss is
 the same mean as in one process. A step with a NaN or infinite gradient is skipped as in RL
@@ -17,7 +19,8 @@ from vlrl.config import SFTConfig
 from vlrl.config.sections import REFLECTION_WORDS
 from vlrl.data import DataError, Sample
 from vlrl.distributed import all_reduce_sums, shard_range
-from vlrl.models.logprobs import response_logprobs, response_mask, token_budget_batches
+from vlrl.models.logprobs import response_mask, token_budget_batches
+from vlrl.models.policy import Policy
 from vlrl.rollout import make_backend
 from vlrl.training.run import TrainingRun
 
@@ -44,6 +47,15 @@ class SFTTrainer(TrainingRun):
             # Stated up front: a run cut short by sft.epochs never writes the step_* a config expects.
             print(f"sft: {self.total_steps} steps, set by {sft_length(cfg, len(self.train_samples))[1]}")
         self.targets = [self._target(s) for s in self.train_samples]
+        # Padded passes: every prompt has one target, a shared prefix would save nothing.
+        self.policy = Policy(
+            self.model,
+            self.adapter,
+            pad_id=self.pad_id,
+            blocked_ids=self.blocked_ids,
+            shared_prefix=False,
+            router_aux_loss_coef=cfg.model.router_aux_loss_coef,
+        )
         if cfg.sft.batch_size < self.world.size:
             raise ValueError(
                 f"sft.batch_size ({cfg.sft.batch_size}) is smaller than the number of processes "
@@ -88,36 +100,41 @@ class SFTTrainer(TrainingRun):
         """One optimizer step over `sft.batch_size` samples: mean token cross-entropy of the targets."""
         idx = self.sampler.next_batch(self.cfg.sft.batch_size)
         mine = shard_range(len(idx), self.world.size, self.world.rank)
-        seqs = [
-            self.adapter.encode(self.train_samples[i], self.template, response=self.targets[i])
-            for i in idx[mine.start : mine.stop]
-        ]
-        lengths = [s.length - s.prompt_length for s in seqs]
-        counts = {"targets": sum(lengths), "tokens": sum(s.length for s in seqs)}
+        mine_idx = idx[mine.start : mine.stop]
+        prompts = [self.adapter.encode(self.train_samples[i], self.template) for i in mine_idx]
+        responses = [self.adapter.response_ids(self.targets[i]) for i in mine_idx]
+        lengths = [r.numel() for r in responses]
+        counts = {
+            "targets": sum(lengths),
+            "tokens": sum(p.length + n for p, n in zip(prompts, lengths, strict=True)),
+        }
         counts = all_reduce_sums(counts, "token counts")
         total_tokens = counts["targets"]
-        self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        micro = token_budget_batches([s.length for s in seqs], self.cfg.train.micro_batch_tokens)
+        sums = {"loss": 0.0}
+        micro = token_budget_batches(
+            [p.length + n for p, n in zip(prompts, lengths, strict=True)], self.cfg.train.micro_batch_tokens
+        )
         for rows, w in zip(*self.lockstep(micro), strict=True):
-            logp, _ = response_logprobs(
-                self.model,
-                [seqs[i] for i in rows],
-                [lengths[i] for i in rows],
-                self.pad_id,
-                1.0,
-                self.blocked_ids,
+            scores = self.policy.score(
+                [prompts[i] for i in rows], list(range(len(rows))), [responses[i] for i in rows], 1.0
             )
-            mask = response_mask([lengths[i] for i in rows], logp.device)
-            loss = -(logp * mask).sum() / total_tokens
+            mask = response_mask([lengths[i] for i in rows], scores.logprobs.device)
+            loss = -(scores.logprobs * mask).sum() / total_tokens
+            if scores.model_loss is not None:
+                share = len(rows) / len(idx)  # a mean over the batch's passes
+                sums["router_aux_loss"] = (
+                    sums.get("router_aux_loss", 0.0)
+                    + scores.model_loss.item() * w * share / self.policy.router_aux_loss_coef
+                )
+                loss = loss + scores.model_loss * share
             (loss * (w * self.loss_scale)).backward()
-            loss_sum += loss.item() * w
-        loss_sum = all_reduce_sums({"loss": loss_sum}, "loss")["loss"]
+            sums["loss"] += loss.item() * w
+        sums = all_reduce_sums(sums, "loss")
         grad_norm = self.apply_gradients()
         self.scheduler.step()
         return {
-            "loss": loss_sum,
+            **sums,
             "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],
             "response_length/mean": total_tokens / len(idx),

@@ -66,7 +66,7 @@ class VisionCache:
         if not present:
             return None
         first = present[0]
-        return cls(type(first)(**{k: _join([o[k] for o in present]) for k in first.keys()}))
+        return cls(type(first)(**{k: _join([o[k] for o in present]) for k in first}))
 
 
 def _join(parts: list) -> Any:
@@ -109,6 +109,9 @@ class ModelAdapter(ABC):
     # whether a prompt's cache can be continued by many rows (`vlrl.models.prefix`); a family
     # whose cache cannot be re-indexed per row says False and is scored by padded full passes
     shared_prefix: ClassVar[bool] = True
+    # whether transformers' forward returns the routers' load-balancing loss (`aux_loss`) when asked
+    # for `output_router_logits`: what `model.router_aux_loss_coef` needs
+    router_loss: ClassVar[bool] = False
 
     def __init__(
         self,

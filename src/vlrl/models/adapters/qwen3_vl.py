@@ -61,6 +61,7 @@ class Qwen3VLMoeAdapter(Qwen3VLAdapter):
     """
 
     family = "qwen3_vl_moe"
+    router_loss = True
     module_patterns: ClassVar = {
         "vision": _VISION,
         "connector": _CONNECTOR,
