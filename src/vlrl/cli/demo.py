@@ -11,15 +11,14 @@ import sys
 from pathlib import Path
 
 from vlrl.demo import DemoSettings, run_demo
+from vlrl.models.tiny.factory import FAMILIES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DemoSettings()
     p.add_argument("--out", type=Path, default=d.out, help=f"run folder (default {d.out})")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument(
-        "--family", default=d.family, help="tiny model family (qwen2_vl, qwen2_5_vl, internvl, idefics3)"
-    )
+    p.add_argument("--family", default=d.family, choices=sorted(FAMILIES), help="tiny model family")
     p.add_argument(
         "--sft-steps", type=int, default=d.sft_steps, help="length of the cold start's schedule (steps of 32)"
     )
