@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForImageTextToText, InternVLConfig
 
 from vlrl.config import load_config
@@ -155,10 +156,10 @@ def test_groups_cover_every_parameter_once(lm):
     assert sorted(n for n, _ in groups["router"]) == [
         f"model.language_model.layers.{i}.mlp.gate.weight" for i in range(layers)
     ]
-    # Fused experts: gate_up_proj [E, 2I, H] and down_proj [E, H, I] per layer, E = 4, I = H = 64.
+    # Fused experts: gate_up_proj [E, 2I, H] and down_proj [E, H, I] per layer, E = 4, H = 64, I = 48.
     shapes = {n.rpartition(".")[2]: tuple(p.shape) for n, p in groups["experts"]}
     assert len(groups["experts"]) == 2 * layers
-    assert shapes == {"gate_up_proj": (4, 128, 64), "down_proj": (4, 64, 64)}
+    assert shapes == {"gate_up_proj": (4, 96, 64), "down_proj": (4, 64, 48)}
     # Qwen3-MoE has no shared experts and here no dense layers: language keeps nothing of the MLPs.
     assert not any(".mlp." in n for n, _ in groups["language"])
 
@@ -266,6 +267,27 @@ def test_save_load_round_trip_keeps_weights_processor_and_outputs(lm, images, tm
     batch = collate([enc], 0)
     with torch.no_grad():
         assert torch.equal(again.model(**batch).logits, lm.model(**batch).logits)
+
+
+def test_checkpoint_keeps_the_hub_layout_of_per_expert_weights(lm, tiny_models):
+    """The files hold the -HF checkpoints' layout, which vLLM and the Hub use: the decoder under
+    `language_model.model`, each expert's own `gate_proj` [I, H], `up_proj` [I, H], `down_proj`
+    [H, I]; the model fuses them at load into `gate_up_proj` [E, 2I, H] (gate rows first) and
+    `down_proj` [E, H, I] (E = 4, H = 64, I = 48)."""
+    files = load_file(tiny_models["internvl_moe"] / "model.safetensors")
+    assert {k.split(".")[0] for k in files} == {"language_model", "multi_modal_projector", "vision_tower"}
+    for i, layer in enumerate(lm.model.model.language_model.layers):
+        prefix = f"language_model.model.layers.{i}.mlp."
+        experts = [
+            {w: files[f"{prefix}experts.{j}.{w}.weight"] for w in ("gate_proj", "up_proj", "down_proj")}
+            for j in range(4)
+        ]
+        assert [tuple(e["gate_proj"].shape) for e in experts] == [(48, 64)] * 4
+        assert [tuple(e["down_proj"].shape) for e in experts] == [(64, 48)] * 4
+        fused = torch.stack([torch.cat([e["gate_proj"], e["up_proj"]]) for e in experts])
+        assert torch.equal(layer.mlp.experts.gate_up_proj, fused)
+        assert torch.equal(layer.mlp.experts.down_proj, torch.stack([e["down_proj"] for e in experts]))
+        assert torch.equal(layer.mlp.gate.weight, files[prefix + "gate.weight"])
 
 
 def test_hf_backend_greedy_matches_model_generate(lm, images):

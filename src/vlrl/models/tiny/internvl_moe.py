@@ -34,8 +34,9 @@ def with_moe_language(dense: Callable[..., PretrainedConfig]) -> Callable[..., P
             model_type="qwen3_moe",
             vocab_size=old.vocab_size,
             hidden_size=old.hidden_size,
-            # the width of each expert (768 at hidden 2048 in Qwen3-30B-A3B); no dense MLP layers
-            moe_intermediate_size=old.hidden_size,
+            # the width of each expert (768 at hidden 2048 in Qwen3-30B-A3B), 3H/4 here so that no
+            # fused expert weight is square (a transposed layout cannot pass for the right one)
+            moe_intermediate_size=3 * old.hidden_size // 4,
             intermediate_size=old.hidden_size * 2,
             mlp_only_layers=[],
             decoder_sparse_step=1,
