@@ -6,6 +6,8 @@ class has no experts and refuses `from_pretrained(experts_implementation="groupe
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
@@ -13,7 +15,7 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 from vlrl.config import TrainConfig, load_config
 from vlrl.models.loading import load_model
 from vlrl.models.tiny.factory import FAMILIES
-from vlrl.training.setup import load_policy
+from vlrl.training.setup import load_policy, load_reference
 
 KERNELS = ("grouped_mm", "batched_mm", "eager")
 # The MoE families whose config has the router fields (transformers computes their load-balancing loss).
@@ -102,18 +104,23 @@ def test_router_logits_are_never_recorded_through_the_config_only_when_a_pass_as
     assert len(recorded) == len(experts) and recorded[0].shape == (4, experts[0].gate_up_proj.shape[0])
 
 
-def test_load_policy_passes_the_model_section(router_loss_model, tmp_path):
+def test_the_policy_and_its_reference_use_the_model_sections_kernel(router_loss_model, tmp_path):
+    """load_policy passes both settings; the KL reference runs the same kernel (so that the two
+    kernels' runs differ in nothing else) with no load-balancing coefficient (it computes no loss)."""
     train = tmp_path / "train.jsonl"
     train.write_text('{"question": "q", "answer": "1"}\n')
     cfg = load_config(
         None,
         [f"model.path={router_loss_model}", f"data.train={train}", "model.experts_implementation=eager",
-         "model.router_aux_loss_coef=0.02"],
+         "model.router_aux_loss_coef=0.02", "algo.kl_beta=0.04"],
         schema=TrainConfig,
     )  # fmt: skip
     model = load_policy(cfg.model, cfg.data, torch.device("cpu")).model
     assert {e.config._experts_implementation for e in experts_modules(model)} == {"eager"}
     assert [(c.output_router_logits, c.router_aux_loss_coef) for c in text_configs(model)] == [(False, 0.02)]
+    reference = load_reference(cfg, torch.device("cpu"), SimpleNamespace(distributed=False))
+    assert {e.config._experts_implementation for e in experts_modules(reference)} == {"eager"}
+    assert [c.router_aux_loss_coef for c in text_configs(reference)] == [0.0]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
