@@ -64,10 +64,16 @@ class Qwen3_5MoeAdapter(Qwen3_5Adapter):
     target (one [E, H] matrix: train it in full or freeze it). The shared expert and its gate are
     dense parameters every token uses: they stay in `language`, whose LoRA targets include the
     shared expert's projections. The routed experts' LoRA targets are the fused weights, through
-    peft's `target_parameters`.
+    peft's `target_parameters` (peft requires lora_dropout 0 for them).
+
+    Layouts: the Hub files hold each expert's projections apart (`mlp.experts.{e}.gate_proj.weight`
+    [I, H], `up_proj`, `down_proj` [H, I]); transformers 5.25 fuses them at load (its
+    conversion_mapping for qwen3_5_moe_text: Qwen2-MoE's merge) and `save_pretrained` splits them
+    back, so checkpoints keep the Hub layout.
     """
 
     family = "qwen3_5_moe"
+    router_loss = True
     module_patterns: ClassVar = {
         "vision": _VISION,
         "connector": _CONNECTOR,

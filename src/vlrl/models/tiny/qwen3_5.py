@@ -5,7 +5,8 @@ layers with gated full-attention layers, three to one in the released models
 (`full_attention_interval` 4). A tiny model keeps the pattern's two kinds at every size: at
 least one linear and one full-attention layer (micro: [linear, full]), so everything that
 depends on the hybrid cache (conv + recurrent states beside a KV cache) is exercised. The MoE
-variant has 4 routed experts, top-2, plus the always-on shared expert of the real model.
+variant has 4 routed experts of 3/4 the hidden width, top-2, plus the always-on shared expert of
+the real model.
 
 Widths follow the released configs scaled down: attention head dim 32 (the factory's rule),
 linear-attention key/value head dim 32 with twice as many value heads as key heads (16 / 32 in
@@ -117,15 +118,18 @@ def qwen3_5_config(size, vocab: int, tok) -> PretrainedConfig:
 
 
 def qwen3_5_moe_config(size, vocab: int, tok) -> PretrainedConfig:
-    """Qwen3.5-MoE: every layer's MLP is 4 routed experts (top-2) plus a gated shared expert,
-    each expert half the dense MLP's width (the real model: 256 experts of 512, top-8, shared 512)."""
+    """Qwen3.5-MoE: every layer's MLP is 4 routed experts (top-2) plus a gated shared expert, each
+    3/4 of the hidden width (the real model: 256 experts of 512 on a 2048 hidden, top-8, shared
+    512). Not square, so that an expert weight read in the wrong orientation fails on its shape:
+    the Hub files hold each expert's [I, H] projections, transformers fuses them into
+    [E, 2I, H] / [E, H, I] at load and splits them back at save."""
     text = _text(size, vocab, tok)
     del text["intermediate_size"]  # no dense MLP in any layer
     text.update(
         num_experts=4,
         num_experts_per_tok=2,
-        moe_intermediate_size=size.hidden,
-        shared_expert_intermediate_size=size.hidden,
+        moe_intermediate_size=3 * size.hidden // 4,
+        shared_expert_intermediate_size=3 * size.hidden // 4,
         # transformers' load-balancing loss is off during RL (vlrl's model.router_aux_loss_coef);
         # the tiny checkpoint ships the value the RL configs use.
         router_aux_loss_coef=0.0,
