@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+
 @dataclass(frozen=True)
 class PromptSource:
     """What a prompt was encoded from, for engines that run their own processor (vLLM, a

@@ -16,11 +16,11 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
     "qwen2_5_vl": Qwen2_5_VLAdapter,
     "internvl": InternVLAdapter,
     "idefics3": Idefics3Adapter,
-    "glm4v": Glm4vAdapter,
-    "glm4v_moe": Glm4vMoeAdapter,
     "aria": AriaAdapter,
     # InternVL3.5-MoE: InternVL around a Qwen3-MoE language model (see `adapter_for`)
     "internvl/qwen3_moe": InternVLMoeAdapter,
+    "glm4v": Glm4vAdapter,
+    "glm4v_moe": Glm4vMoeAdapter,
     "qwen3_vl": Qwen3VLAdapter,
     "qwen3_vl_moe": Qwen3VLMoeAdapter,
     "qwen3_5": Qwen3_5Adapter,
