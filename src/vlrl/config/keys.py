@@ -20,6 +20,15 @@ from vlrl.config.errors import BadKey
 from vlrl.config.sections import is_path_field
 
 
+def _moved(name: str, model: type[BaseModel]) -> str | None:
+    """`vllm.sleep` for `vllm_sleep` when `vllm` is a section of `model` holding `sleep`: the
+    flat keys of earlier versions (`rollout.vllm_sleep`) moved into per-backend sections."""
+    head, _, rest = name.partition("_")
+    field = model.model_fields.get(head)
+    section = section_type(field) if field is not None else None
+    return f"{head}.{rest}" if section is not None and rest in section.model_fields else None
+
+
 def section_type(field: FieldInfo) -> type[BaseModel] | None:
     """The section model a field holds, or None for a leaf."""
     kind = field.annotation
@@ -58,7 +67,13 @@ def field_at(schema: type[BaseModel], key: str) -> FieldInfo:
         if model is None:
             raise BadKey(".".join(parts[:i]), "is a value, not a section: set it whole")
         if part not in model.model_fields:
-            raise BadKey(".".join(parts[: i + 1]), _unknown(part, list(model.model_fields)))
+            moved = _moved(part, model)
+            problem = (
+                f"unknown key (did you mean '{moved}'?)"
+                if moved
+                else _unknown(part, list(model.model_fields))
+            )
+            raise BadKey(".".join(parts[: i + 1]), problem)
         field = model.model_fields[part]
         model = section_type(field)
     return field
