@@ -242,6 +242,12 @@ class ModelAdapter(ABC):
             groups[self.module_group(_strip_peft(name))].append((name, param))
         return groups
 
+    def routers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """(name, module) of every MoE router, in layer order: the modules whose path is one of the
+        `router` group's patterns exactly (empty for a dense family)."""
+        patterns = [_exact_regex(p) for p in self.module_patterns.get("router", ())]
+        return [(n, m) for n, m in unwrap(model).named_modules() if any(r.match(n) for r in patterns)]
+
     def lora_targets(self, model: nn.Module, parts: Sequence[str]) -> tuple[list[str], list[str]]:
         """(peft `target_modules`, peft `target_parameters`): the full names of the Linear layers
         and fused parameters of the groups `parts` that LoRA adapts, each in its own group only
@@ -306,6 +312,12 @@ def _pattern_regex(pattern: str) -> re.Pattern:
     """`pattern` (dotted path, `*` for one component) matching itself and everything under it."""
     body = r"[^.]+".join(re.escape(part) for part in pattern.split("*"))
     return re.compile(rf"{body}(?:\..*)?$")
+
+
+@cache
+def _exact_regex(pattern: str) -> re.Pattern:
+    """`pattern` (dotted path, `*` for one component) matching exactly that path."""
+    return re.compile(r"[^.]+".join(re.escape(part) for part in pattern.split("*")) + "$")
 
 
 def _strip_peft(name: str) -> str:
