@@ -75,7 +75,7 @@ def test_images_become_masked_490px_squares_and_16_tokens_each(lm, images):
 
 
 def test_pixel_bounds_are_refused_with_the_reason(lm):
-    with pytest.raises(ValueError, match="do not apply to Aria.*max_image_size"):
+    with pytest.raises(ValueError, match="do not apply to aria.*max_image_size"):
         AriaAdapter(lm.processor, max_pixels=448 * 448)
 
 

@@ -29,7 +29,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vlrl.data.images import DEFAULT_MAX_PIXELS
 from vlrl.models.adapters.base import ModelAdapter, plain_positions
 
 _LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -56,20 +55,9 @@ class AriaAdapter(ModelAdapter):
     }
     lora_parameters: ClassVar = {"experts": ("gate_up_proj", "down_proj")}
     vision_keys = ("pixel_values", "pixel_mask")
-
-    def __init__(
-        self,
-        processor,
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
-        max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
-    ):
-        if min_pixels is not None or max_pixels is not None:
-            raise ValueError(
-                "data.image_min_pixels / data.image_max_pixels do not apply to Aria: it resizes every image "
-                "to its max_image_size (490 or 980, in the checkpoint's preprocessor config)"
-            )
-        super().__init__(processor, max_image_pixels=max_image_pixels)
+    fixed_resolution = (
+        "it resizes every image to its max_image_size (490 or 980, in the checkpoint's preprocessor config)"
+    )
 
     def image_kwargs(self) -> dict:
         # AriaProcessor's own defaults (max_image_size 980) override the image processor's saved

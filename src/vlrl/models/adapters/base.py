@@ -109,6 +109,9 @@ class ModelAdapter(ABC):
     # whether a prompt's cache can be continued by many rows (`vlrl.models.prefix`); a family
     # whose cache cannot be re-indexed per row says False and is scored by padded full passes
     shared_prefix: ClassVar[bool] = True
+    # for a family that resizes every image to one size of its own: how, in words; the pixel
+    # budget settings are then refused rather than silently ignored
+    fixed_resolution: ClassVar[str | None] = None
     # whether transformers' forward returns the routers' load-balancing loss (`aux_loss`) when asked
     # for `output_router_logits`: what `model.router_aux_loss_coef` needs
     router_loss: ClassVar[bool] = False
@@ -120,6 +123,11 @@ class ModelAdapter(ABC):
         max_pixels: int | None = None,
         max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
+        if self.fixed_resolution and (min_pixels is not None or max_pixels is not None):
+            raise ValueError(
+                f"data.image_min_pixels / data.image_max_pixels do not apply to {self.family}: "
+                f"{self.fixed_resolution}"
+            )
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.min_pixels = min_pixels

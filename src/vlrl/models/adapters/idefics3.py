@@ -14,7 +14,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vlrl.data.images import DEFAULT_MAX_PIXELS
 from vlrl.models.adapters.base import ModelAdapter, plain_positions
 
 
@@ -34,20 +33,7 @@ class Idefics3Adapter(ModelAdapter):
         "language": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     }
     vision_keys = ("pixel_values", "pixel_attention_mask")
-
-    def __init__(
-        self,
-        processor,
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
-        max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
-    ):
-        if min_pixels is not None or max_pixels is not None:
-            raise ValueError(
-                "data.image_min_pixels / data.image_max_pixels do not apply to Idefics3: it resizes every "
-                "image to its tile size (max_image_size in the checkpoint's preprocessor_config.json)"
-            )
-        super().__init__(processor, max_image_pixels=max_image_pixels)
+    fixed_resolution = "it resizes every image to its tile size (max_image_size in the checkpoint's preprocessor_config.json)"
 
     def _tile(self) -> int:
         return self.processor.image_processor.max_image_size["longest_edge"]
