@@ -28,6 +28,8 @@ def healthy(step: int) -> dict:
         "frac_zero_std_groups": 0.2 + wobble(step),
         "kl": 0.01 + wobble(step) / 10,
         "clip_frac": 0.02 + wobble(step) / 10,
+        "moe/load_max_over_mean": 1.6 + 10 * wobble(step),
+        "moe/dead_experts": 0.0,
     }
 
 
@@ -62,6 +64,10 @@ FAILING = {
     "no_learning_signal": changed(
         20, frac_zero_std_groups=lambda s: 1.0, **{"reward/total/mean": lambda s: 0.0}
     ),
+    # The router sends ever more tokens to one expert: 1.6x the mean load -> 7.3x.
+    "expert_collapse": changed(20, **{"moe/load_max_over_mean": lambda s: 1.3 + 0.3 * s}),
+    # Two experts starve from step 15 on (20 steps after their last token at step -5, say).
+    "dead_experts": changed(20, **{"moe/dead_experts": lambda s: 2.0 if s >= 15 else 0.0}),
 }
 
 
@@ -214,3 +220,25 @@ def test_no_learning_signal_needs_every_group_equal_for_k_steps_in_a_row():
 def test_no_signal_steps_cannot_exceed_the_window():
     with pytest.raises(ValueError, match="no_signal_steps"):
         MonitorSection(window=5, min_steps=3, no_signal_steps=8)
+
+
+def test_expert_collapse_needs_min_steps_in_a_row_above_the_threshold():
+    # monitor.expert_load_max 4 and min_steps 6: five steps at 8x then one at 3.9x stay quiet;
+    # six in a row above 4x fire once, at the sixth.
+    spikes = lambda s: 8.0 if 10 <= s < 15 else 3.9 if s == 15 else 1.5  # noqa: E731
+    assert feed(changed(30, **{"moe/load_max_over_mean": spikes})) == []
+    (alarm,) = feed(changed(30, **{"moe/load_max_over_mean": lambda s: 8.0 if s >= 10 else 1.5}))
+    assert (alarm.step, alarm.name, alarm.severity) == (15, "expert_collapse", "critical")
+    assert "8.0x the mean expert load for 6 steps" in alarm.message
+
+
+def test_dead_experts_fire_when_the_count_becomes_positive_and_again_after_recovery():
+    counts = {5: 1.0, 6: 3.0, 9: 1.0}
+    alarms = feed([{"moe/dead_experts": counts.get(s, 0.0)} for s in range(1, 13)])
+    assert [(a.step, a.name) for a in alarms] == [(5, "dead_experts"), (9, "dead_experts")]
+    assert alarms[0].message.startswith("1 (layer, expert) pairs received no token in the last 20 steps")
+
+
+def test_dense_runs_have_no_moe_metrics_and_no_moe_alarms():
+    records = [{k: v for k, v in r.items() if not k.startswith("moe/")} for r in changed(40)]
+    assert feed(records) == []

@@ -151,6 +151,16 @@ class ModelSection(Section):
         " transformers' default coefficient degrades RL accuracy (the balancing gradient competes with the"
         " policy gradient on every token); with 0 the routers' logits are not even collected.",
     )
+    router_dtype: Literal["float32", "model"] = Field(
+        "float32",
+        description="Precision of Mixture-of-Experts routers (ignored by dense models). float32: the router"
+        " weights are kept in float32 and the logits computed in float32 (inputs cast up, autocast off"
+        " inside the router), whatever model.dtype and train.autocast, as GLM-4.5V's transformers class"
+        " already does and Megatron's moe_router_dtype; in bfloat16 the top-k choice of near-tied experts"
+        " flips with rounding, between rollout and update and from one step to the next, and small"
+        " router updates vanish in bfloat16 weights. model: the router runs in model.dtype like every"
+        " other layer (transformers' default for Qwen3-MoE and Aria).",
+    )
 
     @model_validator(mode="after")
     def _groups_consistent(self) -> ModelSection:
@@ -627,6 +637,22 @@ class MonitorSection(Section):
     )
     clip_spike_floor: float = Field(
         0.2, ge=0, le=1, description="clip_spike: and the clip fraction is above this value."
+    )
+    expert_load_max: float = Field(
+        4.0,
+        gt=1,
+        description="expert_collapse (Mixture-of-Experts models): fires when moe/load_max_over_mean, the"
+        " busiest expert's tokens over the mean per expert in the worst layer, is above this in every"
+        " one of the last monitor.min_steps steps. A balanced router sits near 1 to 2 (top-k routing"
+        " of a few thousand tokens); above 4 one expert does the work of four. The ceiling is E/k (each"
+        " token goes to k different experts): 16 for Qwen3-VL-30B-A3B and GLM-4.5V (128 experts, top-8),"
+        " 2 for the tiny test models (4 experts, top-2).",
+    )
+    dead_expert_steps: int = Field(
+        20,
+        ge=1,
+        description="moe/dead_experts counts the (layer, expert) pairs that received no token in this"
+        " many steps in a row; the dead_experts alarm fires when the count rises above 0.",
     )
 
     @model_validator(mode="after")

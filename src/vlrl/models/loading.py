@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
@@ -151,6 +152,43 @@ def set_experts_kernel(model: PreTrainedModel, kernel: str | None) -> None:
     model.set_experts_implementation(wanted)
 
 
+def router_in_float32(model: nn.Module, adapter: ModelAdapter) -> int:
+    """Keep every MoE router of `model` (`adapter.routers`) in float32 and compute its logits in
+    float32 (model.router_dtype float32); returns the number of routers (0 for a dense model).
+
+    transformers' Qwen3-MoE family and Aria routers compute `F.linear(hidden, weight)` in the
+    model's dtype. Here their weights (and GLM-4.5V's e_score_correction_bias, already float32 in
+    transformers) are cast to float32 once, and hooks on each router instance cast its input up
+    and switch autocast off for its forward only: the logits are then exactly the float32 product
+    of the (bfloat16) hidden states and the float32 weights, and the routing weights come out in
+    float32 too (the experts multiply them in and cast the sum back, as they do for GLM-4.5V's).
+    The weights start as the checkpoint's values in model.dtype (bfloat16 on the Hub anyway) and
+    from then on keep their updates in float32. Under FSDP2 with distributed.param_dtype set, the
+    router computes in that dtype: the input follows the weight the sharding gathers.
+    """
+    routers = adapter.routers(model)
+    for _, router in routers:
+        router.float()
+        router.register_forward_pre_hook(_router_input_up, with_kwargs=True)
+        router.register_forward_hook(_router_done, always_call=True)
+    return len(routers)
+
+
+def _router_input_up(module: nn.Module, args: tuple, kwargs: dict):
+    # Autocast would cast the float32 inputs and weights back down inside F.linear.
+    context = torch.autocast(args[0].device.type, enabled=False)
+    context.__enter__()
+    module._vlrl_autocast_off = context  # left by the forward hook, even when the forward raises
+    dtype = module.weight.dtype
+    return (args[0].to(dtype), *args[1:]), kwargs
+
+
+def _router_done(module: nn.Module, args: tuple, output):
+    context = module.__dict__.pop("_vlrl_autocast_off", None)
+    if context is not None:
+        context.__exit__(None, None, None)
+
+
 def load_model(
     path: str | Path,
     dtype: str = "float32",
@@ -161,12 +199,13 @@ def load_model(
     max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     experts_implementation: str | None = None,
     router_aux_loss_coef: float = 0.0,
+    router_dtype: str = "float32",
 ) -> LoadedModel:
     """Model, processor and adapter for a checkpoint folder.
 
-    `experts_implementation` and `router_aux_loss_coef` are model.experts_implementation and
-    model.router_aux_loss_coef (`set_experts_kernel`, `configure_router`); dense models ignore
-    the kernel. A reference model keeps the coefficient at 0: it computes no loss.
+    `experts_implementation`, `router_aux_loss_coef` and `router_dtype` are
+    model.experts_implementation, model.router_aux_loss_coef and model.router_dtype
+    (`set_experts_kernel`, `configure_router`, `router_in_float32`); dense models ignore them. A reference model keeps the coefficient at 0: it computes no loss.
     """
     path = Path(path)
     _check_folder(path)
@@ -183,4 +222,6 @@ def load_model(
     adapter = adapter_cls(
         processor, min_pixels=min_pixels, max_pixels=max_pixels, max_image_pixels=max_image_pixels
     )
+    if router_dtype == "float32":
+        router_in_float32(model, adapter)
     return LoadedModel(model, processor, adapter)

@@ -222,6 +222,32 @@ def no_learning_signal(history: list[dict], cfg: MonitorSection) -> str | None:
     return f"every group's rewards were equal for {steps}: all advantages are zero, nothing learns"
 
 
+def expert_collapse(history: list[dict], cfg: MonitorSection) -> str | None:
+    """Mixture-of-Experts: in some layer the busiest expert takes more than `expert_load_max` times
+    the mean load, at each of the last `min_steps` steps: the router sends most tokens to a few
+    experts, the rest stop learning (the routing collapse that RL on MoE models is prone to)."""
+    values = series(history, first_of("moe/load_max_over_mean"))
+    recent = values[-cfg.min_steps :]
+    if len(recent) < cfg.min_steps or min(recent) <= cfg.expert_load_max:
+        return None
+    return (
+        f"the busiest expert took {recent[-1]:.1f}x the mean expert load for {len(recent)} steps "
+        f"(alarm above {cfg.expert_load_max:g}x): the router is collapsing onto a few experts; "
+        "freeze it (model.freeze: [router]) or replay the rollout's routes"
+    )
+
+
+def dead_experts(history: list[dict], cfg: MonitorSection) -> str | None:
+    """Mixture-of-Experts: some experts received no token for `dead_expert_steps` steps."""
+    last = _finite(history[-1].get("moe/dead_experts")) if history else None
+    if not last:
+        return None
+    return (
+        f"{last:.0f} (layer, expert) pairs received no token in the last {cfg.dead_expert_steps} "
+        "steps: those experts no longer learn"
+    )
+
+
 Rule = Callable[[list[dict], MonitorSection], str | None]
 # name -> (rule, severity). "critical" marks conditions a run rarely recovers from.
 RULES: dict[str, tuple[Rule, str]] = {
@@ -236,6 +262,8 @@ RULES: dict[str, tuple[Rule, str]] = {
     "nonfinite_step": (nonfinite_step, "critical"),
     "skipped_steps": (skipped_steps, "warning"),
     "no_learning_signal": (no_learning_signal, "critical"),
+    "expert_collapse": (expert_collapse, "critical"),
+    "dead_experts": (dead_experts, "warning"),
 }
 
 

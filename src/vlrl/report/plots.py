@@ -57,6 +57,13 @@ GROUPS = (
         lambda n: n.startswith("reflection/"),
         "Share of responses with reflection words",
     ),
+    # Before KL and Entropy, which would take moe/router_entropy; per-layer loads share one chart.
+    Group(
+        "Mixture of experts",
+        lambda n: n.startswith("moe/"),
+        lambda n: n.startswith("moe/layer_"),
+        "Expert-load coefficient of variation per MoE layer",
+    ),
     Group("KL", lambda n: "kl" in n.rsplit("/", 1)[-1], _never),
     Group("Entropy", lambda n: "entropy" in n, _never),
     Group("Clip fraction", lambda n: n.startswith("clip"), _never),

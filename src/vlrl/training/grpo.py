@@ -52,6 +52,7 @@ from vlrl.models.policy import Policy
 from vlrl.monitoring.alarms import AlarmMonitor, append_alarms
 from vlrl.monitoring.answers import answer_health
 from vlrl.monitoring.dynamics import dynamics_metrics
+from vlrl.monitoring.experts import ExpertLoadMonitor
 from vlrl.monitoring.rollouts import rollout_record, write_rollouts
 from vlrl.rewards.runner import check_rewards
 from vlrl.rollout import make_backend
@@ -128,6 +129,8 @@ class GRPOTrainer(TrainingRun):
             router_aux_loss_coef=m.router_aux_loss_coef,
         )
         self.monitor = AlarmMonitor(cfg.monitor)
+        # MoE models: per-step expert load and router entropy of the update passes (None when dense).
+        self.expert_load = ExpertLoadMonitor.for_model(self.model, self.adapter, cfg.monitor.dead_expert_steps)
         # The steps after the checkpoint (all of them when there is none) are redone: their old
         # records go, as metrics.jsonl's do.
         if self.world.is_main:
@@ -321,6 +324,8 @@ class GRPOTrainer(TrainingRun):
         metrics = {k: v / epochs for k, v in all_reduce_sums(sums, "loss metrics").items()}
         metrics["grad_norm"] = float(grad_norm)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
+        if self.expert_load is not None:
+            metrics |= self.expert_load.step_metrics(lambda sums: all_reduce_sums(sums, "expert load"))
         return metrics
 
     # ---- helpers ----------------------------------------------------------------------------

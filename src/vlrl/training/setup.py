@@ -80,6 +80,7 @@ def load_policy(cfg: ModelSection, data: DataSection, device: torch.device, path
         max_image_pixels=data.max_image_pixels,
         experts_implementation=cfg.experts_implementation,
         router_aux_loss_coef=cfg.router_aux_loss_coef,
+        router_dtype=cfg.router_dtype,
     )
     check_model_groups(cfg, lm.adapter)
     for group, params in lm.adapter.parameter_groups(lm.model).items():
@@ -109,6 +110,7 @@ def load_reference(cfg, device: torch.device, world) -> nn.Module:
         attn_implementation=m.attn_implementation,
         device=device,
         experts_implementation=m.experts_implementation,
+        router_dtype=m.router_dtype,
     ).model
     ref.eval().requires_grad_(False)
     if world.distributed:

@@ -115,6 +115,9 @@ class ModelAdapter(ABC):
     # whether transformers' forward returns the routers' load-balancing loss (`aux_loss`) when asked
     # for `output_router_logits`: what `model.router_aux_loss_coef` needs
     router_loss: ClassVar[bool] = False
+    # how the routers turn logits into expert scores: "softmax" (Qwen3-MoE, Aria) or "sigmoid"
+    # (GLM-4.5V); the router entropy of the expert-load metrics (`vlrl.monitoring.experts`) needs it
+    router_scores: ClassVar[str] = "softmax"
 
     def __init__(
         self,

@@ -124,6 +124,7 @@ class Glm4vMoeAdapter(Glm4vAdapter):
 
     family = "glm4v_moe"
     router_loss = True
+    router_scores = "sigmoid"
     module_patterns: ClassVar = {
         **Glm4vAdapter.module_patterns,
         "router": ("model.language_model.layers.*.mlp.gate",),
