@@ -162,6 +162,23 @@ class ModelSection(Section):
         " other layer (transformers' default for Qwen3-MoE and Aria).",
     )
 
+    routing_replay: Literal["off", "R2", "R3"] = Field(
+        "off",
+        description="Routing replay for Mixture-of-Experts RL (vlrl.models.routing): the training forwards of"
+        " a step use given experts per token and MoE layer instead of the routers' own choice. R3 (Rollout"
+        " Routing Replay, arXiv 2510.11370): the experts the rollout used (the hf backend records them);"
+        " R2: those of a no-grad training forward at the start of the update. The combine weights still"
+        " come from the live router logits, so the router trains. The reference model routes by itself."
+        " Needs gradient_checkpointing false (a recomputed layer would route again).",
+    )
+
+    @model_validator(mode="after")
+    def _replay_without_recompute(self) -> ModelSection:
+        if self.routing_replay != "off" and self.gradient_checkpointing:
+            message = "needs model.gradient_checkpointing=false: the backward's recomputed layers would route anew"
+            raise field_error("model", "routing_replay", message, self.routing_replay)
+        return self
+
     @model_validator(mode="after")
     def _groups_consistent(self) -> ModelSection:
         both = [g for g in self.group_lr if g in self.freeze]

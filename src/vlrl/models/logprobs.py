@@ -20,6 +20,7 @@ from vlrl.algos import entropy_from_logits, logprobs_from_logits
 from vlrl.models.adapters import ModelAdapter, VisionCache
 from vlrl.models.batching import Encoded, collate
 from vlrl.models.prefix import prefill
+from vlrl.models.routing import Routes, aligned, span_positions
 
 # Rows of logits upcast to float32 at a time: 1024 x a 152k vocabulary x 4 bytes = 0.6 GB per
 # temporary, instead of 2.5 GB for a micro-batch of 8 x 512 response tokens.
@@ -64,6 +65,7 @@ def response_logprobs(
     vision: VisionCache | None = None,
     entropy_grad: bool = False,
     forward_kwargs: dict | None = None,
+    routes: Routes | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [b, T] (and entropies) of each sequence's response, T = longest response.
 
@@ -71,6 +73,7 @@ def response_logprobs(
     response's end are 0 and must be masked by the caller. With `vision` (the batch's images, in
     order) the vision tower is skipped and `adapter` places the cached outputs. `forward_kwargs`
     go to the model's forward (the policy asks MoE models for their routers' logits this way).
+    `routes` (sequence i = `sequences[i]`, attached to `model`) replays and records MoE routes.
     """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate(sequences, pad_id, padding_side="right").items()}
@@ -81,9 +84,11 @@ def response_logprobs(
     # prompt_length - 1. Only positions from the earliest of those on get logits (the prompts'
     # own would be [b, L_prompt, V] of memory, most of it for image tokens).
     first = int(starts.min()) - 1
-    logits = model(
-        **inputs, use_cache=False, logits_to_keep=ids.shape[1] - first, **(forward_kwargs or {})
-    ).logits  # [b, K, V]
+    b, L = ids.shape
+    with aligned(routes, [[i] for i in range(b)], span_positions([0] * b, [s.length for s in sequences], L)):
+        logits = model(
+            **inputs, use_cache=False, logits_to_keep=L - first, **(forward_kwargs or {})
+        ).logits  # [b, K, V]
     # Every kept position scored in place (the last, which predicts nothing, against a dummy
     # target), then each row's window picked from the [b, K] results: no [b, T, V] copy.
     targets = torch.cat([ids[:, first + 1 :], ids[:, :1]], dim=1)  # [b, K]
@@ -105,14 +110,20 @@ def grouped_response_logprobs(
     with_entropy: bool = False,
     vision: VisionCache | None = None,
     entropy_grad: bool = False,
+    routes: Routes | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [R, T] (and entropies) of R responses, T = longest response.
 
     Response r ([T_r] token ids) continues prompt `prompts[row_prompt[r]]`; each prompt runs once.
     Positions past a response's end are 0 and must be masked by the caller. `vision` (the
-    prompts' images, in order) skips the vision tower.
+    prompts' images, in order) skips the vision tower. `routes` (sequence r = row r's prompt and
+    response, attached to `model`) replays and records MoE routes: the prompt's from its first row.
     """
-    prefix = prefill(model, adapter, prompts, pad_id, vision)
+    lengths = [p.length for p in prompts]
+    # The left-padded prefill serves every row of a prompt.
+    owners = [[r for r, p in enumerate(row_prompt) if p == q] for q in range(len(prompts))]
+    with aligned(routes, owners, span_positions([0] * len(prompts), lengths, max(lengths), left=True)):
+        prefix = prefill(model, adapter, prompts, pad_id, vision)
     device = prefix.logits.device
     rows = prefix.select(torch.tensor(row_prompt, device=device))
     T = max(r.numel() for r in responses)
@@ -121,13 +132,19 @@ def grouped_response_logprobs(
     for i, r in enumerate(responses):
         ids[i, : r.numel()] = r.to(device)
         mask[i, : r.numel()] = 1
-    logits = model(
-        input_ids=ids,
-        attention_mask=torch.cat([rows.attention_mask, mask.to(rows.attention_mask.dtype)], dim=1),
-        position_ids=rows.positions(T),
-        past_key_values=rows.cache,
-        use_cache=True,
-    ).logits  # [R, T, V]
+    starts = [lengths[p] for p in row_prompt]
+    with aligned(
+        routes,
+        [[r] for r in range(len(responses))],
+        span_positions(starts, [r.numel() for r in responses], T),
+    ):
+        logits = model(
+            input_ids=ids,
+            attention_mask=torch.cat([rows.attention_mask, mask.to(rows.attention_mask.dtype)], dim=1),
+            position_ids=rows.positions(T),
+            past_key_values=rows.cache,
+            use_cache=True,
+        ).logits  # [R, T, V]
     # The prompt's last logits predict response token 0; response position t predicts t + 1
     # (the last position predicts nothing: a dummy target, dropped). Scored in two parts, as a
     # [R, T, V] concatenation would copy the logits.

@@ -31,6 +31,7 @@ from vlrl.models.adapters.base import unwrap
 from vlrl.models.batching import Encoded
 from vlrl.models.export import export_weights
 from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
+from vlrl.models.routing import Routes
 
 
 @dataclass
@@ -110,10 +111,12 @@ class Policy:
         vision: list[VisionCache | None] | None = None,
         with_entropy: bool = False,
         entropy_grad: bool = False,
+        routes: Routes | None = None,
     ) -> Scores:
         """Scores of responses ([T_r] token ids) continuing `prompts[row_prompt[r]]`, under
         autograd and in training mode: the update's pass. `vision`: per prompt, from
-        `vision_caches`, or None to run the vision tower."""
+        `vision_caches`, or None to run the vision tower. `routes` (sequence r = row r's prompt
+        + response): MoE routes to replay and / or record (`vlrl.models.routing`)."""
         self.model.train()
         with self._model_losses() as losses:
             logp, entropy = self._logprobs(
@@ -126,6 +129,7 @@ class Policy:
                 with_entropy,
                 entropy_grad,
                 router_loss=bool(self.router_aux_loss_coef),
+                routes=routes,
             )
         return Scores(logp, entropy, self._model_loss(losses))
 
@@ -138,9 +142,13 @@ class Policy:
         temperature: float,
         vision: list[VisionCache | None] | None = None,
         reference: bool = False,
+        routes: Routes | None = None,
     ) -> Tensor:
         """[R, T] log-probs without gradient, in eval mode: the old policy's (PPO's ratio
-        denominator) or, with `reference`, the reference model's."""
+        denominator) or, with `reference`, the reference model's (which routes by itself: no
+        `routes` with it)."""
+        if reference and routes is not None:
+            raise ValueError("routing replay applies to the policy, not to the reference model")
         if reference and not self.has_reference:
             raise ValueError("this policy has no reference model (algo.kl_beta is 0)")
         model = self.reference if reference and self.reference is not None else self.model
@@ -148,7 +156,9 @@ class Policy:
         # LoRA: the base weights are the reference.
         context = self.model.disable_adapter() if reference and self.lora_reference else nullcontext()
         with context:
-            logp, _ = self._logprobs(model, prompts, row_prompt, responses, temperature, vision, False, False)
+            logp, _ = self._logprobs(
+                model, prompts, row_prompt, responses, temperature, vision, False, False, routes=routes
+            )
         return logp
 
     def _logprobs(
@@ -162,6 +172,7 @@ class Policy:
         with_entropy,
         entropy_grad,
         router_loss=False,
+        routes=None,
     ):
         common = dict(
             pad_id=self.pad_id,
@@ -170,25 +181,29 @@ class Policy:
             with_entropy=with_entropy,
             entropy_grad=entropy_grad,
         )
-        if self.shared_prefix and not router_loss:
-            return grouped_response_logprobs(
+        hooks = routes.attach(model, self.adapter) if routes is not None else nullcontext()
+        with hooks:
+            if self.shared_prefix and not router_loss:
+                return grouped_response_logprobs(
+                    model,
+                    self.adapter,
+                    prompts,
+                    row_prompt,
+                    responses,
+                    vision=VisionCache.concat(vision) if vision else None,
+                    routes=routes,
+                    **common,
+                )
+            return response_logprobs(
                 model,
-                self.adapter,
-                prompts,
-                row_prompt,
-                responses,
-                vision=VisionCache.concat(vision) if vision else None,
+                [prompts[p].with_response(r) for p, r in zip(row_prompt, responses, strict=True)],
+                [r.numel() for r in responses],
+                adapter=self.adapter,
+                vision=VisionCache.concat([vision[p] for p in row_prompt]) if vision else None,
+                forward_kwargs={"output_router_logits": True} if router_loss else None,
+                routes=routes,
                 **common,
             )
-        return response_logprobs(
-            model,
-            [prompts[p].with_response(r) for p, r in zip(row_prompt, responses, strict=True)],
-            [r.numel() for r in responses],
-            adapter=self.adapter,
-            vision=VisionCache.concat([vision[p] for p in row_prompt]) if vision else None,
-            forward_kwargs={"output_router_logits": True} if router_loss else None,
-            **common,
-        )
 
     # ---- model-side losses ----------------------------------------------------------------
     @contextmanager

@@ -71,13 +71,18 @@ class Completion:
     `token_ids` [T] long: the response tokens, ending with the stop token when one was sampled;
     `logprobs` [T] float32: the behaviour log-prob of each of them (see the backend for which
     distribution); `text`: the tokens decoded without special tokens; `finish_reason`: "stop"
-    when a stop token was sampled, "length" when `max_new_tokens` ran out.
+    when a stop token was sampled, "length" when `max_new_tokens` ran out; `routes`, when the
+    backend records them (`RolloutBackend.record_routes`): [n, layers, k] int16, the experts each
+    token the sampler fed used in each MoE layer, in sequence order (the prompt's tokens, then
+    the response's; n is the prompt length + the response tokens fed back, the last one not
+    always: it predicts nothing).
     """
 
     token_ids: torch.Tensor
     logprobs: torch.Tensor
     text: str
     finish_reason: str
+    routes: torch.Tensor | None = None
 
 
 class RolloutBackend(ABC):
@@ -92,6 +97,11 @@ class RolloutBackend(ABC):
     @abstractmethod
     def generate(self, prompts: list[Encoded], params: SamplingParams) -> list[list[Completion]]:
         """`params.group_size` completions for each prompt: result[p][g], in prompt order."""
+
+    def record_routes(self, on: bool) -> bool:
+        """Attach (or stop attaching) each token's MoE routes to the completions (`Completion.routes`,
+        what routing replay R3 replays); returns whether this backend will. None records by default."""
+        return False
 
     @abstractmethod
     def sync_weights(self, model: nn.Module) -> None:

@@ -11,11 +11,13 @@ identical inputs. This loop instead:
    position logic (Qwen's M-RoPE `rope_deltas` state) is recomputed from the decode inputs.
 
 Steps 1-2 and the position rule are `vlrl.models.prefix`, which the policy update shares.
+Asked to (`record_routes`), it records the experts every fed token used in every MoE layer: the
+prefill's once per prompt, each row's decode steps, joined per completion in sequence order.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded
 from vlrl.models.prefix import Prefix, prefill
+from vlrl.models.routing import ROUTE_DTYPE, RouterHooks
 from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams, register_backend
 from vlrl.rollout.common import default_stop_ids
 from vlrl.rollout.sampling import row_uniforms, sample_next
@@ -57,6 +60,14 @@ class HFRolloutBackend(RolloutBackend):
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_token_ids[0]
         )
+        self.routes = False
+
+    def record_routes(self, on: bool) -> bool:
+        """Record each token's MoE routes (`Completion.routes`): the model must have routers."""
+        if on:
+            RouterHooks(self.model, self.adapter)  # fails for a dense model
+        self.routes = on
+        return on
 
     def sync_weights(self, model: nn.Module) -> None:
         """Nothing to do when sampling from the trainer's own module; a replica of an FSDP2-sharded
@@ -90,22 +101,38 @@ class HFRolloutBackend(RolloutBackend):
     ) -> list[list[Completion]]:
         """Prefill `prompts` (global indices first..) once, expand to P*G rows, decode; result[p][g]."""
         G = params.group_size
-        prefix = prefill(self.model, self.adapter, prompts, self.pad_id)
-        # Rows p*G .. p*G+G-1 continue prompt p.
-        rows = prefix.select(torch.arange(len(prompts), device=prefix.logits.device).repeat_interleave(G))
-        rows.reserve(params.max_new_tokens)
-        row_ids = torch.arange(first * G, (first + len(prompts)) * G, device=prefix.logits.device)
-        tokens, logprobs, alive = self._decode(rows, params, row_ids)
-        completions = [self._completion(t, lp, a) for t, lp, a in zip(tokens, logprobs, alive, strict=True)]
+        hooks = RouterHooks(self.model, self.adapter) if self.routes else None
+        with hooks or nullcontext():
+            prefix = prefill(self.model, self.adapter, prompts, self.pad_id)
+            # Each prompt's routes: the real (unpadded, left-padded) cells of its prefill row.
+            mask = prefix.attention_mask.bool().cpu()
+            prompt_routes = (
+                hooks.take().cpu().unflatten(0, mask.shape) if hooks else None
+            )  # [P, L, layers, k]
+            # Rows p*G .. p*G+G-1 continue prompt p.
+            rows = prefix.select(torch.arange(len(prompts), device=prefix.logits.device).repeat_interleave(G))
+            rows.reserve(params.max_new_tokens)
+            row_ids = torch.arange(first * G, (first + len(prompts)) * G, device=prefix.logits.device)
+            tokens, logprobs, alive, routes, fed = self._decode(rows, params, row_ids, hooks)
+        completions = []
+        for r, (t, lp, a) in enumerate(zip(tokens, logprobs, alive, strict=True)):
+            completion = self._completion(t, lp, a)
+            if hooks:
+                p = r // G
+                fed_routes = routes[r, : int(fed[r].sum())] if routes is not None else prompt_routes[p, :0]
+                completion.routes = torch.cat([prompt_routes[p][mask[p]], fed_routes])
+            completions.append(completion)
         return [completions[p * G : (p + 1) * G] for p in range(len(prompts))]
 
     def _decode(
-        self, prefix: Prefix, params: SamplingParams, row_ids: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self, prefix: Prefix, params: SamplingParams, row_ids: Tensor, hooks: RouterHooks | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
         """Sample up to `max_new_tokens` per row from the prefilled state (R rows).
 
         row_ids [R]: each row's global id, keying its draws when `params.seed` is set ->
-        tokens [R, T] long, logprobs [R, T] float32, alive [R, T] bool (real response tokens).
+        tokens [R, T] long, logprobs [R, T] float32, alive [R, T] bool (real response tokens),
+        with `hooks` the routes [R, T, layers, k] (else None) of the tokens fed back, and
+        fed [R, T] bool: which response tokens were fed back (all real ones but, often, the last).
 
         Finished rows keep decoding a masked-out pad until a quarter of the batch has finished;
         then they are dropped from the batch (cache included). Seeded draws are keyed by row id,
@@ -121,6 +148,8 @@ class HFRolloutBackend(RolloutBackend):
         alive = torch.zeros(R, T, dtype=torch.bool, device=device)
         rows = torch.arange(R, device=device)  # the output row of each batch row
         done = torch.zeros(R, dtype=torch.bool, device=device)
+        fed = torch.zeros(R, T, dtype=torch.bool)
+        routes = None
         for t in range(T):
             uniforms = None if params.seed is None else row_uniforms(params.seed, row_ids[rows], t)
             token, logprob = sample_next(logits, banned, params, uniforms)
@@ -146,7 +175,14 @@ class HFRolloutBackend(RolloutBackend):
                 past_key_values=prefix.cache,
                 use_cache=True,
             ).logits[:, -1]
-        return tokens, logprobs, alive
+            if hooks is not None:
+                used = hooks.take().cpu()  # [rows, layers, k]: token t of each row in the batch
+                if routes is None:
+                    routes = torch.zeros(R, T, *used.shape[1:], dtype=ROUTE_DTYPE)
+                fed_rows = rows[live].cpu()
+                routes[fed_rows, t] = used[live.cpu()]
+                fed[fed_rows, t] = True
+        return tokens, logprobs, alive, routes, fed
 
     def _banned_tokens(self, vocab: int, device: torch.device) -> Tensor:
         """[vocab] bool: vision placeholders and embedding rows beyond the tokenizer, never sampled.

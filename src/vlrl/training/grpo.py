@@ -49,6 +49,7 @@ from vlrl.io import ALARMS_FILE, ROLLOUTS_FILE, truncate_jsonl
 from vlrl.models.batching import Encoded
 from vlrl.models.logprobs import response_mask, token_budget_batches
 from vlrl.models.policy import Policy
+from vlrl.models.routing import Routes, route_mismatch
 from vlrl.monitoring.alarms import AlarmMonitor, append_alarms
 from vlrl.monitoring.answers import answer_health
 from vlrl.monitoring.dynamics import dynamics_metrics
@@ -106,6 +107,7 @@ class GRPOTrainer(TrainingRun):
         super().__init__(cfg, lambda _: total_steps(cfg))
         self.cfg = stage_config(cfg, self.step)
         self.backend = make_backend(cfg.rollout.backend, self.rollout_model, self.adapter, self.cfg)
+        self.rollout_routes = self._record_rollout_routes(cfg.model.routing_replay)
         # A resumed policy is no longer the checkpoint an engine loaded at start-up.
         self.backend.sync_weights(self.model)
         self.scorer = RewardScorer(cfg.reward, self.adapter)
@@ -271,17 +273,25 @@ class GRPOTrainer(TrainingRun):
         need_old = a.ppo_epochs > 1
         t0 = time.perf_counter()
         vision = self.policy.vision_caches(batch.prompts)
-        old = self._frozen_logprobs(batch, micro, vision) if need_old else None
+        replay = self._replayed_routes(batch, micro, vision)  # per global row, or None
+        route_counts = [0, 0]  # (token, layer) routes differing from the rollout's, compared
+        old = None
+        if need_old:
+            old = self._frozen_logprobs(batch, micro, vision, routes=self._micro_routes(batch, micro, replay))
         use_ref = a.kl_beta > 0 and not a.kl_in_reward
         ref = self._frozen_logprobs(batch, micro, vision, reference=True) if use_ref else None
         timing["old_ref"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         epochs = 0
-        for _ in range(a.ppo_epochs):
+        for epoch in range(a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for k, (rows, w) in enumerate(zip(micro, weights, strict=True)):
                 prompts, row_prompt, responses = batch.rows(rows)
+                # The first epoch's pass runs the step's starting weights: its routes are the
+                # training side's, compared with the rollout's (moe/route_mismatch).
+                record = self.rollout_routes and epoch == 0 and w > 0
+                routes = self._routes(batch, rows, replay, record)
                 scores = self.policy.score(
                     [batch.prompts[p] for p in prompts],
                     row_prompt,
@@ -290,7 +300,11 @@ class GRPOTrainer(TrainingRun):
                     vision=[vision[p] for p in prompts] if vision else None,
                     with_entropy=True,
                     entropy_grad=bool(a.entropy_coef),
+                    routes=routes,
                 )
+                if routes is not None and routes.record:
+                    counts = route_mismatch([batch.flat[i].routes for i in rows], routes.used)
+                    route_counts = [x + y for x, y in zip(route_counts, counts, strict=True)]
                 logp, entropy = scores.logprobs, scores.entropy
                 mask = mask_all[rows][:, : logp.shape[1]].to(logp.device)
                 adv = batch.advantages[rows].to(logp.device)
@@ -324,6 +338,10 @@ class GRPOTrainer(TrainingRun):
         metrics = {k: v / epochs for k, v in all_reduce_sums(sums, "loss metrics").items()}
         metrics["grad_norm"] = float(grad_norm)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
+        if self.rollout_routes:
+            parts = all_gather_objects(route_counts, "route mismatch")
+            differing, total = (sum(x) for x in zip(*parts, strict=True))
+            metrics["moe/route_mismatch"] = differing / max(total, 1)
         if self.expert_load is not None:
             metrics |= self.expert_load.step_metrics(lambda sums: all_reduce_sums(sums, "expert load"))
         return metrics
@@ -340,13 +358,54 @@ class GRPOTrainer(TrainingRun):
         micro = token_budget_batches(lengths, self.cfg.train.micro_batch_tokens)
         return self.lockstep([[rows[i] for i in m] for m in micro])
 
+    # ---- routing replay (vlrl.models.routing) ---------------------------------------------
+    def _record_rollout_routes(self, mode: str) -> bool:
+        """Ask the backend for each token's MoE routes: what R3 replays and moe/route_mismatch
+        compares with (a dense model has none); True when they will come."""
+        moe = bool(self.adapter.routers(self.model))
+        if mode != "off" and not moe:
+            raise ValueError(f"model.routing_replay={mode}: {self.adapter.family} has no MoE routers")
+        recording = moe and self.backend.record_routes(True)
+        if mode == "R3" and not recording:
+            raise ValueError(
+                f"model.routing_replay=R3: the {self.cfg.rollout.backend} rollout backend returns no routes; "
+                "use R2 (routes of the step's first training forward) or rollout.backend=hf"
+            )
+        return recording
+
+    def _replayed_routes(self, batch: GroupBatch, micro, vision) -> list | dict | None:
+        """Routes the step's policy passes replay, indexable by global row: R3 the rollout's; R2
+        those of a no-grad pass at the step's starting weights, run here; None when off."""
+        mode = self.cfg.model.routing_replay
+        if mode == "R3":
+            return [c.routes for c in batch.flat]
+        if mode != "R2":
+            return None
+        routes = [self._routes(batch, rows, None, record=True) for rows in micro]
+        self._frozen_logprobs(batch, micro, vision, routes=routes)
+        return {
+            i: u for rows, r in zip(micro, routes, strict=True) for i, u in zip(rows, r.used, strict=True)
+        }
+
+    def _routes(self, batch: GroupBatch, rows: list[int], replay, record: bool = False) -> Routes | None:
+        """The routes of a policy pass over `rows`: `replay` (by global row) forced, and with
+        `record` the ones used kept; None when neither."""
+        if replay is None and not record:
+            return None
+        G, flat = batch.group_size, batch.flat
+        lengths = [batch.prompts[i // G].length + flat[i].token_ids.numel() for i in rows]
+        return Routes(lengths, None if replay is None else [replay[i] for i in rows], record)
+
+    def _micro_routes(self, batch: GroupBatch, micro, replay) -> list[Routes | None] | None:
+        return None if replay is None else [self._routes(batch, rows, replay) for rows in micro]
+
     def _frozen_logprobs(
-        self, batch: GroupBatch, micro, vision, reference: bool = False
+        self, batch: GroupBatch, micro, vision, reference: bool = False, routes: list | None = None
     ) -> list[torch.Tensor]:
         """Per micro-batch, [rows, T] log-probs without gradient: the current policy's (PPO's old
-        policy) or the reference's."""
+        policy; `routes`: per micro-batch, to replay or record) or the reference's."""
         out = []
-        for rows in micro:
+        for k, rows in enumerate(micro):
             prompts, row_prompt, responses = batch.rows(rows)
             out.append(
                 self.policy.frozen_logprobs(
@@ -356,6 +415,7 @@ class GRPOTrainer(TrainingRun):
                     self.cfg.rollout.temperature,
                     vision=[vision[p] for p in prompts] if vision else None,
                     reference=reference,
+                    routes=None if routes is None else routes[k],
                 )
             )
         return out

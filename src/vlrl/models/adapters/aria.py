@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from vlrl.models.adapters.base import ModelAdapter, plain_positions
 
@@ -77,3 +77,8 @@ class AriaAdapter(ModelAdapter):
 
     def position_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return plain_positions(batch)
+
+    def route_weights(self, router: nn.Module, logits: Tensor, indices: Tensor) -> Tensor:
+        """Routing replay's combine weights [N, k] (`vlrl.models.routing`), AriaTextTopKRouter's:
+        a softmax over the logits of the replayed experts only."""
+        return torch.softmax(logits.gather(1, indices), dim=-1)

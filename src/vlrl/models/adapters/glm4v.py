@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers.models.glm4v.image_processing_pil_glm4v import smart_resize
 
 from vlrl.models.adapters.base import ModelAdapter, unwrap
@@ -136,3 +136,13 @@ class Glm4vMoeAdapter(Glm4vAdapter):
         "language": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     }
     lora_parameters: ClassVar = {"experts": ("gate_up_proj", "down_proj")}
+
+    def route_weights(self, router: nn.Module, logits: Tensor, indices: Tensor) -> Tensor:
+        """Routing replay's combine weights [N, k] (`vlrl.models.routing`), Glm4vMoeTextTopkRouter's:
+        sigmoid scores of the float32 logits at the replayed experts (the correction bias only
+        selects, so it has no part here), renormalised (+1e-20, as transformers) when
+        `norm_topk_prob`, times `routed_scaling_factor`."""
+        weights = logits.float().sigmoid().gather(1, indices)
+        if router.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights * router.routed_scaling_factor

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from vlrl.models.adapters.base import ModelAdapter, plain_positions
+from vlrl.models.adapters.qwen3_vl import softmax_top_weights
 
 
 class InternVLAdapter(ModelAdapter):
@@ -70,3 +71,8 @@ class InternVLMoeAdapter(InternVLAdapter):
         "experts": ("model.language_model.layers.*.mlp.experts",),
     }
     lora_parameters: ClassVar = {"experts": ("gate_up_proj", "down_proj")}
+
+    def route_weights(self, router: nn.Module, logits: Tensor, indices: Tensor) -> Tensor:
+        """Routing replay's combine weights [N, k] (`vlrl.models.routing`): softmax -> gather ->
+        renormalise when the checkpoint says `norm_topk_prob` (Qwen3MoeTopKRouter)."""
+        return softmax_top_weights(logits, indices, router.norm_topk_prob)

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from vlrl.models.adapters.qwen3_vl import Qwen3VLAdapter
+from torch import Tensor, nn
+
+from vlrl.models.adapters.qwen3_vl import Qwen3VLAdapter, softmax_top_weights
 from vlrl.models.adapters.qwen_vl import _LANGUAGE_LINEARS
 
 # Gated DeltaNet's linear maps: fused q/k/v, the output gate z, the per-head update rate b
@@ -82,3 +84,8 @@ class Qwen3_5MoeAdapter(Qwen3_5Adapter):
         "experts": ("model.language_model.layers.*.mlp.experts",),
     }
     lora_parameters: ClassVar = {"experts": ("gate_up_proj", "down_proj")}
+
+    def route_weights(self, router: nn.Module, logits: Tensor, indices: Tensor) -> Tensor:
+        """Routing replay's combine weights [N, k] (`vlrl.models.routing`): softmax -> gather ->
+        renormalise (Qwen3_5MoeTopKRouter always renormalises; the shared expert is not routed)."""
+        return softmax_top_weights(logits, indices)

@@ -23,11 +23,24 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
+from torch import Tensor, nn
+
 from vlrl.models.adapters.qwen_vl import _LANGUAGE_LINEARS, Qwen2VLAdapter
 
 _VISION = ("model.visual",)
 _CONNECTOR = ("model.visual.merger", "model.visual.deepstack_merger_list")
 _LANGUAGE = ("model.language_model", "lm_head")
+
+
+def softmax_top_weights(logits: Tensor, indices: Tensor, normalise: bool = True) -> Tensor:
+    """Qwen3-MoE's combine weights of experts `indices` [N, k] from router logits [N, E]: softmax
+    over all E experts in float32, the k chosen probabilities, renormalised to sum 1 when
+    `normalise` (`norm_topk_prob`), in the logits' dtype: transformers' Qwen3 routers' own steps."""
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float).gather(1, indices)
+    if normalise:
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs.to(logits.dtype)
 
 
 class Qwen3VLAdapter(Qwen2VLAdapter):
@@ -70,3 +83,8 @@ class Qwen3VLMoeAdapter(Qwen3VLAdapter):
         "experts": ("model.language_model.layers.*.mlp.experts",),
     }
     lora_parameters: ClassVar = {"experts": ("gate_up_proj", "down_proj")}
+
+    def route_weights(self, router: nn.Module, logits: Tensor, indices: Tensor) -> Tensor:
+        """Routing replay's combine weights [N, k] (`vlrl.models.routing`): softmax -> gather ->
+        renormalise (Qwen3VLMoeTextTopKRouter always renormalises)."""
+        return softmax_top_weights(logits, indices)
