@@ -5,7 +5,15 @@ import typing
 import pytest
 import torch
 
-from vlrl.algos import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, aggregate, get
+from vlrl.algos import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    MISMATCH_CORRECTIONS,
+    POLICY_LOSSES,
+    aggregate,
+    get,
+)
 from vlrl.config import AlgoSection
 from vlrl.config.sections import GROUP_RELATIVE_ADVANTAGES
 
@@ -19,7 +27,12 @@ def test_unknown_advantage_lists_valid_names():
 
 @pytest.mark.parametrize(
     ("table", "kind"),
-    [(POLICY_LOSSES, "policy loss"), (AGGREGATIONS, "aggregation"), (KL_ESTIMATORS, "KL estimator")],
+    [
+        (POLICY_LOSSES, "policy loss"),
+        (AGGREGATIONS, "aggregation"),
+        (KL_ESTIMATORS, "KL estimator"),
+        (MISMATCH_CORRECTIONS, "rollout correction"),
+    ],
 )
 def test_unknown_names_in_every_table(table, kind):
     with pytest.raises(ValueError, match=f"unknown {kind} 'nope'; valid: " + ", ".join(sorted(table))):
@@ -39,6 +52,7 @@ def test_known_name_returns_entry_and_aggregate_checks_mode():
         ("policy_loss", POLICY_LOSSES),
         ("loss_agg", AGGREGATIONS),
         ("kl_estimator", KL_ESTIMATORS),
+        ("rollout_correction", MISMATCH_CORRECTIONS),
     ],
 )
 def test_config_names_are_exactly_the_table_names(field, table):

@@ -35,11 +35,27 @@ class LossConfig:
     clip_ratio_c: float | None = None
     """Dual-clip constant c > 1 (Ye et al. 2020, arXiv 1912.09729): for A < 0 the loss is capped at
     -c * A so a huge ratio cannot give an unbounded update. None disables it (verl uses 3.0)."""
+    cispo_clip_low: float | None = None
+    """CISPO's IS weight is at least 1 - cispo_clip_low; None: no lower bound (MiniMax-M1's setting)."""
+    cispo_clip_high: float = 3.0
+    """CISPO's IS weight is at most 1 + cispo_clip_high (4, as Tinker's CISPO default)."""
+    sapo_tau_pos: float = 1.0
+    """SAPO gate temperature for tokens with A > 0 (the paper's tau_pos = 1.0)."""
+    sapo_tau_neg: float = 1.05
+    """SAPO gate temperature for tokens with A <= 0 (tau_neg = 1.05 > tau_pos: negative updates decay faster)."""
 
     @classmethod
     def from_config(cls, algo: AlgoSection) -> LossConfig:
-        """The knobs as the run's `algo` section sets them (clip_low, clip_high, dual_clip)."""
-        return cls(clip_low=algo.clip_low, clip_high=algo.clip_high, clip_ratio_c=algo.dual_clip)
+        """The knobs as the run's `algo` section sets them (clip_low, clip_high, dual_clip, cispo_*, sapo_*)."""
+        return cls(
+            clip_low=algo.clip_low,
+            clip_high=algo.clip_high,
+            clip_ratio_c=algo.dual_clip,
+            cispo_clip_low=algo.cispo_clip_low,
+            cispo_clip_high=algo.cispo_clip_high,
+            sapo_tau_pos=algo.sapo_tau_pos,
+            sapo_tau_neg=algo.sapo_tau_neg,
+        )
 
     def __post_init__(self) -> None:
         if not 0 <= self.clip_low < 1:
@@ -48,6 +64,13 @@ class LossConfig:
             raise ValueError(f"clip_high must be >= 0, got {self.clip_high}")
         if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
             raise ValueError(f"clip_ratio_c must be > 1 or None, got {self.clip_ratio_c}")
+        if self.cispo_clip_low is not None and not 0 <= self.cispo_clip_low <= 1:
+            raise ValueError(f"cispo_clip_low must be in [0, 1] or None, got {self.cispo_clip_low}")
+        if self.cispo_clip_high < 0:
+            raise ValueError(f"cispo_clip_high must be >= 0, got {self.cispo_clip_high}")
+        for name in ("sapo_tau_pos", "sapo_tau_neg"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 def _clipped_surrogate(ratio: Tensor, adv: Tensor, cfg: LossConfig) -> tuple[Tensor, Tensor]:
@@ -122,10 +145,50 @@ def reinforce(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
     return _finish(loss, ratio, torch.zeros_like(valid), log_ratio, mask)
 
 
+def cispo(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, cfg: LossConfig):
+    """CISPO, Clipped IS-weight Policy Optimization (MiniMax-M1, arXiv 2506.13585, eqs. 4-5).
+
+    loss_t = -sg(r^_t) A logp_t with r^_t = clip(r_t, 1 - eps_low, 1 + eps_high), r_t = exp(logp_t -
+    old_logp_t): REINFORCE with a truncated, stop-gradient importance weight, so unlike PPO's clip no
+    token's gradient is ever zeroed (d loss_t / d logp_t = -r^_t A). MiniMax-M1 sets no lower bound
+    (cispo_clip_low None) and tunes only eps_high. Normalised by all tokens of the group in the paper
+    (`token_mean`). clip_frac counts tokens whose weight was truncated.
+    logp/old_logp/mask [B, T], advantages [B] -> loss [B, T], metrics.
+    """
+    valid = mask.bool()
+    log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp))
+    ratio = log_ratio.detach().clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
+    low = 0.0 if cfg.cispo_clip_low is None else 1 - cfg.cispo_clip_low
+    weight = ratio.clamp(low, 1 + cfg.cispo_clip_high)
+    loss = -weight * advantages[:, None] * torch.where(valid, logp, torch.zeros_like(logp))
+    return _finish(loss, ratio, weight != ratio, log_ratio.detach(), mask)
+
+
+def sapo(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, cfg: LossConfig):
+    """SAPO, Soft Adaptive Policy Optimization (Gao et al., Qwen, arXiv 2511.20347): a soft gate, no clip.
+
+    loss_t = -f(r_t) A with f(r) = (4 / tau) sigmoid(tau (r - 1)), tau = sapo_tau_pos where A > 0 and
+    sapo_tau_neg otherwise (the paper: 1.0 and 1.05). The gradient is -w_t r_t A grad logp_t with
+    w_t = 4 s (1 - s), s = sigmoid(tau (r_t - 1)): exactly the policy gradient at r = 1 (w = 1), decaying
+    smoothly as the ratio leaves 1, faster for negative advantages. The paper averages per sequence
+    (`seq_mean_token_mean`). Nothing is hard-clipped: clip_frac is 0.
+    logp/old_logp/mask [B, T], advantages [B] -> loss [B, T], metrics.
+    """
+    valid = mask.bool()
+    log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp))
+    ratio = log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
+    adv = advantages[:, None]
+    tau = torch.where(adv > 0, cfg.sapo_tau_pos, cfg.sapo_tau_neg).to(ratio.dtype)  # [B, 1]
+    loss = -(4 / tau) * torch.sigmoid(tau * (ratio - 1)) * adv
+    return _finish(loss, ratio, torch.zeros_like(valid), log_ratio, mask)
+
+
 PolicyLoss = Callable[[Tensor, Tensor, Tensor, Tensor, LossConfig], tuple[Tensor, dict[str, Tensor]]]
 
 POLICY_LOSSES: dict[str, PolicyLoss] = {
     "ppo_clip": ppo_clip,
     "gspo": gspo,
     "reinforce": reinforce,
+    "cispo": cispo,
+    "sapo": sapo,
 }

@@ -349,9 +349,10 @@ class RewardSection(Section):
 # Names of the tables in vlrl.algos. config sits below algos and cannot import them, so they are
 # spelled here; tests/algos/test_algos_registry.py fails when the two drift apart.
 AdvantageName = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
-PolicyLossName = Literal["ppo_clip", "gspo", "reinforce"]
+PolicyLossName = Literal["ppo_clip", "gspo", "reinforce", "cispo", "sapo"]
 LossAggName = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 KLEstimatorName = Literal["k1", "k2", "k3"]
+MismatchCorrectionName = Literal["none", "tis_token", "tis_seq", "mis_token", "mis_seq"]
 
 # Estimators that compare a response with the others of its group (group mean or std): with one
 # response per prompt every advantage is 0 and the run silently learns nothing.
@@ -395,6 +396,52 @@ class AlgoSection(Section):
         1, ge=1, description="Updates per rollout batch (mu in the GRPO paper); 1 with policy_loss reinforce."
     )
     entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus; 0 disables it.")
+    cispo_clip_low: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="policy_loss cispo (MiniMax-M1, arXiv 2506.13585): its stop-gradient IS weight is at"
+        " least 1 - cispo_clip_low; None sets no lower bound, as the paper does.",
+    )
+    cispo_clip_high: float = Field(
+        3.0,
+        ge=0,
+        description="policy_loss cispo: the IS weight is at most 1 + cispo_clip_high (the paper's"
+        " eps_high^IS, the one it tunes; 3.0 caps it at 4 as Tinker's CISPO). Separate from clip_low /"
+        " clip_high: those bound PPO's trust region, this truncates a weight that keeps its token's gradient.",
+    )
+    sapo_tau_pos: float = Field(
+        1.0,
+        gt=0,
+        description="policy_loss sapo (arXiv 2511.20347): temperature of the soft gate"
+        " (4/tau) sigmoid(tau (ratio - 1)) for positive advantages; the paper's 1.0.",
+    )
+    sapo_tau_neg: float = Field(
+        1.05,
+        gt=0,
+        description="policy_loss sapo: gate temperature for negative advantages; the paper's 1.05"
+        " (above sapo_tau_pos, so negative updates fade faster as the ratio leaves 1).",
+    )
+    rollout_correction: MismatchCorrectionName = Field(
+        "none",
+        description="Correct the rollout/training mismatch with the sampler's log-probs"
+        " (vlrl.algos.MISMATCH_CORRECTIONS): truncated (tis) or masked (mis) importance sampling, per"
+        " token or per sequence. none with rollout.backend hf (its sampler is the training model);"
+        " tis_token recommended with vllm or server. The mismatch/* metrics are logged in every case.",
+    )
+    rollout_is_threshold: float = Field(
+        2.0,
+        gt=1,
+        description="Upper threshold C of rollout_correction: tis truncates the weight"
+        " pi_train / pi_sampler at C, mis drops tokens (sequences) whose weight is above C.",
+    )
+    rollout_is_threshold_lower: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="mis drops tokens (sequences) whose weight is below this; None: 1 / rollout_is_threshold.",
+    )
+
 
     @model_validator(mode="after")
     def _gspo_averages_sequences(self) -> AlgoSection:

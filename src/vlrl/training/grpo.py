@@ -13,6 +13,9 @@ Departures from the textbook algorithm, all deliberate:
 - With `algo.ppo_epochs == 1` the update is on-policy and the old log-probs are the current ones
   detached (ratio 1, as in DeepSeekMath's mu = 1 case) — one forward pass saved per micro-batch.
 - The vision placeholders are masked out of the distribution in rollout and update alike.
+- The sampler's own log-probs (`Completion.logprobs`, every backend) are compared with the old
+  policy's each step (`mismatch/*` metrics); `algo.rollout_correction` turns the ratio into
+  truncated or masked importance weights on the policy loss (`vlrl.algos.MISMATCH_CORRECTIONS`).
 - A step with nothing to learn from (DAPO dynamic sampling kept no group with differing rewards
   after its extra rounds) or with a NaN / infinite gradient makes no update but still counts as
   a step (`vlrl.training.run`), logged as `train/skipped_no_signal` / `train/skipped_nonfinite`.
@@ -35,8 +38,10 @@ import torch
 from vlrl.algos import (
     ADVANTAGES,
     KL_ESTIMATORS,
+    MISMATCH_CORRECTIONS,
     POLICY_LOSSES,
     LossConfig,
+    MismatchConfig,
     aggregate,
     aggregation_denominator,
     get,
@@ -270,6 +275,8 @@ class GRPOTrainer(TrainingRun):
         denom = aggregation_denominator(mask_all, a.loss_agg)
         loss_fn = get(POLICY_LOSSES, a.policy_loss, "policy loss")
         loss_cfg = LossConfig.from_config(a)
+        correct = get(MISMATCH_CORRECTIONS, a.rollout_correction, "rollout correction")
+        mismatch_cfg, mismatch_max = MismatchConfig.from_config(a), 0.0
         need_old = a.ppo_epochs > 1
         t0 = time.perf_counter()
         vision = self.policy.vision_caches(batch.prompts)
@@ -310,6 +317,11 @@ class GRPOTrainer(TrainingRun):
                 adv = batch.advantages[rows].to(logp.device)
                 old_logp = old[k] if need_old else logp.detach()
                 loss_mat, m = loss_fn(logp, old_logp, adv, mask, loss_cfg)
+                # The sampler's log-probs against the old policy's: weights (1 with `none`) and metrics.
+                is_weight, mm = correct(old_logp, _behaviour(batch, rows, logp), mask, mismatch_cfg)
+                loss_mat = loss_mat * is_weight
+                mismatch_max = max(mismatch_max, float(mm.pop("log_ratio_max_abs")))
+                m |= {f"mismatch/{key}": value for key, value in mm.items()}
                 if ref is not None:
                     kl = get(KL_ESTIMATORS, a.kl_estimator, "KL estimator")(logp, ref[k])
                     loss_mat = loss_mat + a.kl_beta * kl
@@ -336,6 +348,7 @@ class GRPOTrainer(TrainingRun):
         self.scheduler.step()
         timing["update"] = time.perf_counter() - t0
         metrics = {k: v / epochs for k, v in all_reduce_sums(sums, "loss metrics").items()}
+        metrics["mismatch/log_ratio_max_abs"] = max(all_gather_objects(mismatch_max, "mismatch max"))
         metrics["grad_norm"] = float(grad_norm)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         if self.rollout_routes:
@@ -515,6 +528,19 @@ class GRPOTrainer(TrainingRun):
                 )
             )
         return records
+
+
+def _behaviour(batch: GroupBatch, rows: list[int], logp: torch.Tensor) -> torch.Tensor:
+    """[rows, T] as logp: the sampler's log-prob of each response token (`Completion.logprobs`), 0-padded."""
+    out = torch.zeros(len(rows), logp.shape[1], device=logp.device)
+    flat = batch.flat
+    for i, row in enumerate(rows):
+        lp = flat[row].logprobs
+        if lp.numel() != flat[row].token_ids.numel():
+            n = flat[row].token_ids.numel()
+            raise ValueError(f"the rollout backend gave {lp.numel()} log-probs for {n} sampled tokens")
+        out[i, : lp.numel()] = lp.to(out.device)
+    return out
 
 
 def _skip_reason(batch: GroupBatch, metrics: dict[str, float]) -> str | None:
