@@ -35,26 +35,44 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
+def odd_dtype_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules whose own parameters are of another dtype than most of the model's: MoE routers kept
+    in float32 in a bfloat16 model (model.router_dtype). FSDP2 refuses a unit whose parameters mix
+    dtypes, so each becomes a unit of its own."""
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    if len(counts) < 2:
+        return []
+    common = max(counts, key=counts.get)
+    return [m for m in model.modules() if any(p.dtype != common for p in m.parameters(recurse=False))]
+
+
 def shard_model(
     model: nn.Module, param_dtype: str | None = None, reduce_dtype: str = "float32", cpu_offload: bool = False
 ) -> nn.Module:
     """Apply FSDP2 to every unit, then to the root; returns the (same, now sharded) model.
 
     `param_dtype` is the dtype of the gathered weights used in compute (None: the stored dtype);
-    `reduce_dtype` that of the gradient reduction.
+    `reduce_dtype` that of the gradient reduction. Modules kept in another dtype on purpose (float32
+    routers) are units of their own, gathered in their stored dtype whatever `param_dtype` says.
     """
-    policy = MixedPrecisionPolicy(
-        param_dtype=getattr(torch, param_dtype) if param_dtype else None,
-        reduce_dtype=getattr(torch, reduce_dtype),
-    )
-    kwargs = {"mp_policy": policy}
-    if cpu_offload:
-        kwargs["offload_policy"] = CPUOffloadPolicy()
+    offload = {"offload_policy": CPUOffloadPolicy()} if cpu_offload else {}
+    reduce = getattr(torch, reduce_dtype)
+    kwargs = {
+        "mp_policy": MixedPrecisionPolicy(
+            param_dtype=getattr(torch, param_dtype) if param_dtype else None, reduce_dtype=reduce
+        ),
+        **offload,
+    }
     units = shard_units(model)
     if not units:
         raise ValueError(
             f"{type(model).__name__} declares no _no_split_modules: vlrl cannot tell its layers apart to shard them"
         )
+    # Inner units first: FSDP2 shards bottom-up, each unit taking the parameters no inner unit holds.
+    for module in odd_dtype_modules(model):
+        fully_shard(module, mp_policy=MixedPrecisionPolicy(reduce_dtype=reduce), **offload)
     for unit in units:
         fully_shard(unit, **kwargs)
     fully_shard(model, **kwargs)
