@@ -1,6 +1,8 @@
-"""Aria: inputs (padded squares with a pixel mask, 16 image tokens), the vision cache, the shared
-prefix, module groups (router, experts; shared experts in language), the router rule, LoRA on the
-fused experts, save -> load, generation, boxes, and the real architecture's parameter counts."""
+"""Aria: inputs (padded squares with a pixel mask, 16 image tokens), positions, module groups
+(router, experts; shared experts in language), the router rule, LoRA targets, the checkpoint's
+own layout, boxes, the real config and the real architecture's parameter counts. What every
+family keeps (vision cache, prefill, shared prefix, LoRA training, experts kernels, save -> load,
+generation) is in tests/models/test_family_contract.py."""
 
 from __future__ import annotations
 
@@ -8,18 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AriaConfig, AutoModelForImageTextToText
 
 from vlrl.config import load_config
 from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
-from vlrl.models.adapters import AriaAdapter, VisionCache, adapter_for
+from vlrl.models.adapters import AriaAdapter, adapter_for
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
-from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
-from vlrl.rollout import HFRolloutBackend, SamplingParams
 from vlrl.training.setup import check_model_groups
 
 PLAIN = TEMPLATES["answer_only"]
@@ -79,113 +78,29 @@ def test_pixel_bounds_are_refused_with_the_reason(lm):
         AriaAdapter(lm.processor, max_pixels=448 * 448)
 
 
-def test_left_padded_batch_with_adapter_positions_matches_each_prompt_alone(lm, images):
-    """Plain 1-D positions that skip the left padding: each row of a left-padded batch gets the
-    logits of its prompt alone (what the shared-prefix rollout and scoring run)."""
+def test_left_padded_positions_are_1d_and_skip_the_padding(lm, images):
+    """Plain 1-D positions that skip the left padding (that each row then gets its prompt's own
+    logits is the family contract's check)."""
     prompts = _prompts(lm.adapter, images)
-    pad = lm.adapter.tokenizer.pad_token_id
-    batch = collate(prompts, pad, padding_side="left")
+    batch = collate(prompts, lm.adapter.tokenizer.pad_token_id, padding_side="left")
     pos = lm.adapter.position_ids(lm.model, batch)
     assert pos.shape == batch["input_ids"].shape
-    with torch.no_grad():
-        together = lm.model(**batch, position_ids=pos).logits
-        for row, prompt in enumerate(prompts):
-            real = batch["attention_mask"][row].bool()
-            assert pos[row, real].tolist() == list(range(prompt.length))
-            alone = lm.model(**collate([prompt], pad)).logits[0]
-            torch.testing.assert_close(together[row, real], alone, atol=1e-5, rtol=1e-4)
-
-
-# ---- the vision cache and the shared prefix ----------------------------------------------------
-
-
-def test_cached_vision_gives_the_same_logprobs(lm, images):
-    a = lm.adapter
-    prompts = _prompts(a, images)[:2]
-    responses = [torch.tensor([5, 6, 7]), torch.tensor([8, 9])]
-    seqs = [p.with_response(r) for p, r in zip(prompts, responses, strict=True)]
-    blocked = torch.tensor(a.placeholder_token_ids())
-    args = (lm.model, seqs, [3, 2], a.tokenizer.pad_token_id, 1.0, blocked)
-    with torch.no_grad():
-        plain, _ = response_logprobs(*args)
-        cache = VisionCache.concat([a.vision_cache(lm.model, p.vision) for p in prompts])
-        cached, _ = response_logprobs(*args, adapter=a, vision=cache)
-        # The cache holds the projector's output only: 3 images x 16 queries x hidden 64.
-        assert list(cache.output.keys()) == ["pooler_output"]
-        assert cache.output["pooler_output"].shape == (3, 16, 64)
-        zeros = VisionCache(type(cache.output)(pooler_output=torch.zeros_like(cache.output["pooler_output"])))
-        blind, _ = response_logprobs(*args, adapter=a, vision=zeros)
-    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
-    assert (blind - plain).abs().max() > 1e-3  # the cached features do matter
-
-
-def test_grouped_logprobs_match_full_passes_in_value_and_gradient(lm, images):
-    """The shared-prefix path (`shared_prefix` is True): one pass per prompt, rows continuing its
-    cache == one prompt + response pass per row; rows out of order, prompt 0 with three rows. The
-    routed experts, shared experts and routers get the same gradient both ways."""
-    a = lm.adapter
-    assert a.shared_prefix
-    prompts = _prompts(a, images)[:2]
-    row_prompt = [0, 1, 0, 0]
-    responses = [
-        torch.tensor([5, 6, 7]),
-        torch.tensor([8, 9]),
-        torch.tensor([10]),
-        torch.tensor([11, 12, 13, 14]),
-    ]
-    lengths = [r.numel() for r in responses]
-    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
-    blocked = torch.tensor(a.blocked_token_ids(lm.model.get_input_embeddings().num_embeddings))
-    pad = a.tokenizer.pad_token_id
-    weights = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
-
-    def run(grouped: bool):
-        lm.model.zero_grad()
-        if grouped:
-            logp, ent = grouped_response_logprobs(
-                lm.model, a, prompts, row_prompt, responses, pad, 0.7, blocked, True, entropy_grad=True
-            )
-        else:
-            seqs = [prompts[p].with_response(r) for p, r in zip(row_prompt, responses, strict=True)]
-            logp, ent = response_logprobs(lm.model, seqs, lengths, pad, 0.7, blocked, True, entropy_grad=True)
-        ((logp + ent) * weights * mask).sum().backward()
-        grads = {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
-        lm.model.zero_grad()
-        return logp * mask, ent * mask, grads
-
-    full, grouped = run(False), run(True)
-    torch.testing.assert_close(grouped[0], full[0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(grouped[1], full[1], atol=1e-5, rtol=1e-4)
-    assert grouped[2].keys() == full[2].keys()
-    names = " ".join(full[2])
-    for part in (
-        "vision_tower",
-        "multi_modal_projector",
-        "mlp.router.weight",
-        "mlp.experts.gate_up_proj",
-        "shared_experts",
-    ):
-        assert part in names, part
-    for name, g in full[2].items():
-        torch.testing.assert_close(grouped[2][name], g, atol=1e-5, rtol=1e-3, msg=name)
+    for row, prompt in enumerate(prompts):
+        real = batch["attention_mask"][row].bool()
+        assert pos[row, real].tolist() == list(range(prompt.length))
 
 
 # ---- module groups, router, LoRA ---------------------------------------------------------------
 
 
-def test_groups_cover_every_parameter_once(lm):
+def test_groups_keep_input_major_experts_and_the_shared_experts_in_language(lm):
     groups = lm.adapter.parameter_groups(lm.model)
-    assert list(groups) == ["vision", "connector", "language", "router", "experts"]
-    names = [n for g in groups.values() for n, _ in g]
-    assert sorted(names) == sorted(n for n, _ in lm.model.named_parameters())
-    assert all(groups.values())
     layers = lm.model.config.text_config.num_hidden_layers
     assert sorted(n for n, _ in groups["router"]) == [
         f"model.language_model.layers.{i}.mlp.router.weight" for i in range(layers)
     ]
     # Fused experts stored input-major: gate_up_proj [E, H, 2I], down_proj [E, I, H]; E = 4, H = 64, I = 96.
     shapes = {n.rpartition(".")[2]: tuple(p.shape) for n, p in groups["experts"]}
-    assert len(groups["experts"]) == 2 * layers
     assert shapes == {"gate_up_proj": (4, 64, 192), "down_proj": (4, 96, 64)}
     # Shared experts see every token, are not routed: they stay in language.
     shared = [n for n, _ in groups["language"] if ".shared_experts." in n]
@@ -219,91 +134,23 @@ def test_router_softmaxes_over_the_top_k_logits(lm):
     torch.testing.assert_close(logits[0], torch.tensor([2.0, 1.0, 0.0, -1.0]))
 
 
-def test_lora_reaches_the_fused_experts_and_trains_them(tiny_models, images):
-    lm = load_model(tiny_models["aria"])
-    a = lm.adapter
-    batch = collate([a.encode(_sample([images["small"]]), PLAIN, response="<answer>1</answer>")], 0)
-    with torch.no_grad():
-        base = lm.model(**batch).logits
-    modules, parameters = a.lora_targets(lm.model, ("language", "experts", "router"))
-    assert a.lora_targets(lm.model, ("router",)) == ([], [])  # the router has no LoRA target
-    assert sorted(p.rpartition(".")[2] for p in parameters) == [
-        "down_proj",
-        "down_proj",
-        "gate_up_proj",
-        "gate_up_proj",
-    ]
+def test_lora_targets_attention_the_shared_experts_and_the_fused_experts(lm):
+    """The family contract trains them all; here, which they are."""
+    modules, parameters = lm.adapter.lora_targets(lm.model, ("language", "experts", "router"))
+    assert sorted(p.rpartition(".")[2] for p in parameters) == ["down_proj"] * 2 + ["gate_up_proj"] * 2
     # The language group's linears: attention and the shared experts (2 layers x 4 + 3).
     assert len(modules) == 14 and sum(".shared_experts." in m for m in modules) == 6
     # The projector's MultiheadAttention out_proj is never called as a module: not a target.
-    connector, _ = a.lora_targets(lm.model, ("connector",))
+    connector, _ = lm.adapter.lora_targets(lm.model, ("connector",))
     assert connector and not any("multihead_attn" in m for m in connector)
-    model = get_peft_model(
-        lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=modules, target_parameters=parameters)
-    )
-    torch.manual_seed(0)
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.1)  # peft starts B at 0: make the adapters matter
-    groups = a.parameter_groups(model)
-    expert_lora = [(n, p) for n, p in groups["experts"] if "lora_" in n]
-    assert len(expert_lora) == 8  # A and B for gate_up_proj and down_proj, 2 layers
-    assert {g for g, ps in groups.items() for n, _ in ps if "lora_" in n} == {"language", "experts"}
-    out = model(**batch).logits
-    assert (out - base).abs().max() > 1e-3
-    out.float().logsumexp(-1).sum().backward()
-    for n, p in expert_lora:
-        assert p.grad is not None and p.grad.abs().sum() > 0, n
-    with model.disable_adapter(), torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, base, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kernel", ["grouped_mm", "batched_mm"])
-def test_experts_kernels_match_eager(tiny_models, images, kernel):
-    """transformers' grouped_mm and batched_mm expert kernels (model.experts_implementation) run
-    forward and backward on CPU and equal the eager loop over experts (Aria's fused weights are
-    input-major: `is_transposed`)."""
-    path = tiny_models["aria"]
-    results = {}
-    for impl in ("eager", kernel):
-        lm = load_model(path, experts_implementation=impl)
-        assert lm.model.config.text_config._experts_implementation == impl
-        items = [
-            lm.adapter.encode(_sample([images[k]]), PLAIN, response="<answer>3</answer>")
-            for k in ("small", "big")
-        ]
-        logits = lm.model(**collate(items, lm.adapter.tokenizer.pad_token_id)).logits
-        logits.float().logsumexp(-1).sum().backward()
-        results[impl] = (
-            logits.detach(),
-            {n: p.grad for n, p in lm.model.named_parameters() if ".experts." in n},
-        )
-    torch.testing.assert_close(results[kernel][0], results["eager"][0], atol=1e-5, rtol=1e-5)
-    for name, grad in results["eager"][1].items():
-        assert grad.abs().sum() > 0
-        torch.testing.assert_close(results[kernel][1][name], grad, atol=1e-4, rtol=1e-4, msg=name)
+# ---- checkpoints, boxes ------------------------------------------------------------
 
 
-# ---- checkpoints, generation, boxes ------------------------------------------------------------
-
-
-def test_save_load_round_trip_keeps_weights_processor_and_outputs(lm, images, tmp_path):
-    lm.model.save_pretrained(tmp_path)
+def test_saved_processor_keeps_the_image_size(lm, tmp_path):
     lm.processor.save_pretrained(tmp_path)
-    again = load_model(tmp_path)
-    assert type(again.adapter) is AriaAdapter and again.adapter.family == "aria"
-    assert type(again.processor).__name__ == "AriaProcessor"
-    assert again.processor.image_processor.max_image_size == 490
-    before, after = lm.model.state_dict(), again.model.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    enc = again.adapter.encode(_sample([images["big"]]), PLAIN)
-    ref = lm.adapter.encode(_sample([images["big"]]), PLAIN)
-    assert torch.equal(enc.tokens["input_ids"], ref.tokens["input_ids"])
-    assert torch.equal(enc.vision["pixel_values"], ref.vision["pixel_values"])
-    batch = collate([enc], 0)
-    with torch.no_grad():
-        assert torch.equal(again.model(**batch).logits, lm.model(**batch).logits)
+    assert type(lm.processor).from_pretrained(tmp_path).image_processor.max_image_size == 490
 
 
 def test_checkpoint_keeps_arias_own_layout(lm, tiny_models):
@@ -323,31 +170,6 @@ def test_checkpoint_keeps_arias_own_layout(lm, tiny_models):
         assert torch.equal(layer.mlp.experts.down_proj, files[prefix + "experts.fc2.weight"])
         assert torch.equal(layer.mlp.router.weight, files[prefix + "router.weight"])
     assert len(files) == len(lm.model.state_dict())
-
-
-def test_hf_backend_greedy_matches_model_generate(lm, images):
-    """vlrl's shared-prefix backend (left padding, explicit decode positions) decodes what
-    transformers' generate decodes for each prompt alone."""
-    prompts = _prompts(lm.adapter, images)
-    groups = HFRolloutBackend(lm.model, lm.adapter).generate(prompts, SamplingParams(2, 12, temperature=0))
-    vocab = lm.model.get_output_embeddings().weight.shape[0]
-    banned = lm.adapter.blocked_token_ids(vocab)
-    for prompt, group in zip(prompts, groups, strict=True):
-        ref = lm.model.generate(
-            **collate([prompt], lm.adapter.tokenizer.pad_token_id),
-            do_sample=False,
-            max_new_tokens=12,
-            suppress_tokens=banned,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
-        ids = ref.sequences[0, prompt.length :]
-        logits = torch.cat(ref.logits).float()
-        logits[:, banned] = float("-inf")
-        ref_logp = logits.log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1)
-        for c in group:
-            assert c.token_ids.tolist() == ids.tolist()
-            torch.testing.assert_close(c.logprobs, ref_logp, atol=1e-4, rtol=0)
 
 
 def test_boxes_are_normalised_to_1000(lm):

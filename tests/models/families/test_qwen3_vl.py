@@ -1,6 +1,7 @@
-"""Qwen3-VL and Qwen3-VL-MoE: inputs and M-RoPE positions, DeepStack features in the vision cache,
-the shared prefix, module groups (router, experts), LoRA on the fused experts, the experts
-kernels, save -> load, generation, and the real architectures' parameter counts."""
+"""Qwen3-VL and Qwen3-VL-MoE: inputs and M-RoPE positions, DeepStack features in the vision cache
+and the connector, the router rule, LoRA targets, the checkpoint's expert layout, boxes, and the
+real architectures' parameter counts and configs. What every family keeps (vision cache, shared
+prefix, LoRA training, save -> load, generation) is in tests/models/test_family_contract.py."""
 
 from __future__ import annotations
 
@@ -8,18 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, Qwen3VLConfig, Qwen3VLMoeConfig
 
 from vlrl.config import load_config
 from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
-from vlrl.models.adapters import VisionCache, adapter_class
+from vlrl.models.adapters import VisionCache
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
-from vlrl.models.logprobs import grouped_response_logprobs, response_logprobs
-from vlrl.rollout import HFRolloutBackend, SamplingParams
 
 FAMILIES = ("qwen3_vl", "qwen3_vl_moe")
 PLAIN = TEMPLATES["answer_only"]
@@ -89,127 +87,37 @@ def test_positions_spread_images_on_a_grid_and_ignore_padding(loaded, images, fa
     assert all(text[i].tolist() == list(range(prompts[2].length)) for i in range(3))
 
 
+# ---- DeepStack, module groups, router, LoRA targets, checkpoint layout -----------------------
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_left_padded_batch_with_adapter_positions_matches_each_prompt_alone(loaded, images, family):
-    """What the shared-prefix rollout and scoring run: a left-padded batch with explicit positions
-    gives each row the logits the model computes for that prompt alone (its own positions)."""
+def test_vision_cache_holds_both_deepstack_taps(loaded, images, family):
+    """The cache keeps DeepStack's features beside the merged ones (the family contract checks
+    that zeroing them moves the log-probs): 2 taps, each the 3 images' features (16, 54, 16)."""
     lm = loaded[family]
-    prompts = _prompts(lm.adapter, images)
-    pad = lm.adapter.tokenizer.pad_token_id
-    batch = collate(prompts, pad, padding_side="left")
+    prompts = _prompts(lm.adapter, images)[:2]
     with torch.no_grad():
-        together = lm.model(**batch, position_ids=lm.adapter.position_ids(lm.model, batch)).logits
-        for row, prompt in enumerate(prompts):
-            alone = lm.model(**collate([prompt], pad)).logits[0]
-            real = batch["attention_mask"][row].bool()
-            torch.testing.assert_close(together[row, real], alone, atol=1e-5, rtol=1e-4)
-
-
-# ---- DeepStack and the vision cache ---------------------------------------------------------
+        cache = VisionCache.concat([lm.adapter.vision_cache(lm.model, p.vision) for p in prompts])
+    deep = cache.output["deepstack_features"]
+    assert len(deep) == len(lm.model.config.vision_config.deepstack_visual_indexes) == 2
+    assert [[t.shape[0] for t in layer] for layer in deep] == [[16, 54, 16]] * 2
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_cached_vision_with_deepstack_gives_the_same_logprobs(loaded, images, family):
-    lm = loaded[family]
-    a = lm.adapter
-    prompts = _prompts(a, images)[:2]
-    seqs = [
-        p.with_response(r)
-        for p, r in zip(prompts, [torch.tensor([5, 6, 7]), torch.tensor([8, 9])], strict=True)
-    ]
-    blocked = torch.tensor(a.placeholder_token_ids())
-    args = (lm.model, seqs, [3, 2], a.tokenizer.pad_token_id, 1.0, blocked)
-    with torch.no_grad():
-        plain, _ = response_logprobs(*args)
-        cache = VisionCache.concat([a.vision_cache(lm.model, p.vision) for p in prompts])
-        cached, _ = response_logprobs(*args, adapter=a, vision=cache)
-        # The cache holds both DeepStack taps, each as the 3 images' features (16, 54, 16 tokens).
-        deep = cache.output["deepstack_features"]
-        assert len(deep) == len(lm.model.config.vision_config.deepstack_visual_indexes) == 2
-        assert [[t.shape[0] for t in layer] for layer in deep] == [[16, 54, 16]] * 2
-        without = type(cache.output)(
-            pooler_output=cache.output["pooler_output"],
-            deepstack_features=[[torch.zeros_like(t) for t in layer] for layer in deep],
-        )
-        no_deepstack, _ = response_logprobs(*args, adapter=a, vision=VisionCache(without))
-    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
-    # The equality is not vacuous: the DeepStack features do move these log-probs.
-    assert (no_deepstack - plain).abs().max() > 1e-2
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_grouped_logprobs_match_full_passes_in_value_and_gradient(loaded, images, family):
-    """The shared-prefix path (`shared_prefix` is True): one pass per prompt, rows continuing its
-    cache == one prompt + response pass per row; rows out of order, prompt 0 with three rows."""
-    lm = loaded[family]
-    a = lm.adapter
-    assert a.shared_prefix
-    prompts = _prompts(a, images)[:2]
-    row_prompt = [0, 1, 0, 0]
-    responses = [
-        torch.tensor([5, 6, 7]),
-        torch.tensor([8, 9]),
-        torch.tensor([10]),
-        torch.tensor([11, 12, 13, 14]),
-    ]
-    lengths = [r.numel() for r in responses]
-    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
-    blocked = torch.tensor(a.blocked_token_ids(lm.model.get_input_embeddings().num_embeddings))
-    pad = a.tokenizer.pad_token_id
-    weights = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
-
-    def run(grouped: bool):
-        lm.model.zero_grad()
-        if grouped:
-            logp, ent = grouped_response_logprobs(
-                lm.model, a, prompts, row_prompt, responses, pad, 0.7, blocked, True, entropy_grad=True
-            )
-        else:
-            seqs = [prompts[p].with_response(r) for p, r in zip(row_prompt, responses, strict=True)]
-            logp, ent = response_logprobs(lm.model, seqs, lengths, pad, 0.7, blocked, True, entropy_grad=True)
-        ((logp + ent) * weights * mask).sum().backward()
-        grads = {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
-        lm.model.zero_grad()
-        return logp * mask, ent * mask, grads
-
-    full, grouped = run(False), run(True)
-    torch.testing.assert_close(grouped[0], full[0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(grouped[1], full[1], atol=1e-5, rtol=1e-4)
-    assert grouped[2].keys() == full[2].keys()
-    # Gradient reaches the vision tower, every deepstack merger and (MoE) routers and experts.
-    reached = {n for n, g in full[2].items() if g.abs().sum() > 0}
-    deepstack = {n.split(".")[3] for n in reached if ".deepstack_merger_list." in n}
-    assert deepstack == {"0", "1"} and any(".visual.blocks." in n for n in reached)
-    if family == "qwen3_vl_moe":
-        assert any(".mlp.gate." in n for n in reached) and any(".mlp.experts." in n for n in reached)
-    for name, g in full[2].items():
-        torch.testing.assert_close(grouped[2][name], g, atol=1e-5, rtol=1e-3, msg=name)
-
-
-# ---- module groups, router, LoRA, experts kernel --------------------------------------------
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_groups_cover_every_parameter_once(loaded, family):
+def test_groups_split_deepstack_into_the_connector_and_experts_out_of_language(loaded, family):
     lm = loaded[family]
     groups = lm.adapter.parameter_groups(lm.model)
-    names = [n for g in groups.values() for n, _ in g]
-    assert sorted(names) == sorted(n for n, _ in lm.model.named_parameters())
-    assert all(groups.values())
     connector = {n.split(".")[2] for n, _ in groups["connector"]}
     assert connector == {"merger", "deepstack_merger_list"}
     assert all(n.startswith("model.visual.") for n, _ in groups["vision"] + groups["connector"])
     if family == "qwen3_vl":
-        assert list(groups) == ["vision", "connector", "language"]
         return
-    assert list(groups) == ["vision", "connector", "language", "router", "experts"]
     layers = lm.model.config.text_config.num_hidden_layers
     assert sorted(n for n, _ in groups["router"]) == [
         f"model.language_model.layers.{i}.mlp.gate.weight" for i in range(layers)
     ]
     # Fused experts: gate_up_proj [E, 2I, H] and down_proj [E, H, I] per layer, E = 4, H = 64, I = 48.
     shapes = {n.rpartition(".")[2]: tuple(p.shape) for n, p in groups["experts"]}
-    assert len(groups["experts"]) == 2 * layers
     assert shapes == {"gate_up_proj": (4, 96, 64), "down_proj": (4, 64, 48)}
     # The language group keeps attention, norms, embeddings and head, nothing of the MoE blocks.
     assert not any(".mlp." in n for n, _ in groups["language"])
@@ -228,116 +136,27 @@ def test_router_is_softmax_top_k_renormalised(loaded):
     assert torch.allclose(weights.sum(-1), torch.ones(6))
 
 
-def test_lora_reaches_the_fused_experts_and_trains_them(tiny_models, images):
-    lm = load_model(tiny_models["qwen3_vl_moe"])
-    a = lm.adapter
-    batch = collate([a.encode(_sample([images["small"]]), PLAIN, response="<answer>1</answer>")], 0)
-    with torch.no_grad():
-        base = lm.model(**batch).logits
-    modules, parameters = a.lora_targets(lm.model, ("language", "experts", "router"))
-    assert a.lora_targets(lm.model, ("router",)) == ([], [])  # the router has no LoRA target
+def test_lora_targets_are_attention_and_the_fused_experts(loaded):
+    """The MoE layers have no dense MLP: LoRA adapts attention and, through peft's
+    `target_parameters`, each layer's two fused expert weights (the contract trains them)."""
+    lm = loaded["qwen3_vl_moe"]
+    modules, parameters = lm.adapter.lora_targets(lm.model, ("language", "experts", "router"))
     layers = lm.model.config.text_config.num_hidden_layers
     assert (
         sorted(p.rpartition(".")[2] for p in parameters) == ["down_proj"] * layers + ["gate_up_proj"] * layers
     )
-    assert all(".self_attn." in m for m in modules)  # the MoE layers have no dense MLP
-    model = get_peft_model(
-        lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=modules, target_parameters=parameters)
-    )
-    torch.manual_seed(0)
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.1)  # peft starts B at 0: make the adapters matter
-    groups = a.parameter_groups(model)
-    expert_lora = [(n, p) for n, p in groups["experts"] if "lora_" in n]
-    assert len(expert_lora) == 4 * layers  # A and B for gate_up_proj and down_proj per layer
-    assert {g for g, ps in groups.items() for n, _ in ps if "lora_" in n} == {"language", "experts"}
-    out = model(**batch).logits
-    assert (out - base).abs().max() > 1e-3
-    out.float().logsumexp(-1).sum().backward()
-    for n, p in expert_lora:
-        assert p.grad is not None and p.grad.abs().sum() > 0, n
-    with model.disable_adapter(), torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, base, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("kernel", ["grouped_mm", "batched_mm"])
-def test_experts_kernels_match_eager(tiny_models, loaded, images, kernel):
-    """transformers' grouped_mm and batched_mm expert kernels run forward and backward on CPU
-    (torch 2.13) and equal the eager loop over experts."""
-    path = tiny_models["qwen3_vl_moe"]
-    lm = loaded["qwen3_vl_moe"]
-    items = [
-        lm.adapter.encode(s, PLAIN, response="<answer>3</answer>")
-        for s in (_sample([images["small"]]), _sample([images["big"]]))
-    ]
-    batch = collate(items, lm.adapter.tokenizer.pad_token_id)
-    results = {}
-    for impl in ("eager", kernel):
-        model = AutoModelForImageTextToText.from_pretrained(path, experts_implementation=impl)
-        assert model.config.text_config._experts_implementation == impl
-        logits = model(**batch).logits
-        logits.float().logsumexp(-1).sum().backward()
-        results[impl] = logits.detach(), {n: p.grad for n, p in model.named_parameters() if ".experts." in n}
-    torch.testing.assert_close(results[kernel][0], results["eager"][0], atol=1e-5, rtol=1e-5)
-    for name, grad in results["eager"][1].items():
-        assert grad.abs().sum() > 0
-        torch.testing.assert_close(results[kernel][1][name], grad, atol=1e-4, rtol=1e-4, msg=name)
-
-
-# ---- checkpoints and generation ---------------------------------------------------------------
+    assert len(modules) == 4 * layers and all(".self_attn." in m for m in modules)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_save_load_round_trip_keeps_weights_processor_and_outputs(loaded, images, family, tmp_path):
+def test_checkpoint_holds_the_experts_as_in_memory(loaded, family, tmp_path):
     lm = loaded[family]
     lm.model.save_pretrained(tmp_path)
-    lm.processor.save_pretrained(tmp_path)
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not iterable)
     # transformers 5.25 writes the fused experts as they are in memory ([E, 2I, H], [E, H, I]);
     # the Hub's Qwen3-VL-MoE files hold them transposed, which its loader detects by shape.
     assert saved == {n: tuple(p.shape) for n, p in lm.model.named_parameters()}
-    again = load_model(tmp_path)
-    assert type(again.adapter) is adapter_class(family) and again.adapter.family == family
-    assert type(again.processor).__name__ == "Qwen3VLImageOnlyProcessor"
-    before, after = lm.model.state_dict(), again.model.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    enc = again.adapter.encode(_sample([images["big"]]), PLAIN)
-    assert torch.equal(
-        enc.tokens["input_ids"], lm.adapter.encode(_sample([images["big"]]), PLAIN).tokens["input_ids"]
-    )
-    batch = collate([enc], 0)
-    with torch.no_grad():
-        assert torch.equal(again.model(**batch).logits, lm.model(**batch).logits)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_hf_backend_greedy_matches_model_generate(loaded, images, family):
-    """vlrl's shared-prefix backend (left padding, explicit M-RoPE decode positions, DeepStack in
-    the prefill) decodes what transformers' generate decodes for each prompt alone."""
-    lm = loaded[family]
-    prompts = _prompts(lm.adapter, images)
-    groups = HFRolloutBackend(lm.model, lm.adapter).generate(prompts, SamplingParams(2, 12, temperature=0))
-    vocab = lm.model.get_output_embeddings().weight.shape[0]
-    banned = lm.adapter.blocked_token_ids(vocab)
-    for prompt, group in zip(prompts, groups, strict=True):
-        ref = lm.model.generate(
-            **collate([prompt], lm.adapter.tokenizer.pad_token_id),
-            do_sample=False,
-            max_new_tokens=12,
-            suppress_tokens=banned,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
-        ids = ref.sequences[0, prompt.length :]
-        logits = torch.cat(ref.logits).float()
-        logits[:, banned] = float("-inf")
-        ref_logp = logits.log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1)
-        for c in group:
-            assert c.token_ids.tolist() == ids.tolist()
-            torch.testing.assert_close(c.logprobs, ref_logp, atol=1e-4, rtol=0)
 
 
 def test_boxes_are_normalised_to_1000(loaded):
