@@ -442,7 +442,6 @@ class AlgoSection(Section):
         description="mis drops tokens (sequences) whose weight is below this; None: 1 / rollout_is_threshold.",
     )
 
-
     @model_validator(mode="after")
     def _gspo_averages_sequences(self) -> AlgoSection:
         # GSPO's token-level form has the paper's gradient only when each sequence counts once.
