@@ -65,6 +65,8 @@ ALGORITHMS = {
         "algo.ppo_epochs=2",
     ],
     "rloo": ["algo.advantage=rloo"],
+    "cispo": ["algo.policy_loss=cispo", "algo.ppo_epochs=2"],
+    "sapo": ["algo.policy_loss=sapo", "algo.loss_agg=seq_mean_token_mean", "algo.ppo_epochs=2"],
     "reinforce_pp": ["algo.advantage=reinforce_pp_baseline", "algo.policy_loss=reinforce"],
 }
 
