@@ -18,6 +18,14 @@ For inference on other GPUs or nodes than training (MAYE puts it on a dedicated 
   `image_data`, one row per sample, `return_logprob`; weights through
   `POST /update_weights_from_disk` with a `weight_version`.
 
+Routes (routing replay, `record_routes`): a vLLM server started with `--enable-return-routed-experts`
+puts each choice's routed experts in `routed_experts` (base64 of a `.npy`, [prompt + response - 1,
+hidden layers, k]); SGLang started with `--enable-return-routed-experts` and asked per request
+(`return_routed_experts`) puts them in `meta_info.routed_experts` (base64 of raw int32, the same
+shape flattened). Both index every decoder layer; the trainer keeps the MoE layers, in router order.
+Asked to record them, the backend first checks with a one-token request that the server returns
+them, and otherwise fails naming the flag to start it with.
+
 Before sampling, the server's weight version is compared with the one the trainer last wrote: a
 server that restarted or was updated by someone else stops the run with a clear error instead of
 training on samples from other weights. Every request is retried with backoff on connection
@@ -29,9 +37,11 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import save_file
@@ -40,6 +50,7 @@ from torch import nn
 from vlrl.models.adapters import ModelAdapter
 from vlrl.models.batching import Encoded
 from vlrl.models.export import export_weights
+from vlrl.models.routing import ROUTE_DTYPE
 from vlrl.net import RequestFailed, request_json
 from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams, register_backend
 from vlrl.rollout.common import check_prompt_ids, default_stop_ids, token_mask
@@ -49,6 +60,7 @@ if TYPE_CHECKING:
     from vlrl.config import TrainConfig
 
 SERVER_KINDS = ("vllm", "sglang")
+ROUTES_FLAG = "--enable-return-routed-experts"  # the same flag for `vllm serve` and SGLang's launch_server
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -83,6 +95,9 @@ class ServerRolloutBackend(RolloutBackend):
         self.version: str | None = None  # the weight version this trainer last gave the server
         self.syncs = 0
         self.model_name = self._served_model() if kind == "vllm" else None
+        self.router_layers = _router_layers(model, adapter)
+        self.hidden_layers = _unwrap_config(model).get_text_config().num_hidden_layers
+        self.routes = False
 
     @classmethod
     def config_options(cls, cfg: TrainConfig) -> dict[str, Any]:
@@ -117,6 +132,69 @@ class ServerRolloutBackend(RolloutBackend):
             raise RequestFailed(
                 f"rollout server {self.url}/v1/models lists no model: {str(reply)[:200]}"
             ) from None
+
+    # ---- routes -----------------------------------------------------------------------------------
+    def record_routes(self, on: bool) -> bool:
+        """Read each token's MoE routes from the server's answers; the server must return them
+        (checked here with a one-token request), else this fails naming the flag to start it with."""
+        if on:
+            if not self.router_layers:
+                raise ValueError(f"{self.adapter.family} has no MoE routers: there are no routes to record")
+            if self._probe_routes() is None:
+                start = {
+                    "vllm": f"vllm serve CKPT {ROUTES_FLAG} (vLLM >= 0.32, Model Runner V2)",
+                    "sglang": f"python -m sglang.launch_server --model-path CKPT {ROUTES_FLAG}",
+                }[self.kind]
+                raise RuntimeError(
+                    f"rollout server {self.url} ({self.kind}) returns no routed experts, which routing replay R3 "
+                    f"replays: restart it with {ROUTES_FLAG} (`{start}`), or use model.routing_replay=R2"
+                )
+        self.routes = on
+        return on
+
+    def _probe_routes(self) -> Any:
+        """The routed experts of a one-token request (None when the server leaves them out)."""
+        token = self.allowed[0]
+        if self.kind == "vllm":
+            body = {"model": self.model_name, "prompt": [token, token], "max_tokens": 1, "temperature": 0}
+            choices = self._call("/v1/completions", body).get("choices") or [{}]
+            return choices[0].get("routed_experts")
+        body = {
+            "input_ids": [token, token],
+            "sampling_params": {"max_new_tokens": 1, "temperature": 0},
+            "return_routed_experts": True,
+        }
+        reply = self._call("/generate", body)
+        reply = reply[0] if isinstance(reply, list) else reply
+        return (reply.get("meta_info") or {}).get("routed_experts")
+
+    def _routes(self, encoded: str, kind: str, prompt: Encoded, completion: Completion) -> torch.Tensor:
+        """[prompt + response - 1, MoE layers, k] int16 from a server's base64 routes."""
+        raw = base64.b64decode(encoded)
+        n = prompt.length + completion.token_ids.numel() - 1  # the last token is never fed
+        if kind == "npy":  # vLLM: a .npy of [tokens, hidden layers, k]
+            routes = torch.from_numpy(np.load(io.BytesIO(raw)).astype(np.int64))
+        else:  # SGLang: raw int32, [tokens * hidden layers * k]
+            flat = torch.from_numpy(np.frombuffer(raw, dtype=np.int32).astype(np.int64))
+            if flat.numel() % max(n * self.hidden_layers, 1):
+                raise RequestFailed(
+                    f"rollout server {self.url}: {flat.numel()} route ids are not {n} tokens x "
+                    f"{self.hidden_layers} layers x k"
+                )
+            routes = flat.view(n, self.hidden_layers, -1)
+        if routes.shape[0] != n:
+            raise RequestFailed(
+                f"rollout server {self.url}: routes for {routes.shape[0]} tokens, expected {n} "
+                "(prompt + response - 1)"
+            )
+        if routes.shape[1] != len(self.router_layers):  # every decoder layer: keep the MoE ones
+            if routes.shape[1] <= max(self.router_layers):
+                raise RequestFailed(
+                    f"rollout server {self.url}: routes of {routes.shape[1]} layers; the model's MoE layers "
+                    f"are {self.router_layers}"
+                )
+            routes = routes[:, self.router_layers]
+        return routes.to(ROUTE_DTYPE)
 
     # ---- sampling ---------------------------------------------------------------------------------
     def generate(self, prompts: list[Encoded], params: SamplingParams) -> list[list[Completion]]:
@@ -167,7 +245,10 @@ class ServerRolloutBackend(RolloutBackend):
             for choice in choices:
                 steps = choice["logprobs"]["content"]
                 ids = [int(step["token"].removeprefix("token_id:")) for step in steps]
-                groups.append(self._completion(ids, [step["logprob"] for step in steps]))
+                completion = self._completion(ids, [step["logprob"] for step in steps])
+                if self.routes:
+                    completion.routes = self._routes(choice["routed_experts"], "npy", prompt, completion)
+                groups.append(completion)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RequestFailed(
                 f"rollout server {self.url}: unexpected chat completion ({exc}): {str(reply)[:300]}"
@@ -194,6 +275,8 @@ class ServerRolloutBackend(RolloutBackend):
             ],
             "return_logprob": True,
         }
+        if self.routes:
+            body["return_routed_experts"] = True
         if prompt.source.images:
             body["image_data"] = [[data_url(im) for im in prompt.source.images]] * G
         reply = self._call("/generate", body)
@@ -202,7 +285,12 @@ class ServerRolloutBackend(RolloutBackend):
             groups = []
             for row in rows:
                 steps = row["meta_info"]["output_token_logprobs"]
-                groups.append(self._completion([int(s[1]) for s in steps], [float(s[0]) for s in steps]))
+                completion = self._completion([int(s[1]) for s in steps], [float(s[0]) for s in steps])
+                if self.routes:
+                    completion.routes = self._routes(
+                        row["meta_info"]["routed_experts"], "int32", prompt, completion
+                    )
+                groups.append(completion)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise RequestFailed(
                 f"rollout server {self.url}: unexpected /generate answer ({exc}): {str(reply)[:300]}"
@@ -288,6 +376,23 @@ class ServerRolloutBackend(RolloutBackend):
                 f"{self.version!r}: it was restarted or updated by someone else, so its samples would not "
                 "come from the policy being trained"
             )
+
+
+def _router_layers(model: nn.Module, adapter: ModelAdapter) -> list[int]:
+    """The decoder-layer index of each MoE router, in `adapter.routers` order (servers return the
+    routes of every decoder layer, dense ones included)."""
+    layers = []
+    for name, _ in adapter.routers(model):
+        found = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
+        if found is None:
+            raise ValueError(f"routing: router {name!r} is in no numbered decoder layer")
+        layers.append(int(found.group(1)))
+    return layers
+
+
+def _unwrap_config(model: nn.Module):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config
 
 
 def chat_messages(messages: list[dict], images: list[Image.Image]) -> list[dict]:
