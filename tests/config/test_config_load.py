@@ -156,7 +156,9 @@ def test_cross_field_error_names_the_key_to_fix():
 
 
 def test_a_learning_rate_for_a_frozen_group_is_an_error():
-    with pytest.raises(ConfigError, match="model.group_lr: sets a learning rate for vision, which model.freeze keeps fixed"):
+    with pytest.raises(
+        ConfigError, match="model.group_lr: sets a learning rate for vision, which model.freeze keeps fixed"
+    ):
         load_config(None, [*REQUIRED, "model.freeze=[vision]", "model.group_lr={vision: 1e-5}"])
 
 
@@ -221,3 +223,11 @@ def test_every_field_is_documented():
         for model in sections(schema):
             for name, field in model.model_fields.items():
                 assert field.description, f"{model.__name__}.{name} has no description"
+
+
+def test_a_bare_off_in_yaml_is_the_routing_replay_setting(tmp_path):
+    # YAML 1.1 reads `off` as false; for model.routing_replay it is the word.
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {routing_replay: off}\n")
+    assert load_config(path, REQUIRED).model.routing_replay == "off"
+    assert load_config(None, [*REQUIRED, "model.routing_replay=off"]).model.routing_replay == "off"

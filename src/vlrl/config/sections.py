@@ -107,8 +107,7 @@ class LoraSection(Section):
         ["language"],
         min_length=1,
         description="Module groups that get adapters (one name or a list; `all`: every group): their"
-        " linear layers, and for experts the fused expert weights (peft's target_parameters)."
-        + GROUPS_RULE,
+        " linear layers, and for experts the fused expert weights (peft's target_parameters)." + GROUPS_RULE,
     )
 
 
@@ -161,8 +160,10 @@ class ModelSection(Section):
         " router updates vanish in bfloat16 weights. model: the router runs in model.dtype like every"
         " other layer (transformers' default for Qwen3-MoE and Aria).",
     )
-
-    routing_replay: Literal["off", "R2", "R3"] = Field(
+    # YAML 1.1 reads a bare `off` as false: `routing_replay: off` means the setting, not a type error.
+    routing_replay: Annotated[
+        Literal["off", "R2", "R3"], BeforeValidator(lambda v: "off" if v is False else v)
+    ] = Field(
         "off",
         description="Routing replay for Mixture-of-Experts RL (vlrl.models.routing): the training forwards of"
         " a step use given experts per token and MoE layer instead of the routers' own choice. R3 (Rollout"
@@ -175,7 +176,9 @@ class ModelSection(Section):
     @model_validator(mode="after")
     def _replay_without_recompute(self) -> ModelSection:
         if self.routing_replay != "off" and self.gradient_checkpointing:
-            message = "needs model.gradient_checkpointing=false: the backward's recomputed layers would route anew"
+            message = (
+                "needs model.gradient_checkpointing=false: the backward's recomputed layers would route anew"
+            )
             raise field_error("model", "routing_replay", message, self.routing_replay)
         return self
 
@@ -186,7 +189,9 @@ class ModelSection(Section):
             message = f"sets a learning rate for {', '.join(both)}, which model.freeze keeps fixed"
             raise field_error("model", "group_lr", message, self.group_lr)
         if "all" in self.lora.target and len(self.lora.target) > 1:
-            raise field_error("model", "lora.target", "'all' cannot be combined with other groups", self.lora.target)
+            raise field_error(
+                "model", "lora.target", "'all' cannot be combined with other groups", self.lora.target
+            )
         return self
 
 

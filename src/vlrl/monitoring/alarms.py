@@ -11,7 +11,6 @@ stopped firing for a step: a condition that lasts a hundred steps is one alarm, 
 
 from __future__ import annotations
 
-import logging
 import math
 import statistics
 from collections import deque
@@ -21,8 +20,6 @@ from pathlib import Path
 
 from vlrl.config.sections import MonitorSection
 from vlrl.io import append_jsonl, read_jsonl
-
-logger = logging.getLogger(__name__)
 
 FORMAT_KEYS = ("reward/format/mean", "reward/caption_format/mean")
 ACCURACY_KEYS = ("acc", "reward/accuracy/mean")
@@ -289,7 +286,6 @@ class AlarmMonitor:
             elif name not in self.active:
                 self.active.add(name)
                 alarms.append(Alarm(step, name, message, severity))
-                logger.warning("%s", alarms[-1])
         return alarms
 
 
