@@ -15,7 +15,12 @@ def load(*overrides: str):
 
 @pytest.mark.parametrize(
     "override",
-    ["train.lr=true", "rollout.group_size=false", "model.group_lr={vision: true}", "monitor.format_rise=true"],
+    [
+        "train.lr=true",
+        "rollout.group_size=false",
+        "model.group_lr={vision: true}",
+        "monitor.format_rise=true",
+    ],
 )
 def test_booleans_are_not_numbers(override):
     key = override.partition("=")[0]

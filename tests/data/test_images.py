@@ -90,7 +90,9 @@ def test_huge_declared_size_is_refused_before_decoding(tmp_path, monkeypatch):
             check(path)
         message = str(caught.value)
         assert "bomb.png" in message and "12000x12000" in message, message
-        assert "144,000,000 pixels" in message and "64,000,000" in message and "data.max_image_pixels" in message
+        assert (
+            "144,000,000 pixels" in message and "64,000,000" in message and "data.max_image_pixels" in message
+        )
 
 
 def test_limit_is_a_parameter(tmp_path):

@@ -63,4 +63,3 @@ def rl_workspace(root: Path, reward_source: str, model: Path) -> dict:
     data = generate_dataset("counting", 40, root / "data", seed=0, heldout=8)
     (root / "rewards.py").write_text(reward_source)
     return {"root": root, "model": model, "data": data, "reward": root / "rewards.py"}
-

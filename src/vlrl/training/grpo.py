@@ -137,7 +137,9 @@ class GRPOTrainer(TrainingRun):
         )
         self.monitor = AlarmMonitor(cfg.monitor)
         # MoE models: per-step expert load and router entropy of the update passes (None when dense).
-        self.expert_load = ExpertLoadMonitor.for_model(self.model, self.adapter, cfg.monitor.dead_expert_steps)
+        self.expert_load = ExpertLoadMonitor.for_model(
+            self.model, self.adapter, cfg.monitor.dead_expert_steps
+        )
         # The steps after the checkpoint (all of them when there is none) are redone: their old
         # records go, as metrics.jsonl's do.
         if self.world.is_main:
