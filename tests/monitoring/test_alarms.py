@@ -30,6 +30,7 @@ def healthy(step: int) -> dict:
         "clip_frac": 0.02 + wobble(step) / 10,
         "moe/load_max_over_mean": 1.6 + 10 * wobble(step),
         "moe/dead_experts": 0.0,
+        "mismatch/kl": 1e-4 + wobble(step) / 100,
     }
 
 
@@ -66,6 +67,8 @@ FAILING = {
     ),
     # The router sends ever more tokens to one expert: 1.6x the mean load -> 7.3x.
     "expert_collapse": changed(20, **{"moe/load_max_over_mean": lambda s: 1.3 + 0.3 * s}),
+    # The engine drifts from the trained model: KL(sampler || trainer) 0.02 per token from step 15.
+    "rollout_mismatch": changed(20, **{"mismatch/kl": lambda s: 0.02 if s >= 15 else 1e-4}),
     # Two experts starve from step 15 on (20 steps after their last token at step -5, say).
     "dead_experts": changed(20, **{"moe/dead_experts": lambda s: 2.0 if s >= 15 else 0.0}),
 }

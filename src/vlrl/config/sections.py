@@ -716,6 +716,14 @@ class MonitorSection(Section):
         " token goes to k different experts): 16 for Qwen3-VL-30B-A3B and GLM-4.5V (128 experts, top-8),"
         " 2 for the tiny test models (4 experts, top-2).",
     )
+    mismatch_kl_max: float = Field(
+        0.01,
+        gt=0,
+        description="rollout_mismatch: fires when mismatch/kl, the estimated KL(sampler || trainer) per"
+        " response token, is above this in every one of the last monitor.min_steps steps. The hf backend"
+        " measures ~1e-7 (it is the trained model); a bfloat16 engine typically 1e-4 to 1e-3; above"
+        " 0.01 the samples come from a noticeably different policy.",
+    )
     dead_expert_steps: int = Field(
         20,
         ge=1,

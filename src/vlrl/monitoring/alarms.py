@@ -245,6 +245,22 @@ def dead_experts(history: list[dict], cfg: MonitorSection) -> str | None:
     )
 
 
+def rollout_mismatch(history: list[dict], cfg: MonitorSection) -> str | None:
+    """The sampler's log-probs and the trainer's disagree: `mismatch/kl` (KL(sampler || trainer)
+    per response token) above `mismatch_kl_max` in each of the last `min_steps` steps. The update
+    then treats another model's samples as its own (an engine in another dtype or with other
+    kernels, a stale weight sync)."""
+    values = series(history, first_of("mismatch/kl"))
+    recent = values[-cfg.min_steps :]
+    if len(recent) < cfg.min_steps or min(recent) <= cfg.mismatch_kl_max:
+        return None
+    return (
+        f"KL(sampler || trainer) was {recent[-1]:.2g} per token for {len(recent)} steps (alarm above "
+        f"{cfg.mismatch_kl_max:g}): the rollout engine samples from another distribution than the one "
+        "trained; correct for it (algo.rollout_correction: tis_token) or align the engine (dtype, weight sync)"
+    )
+
+
 Rule = Callable[[list[dict], MonitorSection], str | None]
 # name -> (rule, severity). "critical" marks conditions a run rarely recovers from.
 RULES: dict[str, tuple[Rule, str]] = {
@@ -260,6 +276,7 @@ RULES: dict[str, tuple[Rule, str]] = {
     "skipped_steps": (skipped_steps, "warning"),
     "no_learning_signal": (no_learning_signal, "critical"),
     "expert_collapse": (expert_collapse, "critical"),
+    "rollout_mismatch": (rollout_mismatch, "warning"),
     "dead_experts": (dead_experts, "warning"),
 }
 
