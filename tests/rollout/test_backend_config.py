@@ -42,7 +42,10 @@ def test_vllm_options_come_from_rollout_vllm_and_the_model_and_seed():
         "max_model_len": 2048,
         "sleep": False,
         "seed": 7,
+        "routes": False,  # model.routing_replay off: the engine records no expert routes
     }
+    replay = _cfg("rollout.backend=vllm", "model.routing_replay=R3")
+    assert VLLMRolloutBackend.config_options(replay)["routes"] is True
 
 
 def test_server_options_come_from_rollout_server(loaded, tmp_path):
