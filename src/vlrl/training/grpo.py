@@ -275,10 +275,7 @@ class GRPOTrainer(TrainingRun):
         mask_all = response_mask(lengths)  # the whole batch's: global loss denominators
         micro, weights = self._micro_batches(batch)
         denom = aggregation_denominator(mask_all, a.loss_agg)
-        loss_fn = get(POLICY_LOSSES, a.policy_loss, "policy loss")
-        loss_cfg = LossConfig.from_config(a)
-        correct = get(MISMATCH_CORRECTIONS, a.rollout_correction, "rollout correction")
-        mismatch_cfg, mismatch_max = MismatchConfig.from_config(a), 0.0
+        mismatch_max = 0.0  # largest |log(pi_train / pi_sampler)| of the step's tokens
         need_old = a.ppo_epochs > 1
         t0 = time.perf_counter()
         vision = self.policy.vision_caches(batch.prompts)
@@ -314,22 +311,13 @@ class GRPOTrainer(TrainingRun):
                 if routes is not None and routes.record:
                     counts = route_mismatch([batch.flat[i].routes for i in rows], routes.used)
                     route_counts = [x + y for x, y in zip(route_counts, counts, strict=True)]
-                logp, entropy = scores.logprobs, scores.entropy
+                logp = scores.logprobs
                 mask = mask_all[rows][:, : logp.shape[1]].to(logp.device)
-                adv = batch.advantages[rows].to(logp.device)
                 old_logp = old[k] if need_old else logp.detach()
-                loss_mat, m = loss_fn(logp, old_logp, adv, mask, loss_cfg)
-                # The sampler's log-probs against the old policy's: weights (1 with `none`) and metrics.
-                is_weight, mm = correct(old_logp, _behaviour(batch, rows, logp), mask, mismatch_cfg)
-                loss_mat = loss_mat * is_weight
-                mismatch_max = max(mismatch_max, float(mm.pop("log_ratio_max_abs")))
-                m |= {f"mismatch/{key}": value for key, value in mm.items()}
-                if ref is not None:
-                    kl = get(KL_ESTIMATORS, a.kl_estimator, "KL estimator")(logp, ref[k])
-                    loss_mat = loss_mat + a.kl_beta * kl
-                    m["kl"] = masked_mean(kl.detach(), mask)
-                if a.entropy_coef:
-                    loss_mat = loss_mat - a.entropy_coef * entropy
+                loss_mat, m = self._token_losses(
+                    scores, old_logp, ref[k] if ref is not None else None, batch, rows, mask
+                )
+                mismatch_max = max(mismatch_max, float(m.pop("mismatch/log_ratio_max_abs")))
                 loss = aggregate(
                     loss_mat, mask, a.loss_agg, norm_length=self.cfg.rollout.max_new_tokens, denominator=denom
                 )
@@ -339,7 +327,7 @@ class GRPOTrainer(TrainingRun):
                     m["router_aux_loss"] = scores.model_loss.detach() / self.policy.router_aux_loss_coef
                     loss = loss + scores.model_loss * (len(rows) / len(lengths))
                 (loss * (w * self.loss_scale)).backward()
-                m["entropy"] = masked_mean(entropy.detach(), mask)
+                m["entropy"] = masked_mean(scores.entropy.detach(), mask)
                 m["loss"] = loss.detach()
                 for key, value in m.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * (w if key == "loss" else weight)
@@ -362,6 +350,29 @@ class GRPOTrainer(TrainingRun):
         return metrics
 
     # ---- helpers ----------------------------------------------------------------------------
+    def _token_losses(self, scores, old_logp, ref_logp, batch: GroupBatch, rows: list[int], mask):
+        """[rows, T] per-token losses of one micro-batch and their metrics: the policy loss, weighted
+        for the sampler's mismatch (`algo.rollout_correction`: 1 with none), the KL term when it is
+        in the loss, and the entropy bonus."""
+        a, logp = self.cfg.algo, scores.logprobs
+        adv = batch.advantages[rows].to(logp.device)
+        loss_fn = get(POLICY_LOSSES, a.policy_loss, "policy loss")
+        loss_mat, m = loss_fn(logp, old_logp, adv, mask, LossConfig.from_config(a))
+        # The sampler's log-probs against the old policy's: weights and metrics.
+        correct = get(MISMATCH_CORRECTIONS, a.rollout_correction, "rollout correction")
+        weight, mismatch = correct(
+            old_logp, _behaviour(batch, rows, logp), mask, MismatchConfig.from_config(a)
+        )
+        loss_mat = loss_mat * weight
+        m |= {f"mismatch/{key}": value for key, value in mismatch.items()}
+        if ref_logp is not None:
+            kl = get(KL_ESTIMATORS, a.kl_estimator, "KL estimator")(logp, ref_logp)
+            loss_mat = loss_mat + a.kl_beta * kl
+            m["kl"] = masked_mean(kl.detach(), mask)
+        if a.entropy_coef:
+            loss_mat = loss_mat - a.entropy_coef * scores.entropy
+        return loss_mat, m
+
     def _micro_batches(self, batch: GroupBatch) -> tuple[list[list[int]], list[float]]:
         """This rank's rows (its block of prompts, whole groups) in token-budget micro-batches of
         global row indices, padded to the same count on every rank (`lockstep`)."""
