@@ -300,8 +300,12 @@ FAMILIES: dict[str, TinyFamily] = {
     ),
     "qwen3_vl": TinyFamily(QWEN_SPECIALS, qwen3_vl_config, qwen3_vl_processor(QWEN_TEMPLATE)),
     "qwen3_vl_moe": TinyFamily(QWEN_SPECIALS, qwen3_vl_moe_config, qwen3_vl_processor(QWEN_TEMPLATE)),
-    "qwen3_5": TinyFamily(QWEN_SPECIALS, tiny_qwen3_5.qwen3_5_config, tiny_qwen3_5.qwen3_5_processor),
-    "qwen3_5_moe": TinyFamily(QWEN_SPECIALS, tiny_qwen3_5.qwen3_5_moe_config, tiny_qwen3_5.qwen3_5_processor),
+    "qwen3_5": TinyFamily(
+        QWEN_SPECIALS, tiny_qwen3_5.qwen3_5_config, tiny_qwen3_5.qwen3_5_processor(QWEN_TEMPLATE)
+    ),
+    "qwen3_5_moe": TinyFamily(
+        QWEN_SPECIALS, tiny_qwen3_5.qwen3_5_moe_config, tiny_qwen3_5.qwen3_5_processor(QWEN_TEMPLATE)
+    ),
 }
 
 

@@ -20,31 +20,19 @@ factory's `FAMILIES` table can list it without an import cycle.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from transformers import PretrainedConfig, ProcessorMixin, Qwen3_5Config, Qwen3_5MoeConfig
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vlrl.models.processors import Qwen3VLImageOnlyProcessor
+from vlrl.models.tiny.qwen3_vl import token_ids
 
 PATCH = 16  # Qwen3.5's ViT patch (Qwen2-VL's was 14); one merged token covers 32x32 pixels
 HEAD_DIM = 32
 # A 112x112 synthetic image resizes to 128x128 (multiples of 32): 8x8 patches, 16 tokens.
 MIN_PIXELS = 64 * 64
 MAX_PIXELS = 4 * 128 * 128
-
-# Qwen3.5's chat template for images (as Qwen3-VL's): the placeholder sits between vision markers.
-TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def layer_types(layers: int) -> list[str]:
@@ -102,19 +90,9 @@ def _vision(size) -> dict:
     )
 
 
-def _ids(tok) -> dict:
-    return dict(
-        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
-        tie_word_embeddings=False,
-    )
-
-
 def qwen3_5_config(size, vocab: int, tok) -> PretrainedConfig:
     """Dense Qwen3.5: hybrid layers, a SwiGLU MLP in every layer."""
-    return Qwen3_5Config(text_config=_text(size, vocab, tok), vision_config=_vision(size), **_ids(tok))
+    return Qwen3_5Config(text_config=_text(size, vocab, tok), vision_config=_vision(size), **token_ids(tok))
 
 
 def qwen3_5_moe_config(size, vocab: int, tok) -> PretrainedConfig:
@@ -134,14 +112,22 @@ def qwen3_5_moe_config(size, vocab: int, tok) -> PretrainedConfig:
         # the tiny checkpoint ships the value the RL configs use.
         router_aux_loss_coef=0.0,
     )
-    return Qwen3_5MoeConfig(text_config=text, vision_config=_vision(size), **_ids(tok))
+    return Qwen3_5MoeConfig(text_config=text, vision_config=_vision(size), **token_ids(tok))
 
 
-def qwen3_5_processor(tok) -> ProcessorMixin:
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=PATCH,
-        merge_size=2,
-        temporal_patch_size=2,
-        size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
-    )
-    return Qwen3VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tok, chat_template=TEMPLATE)
+def qwen3_5_processor(chat_template: str) -> Callable[[object], ProcessorMixin]:
+    """Builder of Qwen3.5's image-only processor (Qwen3-VL's) with `chat_template` (the factory's
+    ChatML, as Qwen3.5 writes images: the placeholder between vision markers)."""
+
+    def build(tok) -> ProcessorMixin:
+        image_processor = Qwen2VLImageProcessorPil(
+            patch_size=PATCH,
+            merge_size=2,
+            temporal_patch_size=2,
+            size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
+        )
+        return Qwen3VLImageOnlyProcessor(
+            image_processor=image_processor, tokenizer=tok, chat_template=chat_template
+        )
+
+    return build

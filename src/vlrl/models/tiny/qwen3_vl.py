@@ -81,7 +81,8 @@ def _vision(size) -> dict:
     )
 
 
-def _ids(tok) -> dict:
+def token_ids(tok) -> dict:
+    """The vision token ids and untied head of Qwen3-VL's and Qwen3.5's configs."""
     return dict(
         image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
         video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
@@ -93,7 +94,7 @@ def _ids(tok) -> dict:
 
 def qwen3_vl_config(size, vocab: int, tok) -> PretrainedConfig:
     """Dense Qwen3-VL at `size`."""
-    return Qwen3VLConfig(text_config=_text(size, vocab, tok), vision_config=_vision(size), **_ids(tok))
+    return Qwen3VLConfig(text_config=_text(size, vocab, tok), vision_config=_vision(size), **token_ids(tok))
 
 
 def qwen3_vl_moe_config(size, vocab: int, tok) -> PretrainedConfig:
@@ -109,7 +110,7 @@ def qwen3_vl_moe_config(size, vocab: int, tok) -> PretrainedConfig:
         # Kept off in RL (see ModelSection.router_aux_loss_coef); the trainer sets what it needs.
         router_aux_loss_coef=0.0,
     )
-    return Qwen3VLMoeConfig(text_config=text, vision_config=_vision(size), **_ids(tok))
+    return Qwen3VLMoeConfig(text_config=text, vision_config=_vision(size), **token_ids(tok))
 
 
 def qwen3_vl_processor(chat_template: str) -> Callable[[object], ProcessorMixin]:
