@@ -2,7 +2,7 @@
 (router, experts; shared experts in language), the router rule, LoRA targets, the checkpoint's
 own layout, boxes, the real config and the real architecture's parameter counts. What every
 family keeps (vision cache, prefill, shared prefix, LoRA training, experts kernels, save -> load,
-generation) is in tests/models/test_family_contract.py."""
+generation) is in test_family_contract.py."""
 
 from __future__ import annotations
 
@@ -10,19 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_inputs import PLAIN, TWO, make_sample, three_prompts
 from safetensors.torch import load_file
 from transformers import AriaConfig, AutoModelForImageTextToText
 
 from vlrl.config import load_config
-from vlrl.data.prompts import TEMPLATES
-from vlrl.data.sample import Sample
 from vlrl.models.adapters import AriaAdapter, adapter_for
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
 from vlrl.training.setup import check_model_groups
-
-PLAIN = TEMPLATES["answer_only"]
-TWO = "Image 1: <image>\nImage 2: <image>\nWhich image has more circles?"
 
 
 @pytest.fixture(scope="module")
@@ -30,24 +26,11 @@ def lm(tiny_models):
     return load_model(tiny_models["aria"])
 
 
-def _sample(images, question="How many shapes?"):
-    return Sample(id="s", question=question, answer="1", images=list(images))
-
-
-def _prompts(adapter, images):
-    """A one-image prompt, a longer two-image one, and a text-only one (so batches pad)."""
-    return [
-        adapter.encode(_sample([images["small"]]), PLAIN),
-        adapter.encode(_sample([images["big"], images["small"]], TWO), PLAIN),
-        adapter.encode(_sample([], "What is 2 + 3?"), PLAIN),
-    ]
-
-
 # ---- inputs -------------------------------------------------------------------------------------
 
 
 def test_images_become_masked_490px_squares_and_16_tokens_each(lm, images):
-    enc = lm.adapter.encode(_sample([images["small"], images["big"]], TWO), PLAIN)
+    enc = lm.adapter.encode(make_sample([images["small"], images["big"]], TWO), PLAIN)
     assert enc.vision["pixel_values"].shape == (2, 3, 490, 490)
     assert enc.vision["pixel_mask"].shape == (2, 490, 490)
     # 112x112 is scaled up to 490x490 (all real); 300x180 to 490 x max(180 * 490/300 = 294, 336):
@@ -81,7 +64,7 @@ def test_pixel_bounds_are_refused_with_the_reason(lm):
 def test_left_padded_positions_are_1d_and_skip_the_padding(lm, images):
     """Plain 1-D positions that skip the left padding (that each row then gets its prompt's own
     logits is the family contract's check)."""
-    prompts = _prompts(lm.adapter, images)
+    prompts = three_prompts(lm.adapter, images)
     batch = collate(prompts, lm.adapter.tokenizer.pad_token_id, padding_side="left")
     pos = lm.adapter.position_ids(lm.model, batch)
     assert pos.shape == batch["input_ids"].shape

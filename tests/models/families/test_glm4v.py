@@ -2,7 +2,7 @@
 padding, group sizes, the MoE router's semantics and training, LoRA targets, the checkpoint's
 layout, boxes, real configs, and the real architectures' parameter counts on the meta device.
 What every family keeps (vision cache, prefill, shared prefix, LoRA training, save -> load,
-generation) is in tests/models/test_family_contract.py."""
+generation) is in test_family_contract.py."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_inputs import PLAIN, make_sample, three_prompts
 from peft import get_peft_model
 from PIL import Image
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, Glm4vConfig, Glm4vMoeConfig
 
 from vlrl.config import load_config
-from vlrl.data.prompts import TEMPLATES
 from vlrl.data.sample import Sample
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
@@ -24,7 +24,6 @@ from vlrl.rewards.perception import to_pixels
 from vlrl.training.setup import check_model_groups, lora_config
 
 FAMILIES = ("glm4v", "glm4v_moe")
-PLAIN = TEMPLATES["answer_only"]
 TWO = "Image 1: <image> Image 2: <image> Which has more circles?"
 
 
@@ -33,23 +32,10 @@ def loaded(tiny_models):
     return {f: load_model(tiny_models[f]) for f in FAMILIES}
 
 
-def _sample(images, question="How many shapes?"):
-    return Sample(id="s", question=question, answer="1", images=list(images))
-
-
-def _prompts(adapter, images):
-    """A one-image prompt, a longer two-image one, and a text-only one (padding in every batch)."""
-    return [
-        adapter.encode(_sample([images["small"]]), PLAIN),
-        adapter.encode(_sample([images["big"], images["small"]], TWO), PLAIN),
-        adapter.encode(_sample([], "What is 2 + 3?"), PLAIN),
-    ]
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_inputs_are_patch_pairs_with_merged_image_tokens(loaded, images, family):
     lm = loaded[family]
-    enc = lm.adapter.encode(_sample([images["small"], images["big"]], TWO), PLAIN)
+    enc = lm.adapter.encode(make_sample([images["small"], images["big"]], TWO), PLAIN)
     # 112x112 -> 8x8 patches of 14 px. 300x180 = 54000 px is over the tiny budget of 4 x 112^2 =
     # 50176 (the processor's t x h x w = 2 x 50176), so GLM's smart_resize scales it to 280x168.
     assert enc.vision["image_grid_thw"].tolist() == [[1, 8, 8], [1, 12, 20]]
@@ -69,7 +55,7 @@ def test_pixel_bounds_are_the_images_and_match_the_processor(tiny_models, images
     lm = load_model(tiny_models["glm4v"], max_pixels=112 * 112)
     adapter = lm.adapter
     assert adapter.image_kwargs()["size"]["longest_edge"] == 2 * 112 * 112
-    enc = adapter.encode(_sample([images["big"]]), PLAIN)
+    enc = adapter.encode(make_sample([images["big"]]), PLAIN)
     t, h, w = enc.vision["image_grid_thw"][0].tolist()
     # 300x180 into 12544 px: beta = sqrt(54000 / 12544) = 2.075 -> floor(144.6 / 28) x 28 = 140 and
     # floor(86.7 / 28) x 28 = 84: 140x84, 10x6 patches.
@@ -83,7 +69,7 @@ def test_left_padded_positions_count_only_real_tokens(loaded, images, family):
     row then gets its prompt's own logits is the family contract's check)."""
     lm = loaded[family]
     a, pad = lm.adapter, lm.adapter.tokenizer.pad_token_id
-    prompts = _prompts(a, images)
+    prompts = three_prompts(a, images, TWO)
     batch = collate(prompts, pad, padding_side="left")
     positions = a.position_ids(lm.model, batch)
     width = batch["input_ids"].shape[1]
@@ -159,7 +145,7 @@ def test_router_trains_or_freezes_bit_identically_and_its_bias_never_trains(load
     names = dict(model.named_parameters())
     assert "model.language_model.layers.1.mlp.gate.e_score_correction_bias" in dict(model.named_buffers())
     assert not any("e_score_correction_bias" in n for n in names)
-    enc = a.encode(_sample([images["small"]]), PLAIN, response="<answer>3</answer>")
+    enc = a.encode(make_sample([images["small"]]), PLAIN, response="<answer>3</answer>")
     batch = collate([enc], a.tokenizer.pad_token_id)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     groups = a.parameter_groups(model)
@@ -221,7 +207,7 @@ def test_real_checkpoint_configs_fit_the_families(loaded, tiny_models, tmp_path,
     )
     check_model_groups(cfg.model, adapter)
     Image.new("RGB", (2000, 1500), "white").save(tmp_path / "large.png")
-    enc = adapter.encode(_sample([tmp_path / "large.png"]), PLAIN)
+    enc = adapter.encode(make_sample([tmp_path / "large.png"]), PLAIN)
     # 1003520 px = 1280 x 28 x 28: beta = sqrt(3e6 / 1003520) = 1.729, so 2000x1500 becomes
     # floor(1156.7 / 28) x 28 = 1148 by floor(867.5 / 28) x 28 = 840: 82x60 patches, 41x30 tokens
     assert enc.vision["image_grid_thw"].tolist() == [[1, 60, 82]]

@@ -2,7 +2,7 @@
 the config, inputs, module groups (router, experts), the router rule, LoRA targets, the
 checkpoint's per-expert layout, boxes, the real config and the real architecture's parameter
 counts. What every family keeps (vision cache, prefill, shared prefix, LoRA training, experts
-kernels, save -> load, generation) is in tests/models/test_family_contract.py."""
+kernels, save -> load, generation) is in test_family_contract.py."""
 
 from __future__ import annotations
 
@@ -10,37 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_inputs import PLAIN, TWO, make_sample, three_prompts
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForImageTextToText, InternVLConfig
 
 from vlrl.config import load_config
-from vlrl.data.prompts import TEMPLATES
-from vlrl.data.sample import Sample
 from vlrl.models.adapters import InternVLAdapter, InternVLMoeAdapter, adapter_for
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
 from vlrl.training.setup import check_model_groups
 
-PLAIN = TEMPLATES["answer_only"]
-TWO = "Image 1: <image>\nImage 2: <image>\nWhich image has more circles?"
-
 
 @pytest.fixture(scope="module")
 def lm(tiny_models):
     return load_model(tiny_models["internvl_moe"])
-
-
-def _sample(images, question="How many shapes?"):
-    return Sample(id="s", question=question, answer="1", images=list(images))
-
-
-def _prompts(adapter, images):
-    """A one-image prompt, a longer two-image one, and a text-only one (so batches pad)."""
-    return [
-        adapter.encode(_sample([images["small"]]), PLAIN),
-        adapter.encode(_sample([images["big"], images["small"]], TWO), PLAIN),
-        adapter.encode(_sample([], "What is 2 + 3?"), PLAIN),
-    ]
 
 
 # ---- which adapter -----------------------------------------------------------------------------
@@ -65,11 +48,11 @@ def test_the_text_model_type_picks_the_moe_adapter(lm, tiny_models):
 def test_inputs_are_the_tiled_internvl_ones(lm, images):
     """The vision side and processor are InternVL's: a 5:3 image tiles as 2x1 plus a thumbnail,
     16 <IMG_CONTEXT> tokens per 112 px tile; plain 1-D positions."""
-    enc = lm.adapter.encode(_sample([images["small"], images["big"]], TWO), PLAIN)
+    enc = lm.adapter.encode(make_sample([images["small"], images["big"]], TWO), PLAIN)
     assert enc.vision["pixel_values"].shape == (4, 3, 112, 112)
     assert (enc.tokens["input_ids"] == lm.model.config.image_token_id).sum() == 16 * 4
     assert list(enc.tokens) == ["input_ids", "attention_mask"]
-    batch = collate(_prompts(lm.adapter, images), lm.adapter.tokenizer.pad_token_id, padding_side="left")
+    batch = collate(three_prompts(lm.adapter, images), lm.adapter.tokenizer.pad_token_id, padding_side="left")
     pos = lm.adapter.position_ids(lm.model, batch)
     real = batch["attention_mask"][2].bool()
     assert pos.shape == batch["input_ids"].shape and pos[2, real].tolist() == list(range(int(real.sum())))

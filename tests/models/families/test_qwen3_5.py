@@ -2,7 +2,7 @@
 re-indexed per row, module groups (linear attention in language, router, experts, shared expert),
 the router rule, LoRA targets, the checkpoint's expert layout, boxes, and the real architectures'
 parameter counts and configs. What every family keeps (vision cache, left-padded prefill, shared
-prefix, LoRA training, save -> load, generation) is in tests/models/test_family_contract.py, which
+prefix, LoRA training, save -> load, generation) is in test_family_contract.py, which
 gives these models the same long DeltaNet memory as the fixture here."""
 
 from __future__ import annotations
@@ -11,20 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_inputs import PLAIN, TWO, make_sample, three_prompts
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForImageTextToText, Qwen3_5Config, Qwen3_5MoeConfig
 from transformers.cache_utils import DynamicLayer, LinearAttentionLayer
 
 from vlrl.config import load_config
-from vlrl.data.prompts import TEMPLATES
-from vlrl.data.sample import Sample
 from vlrl.models.loading import load_model
 from vlrl.models.logprobs import response_logprobs
 from vlrl.models.prefix import RowStatesLayer, prefill
 
 FAMILIES = ("qwen3_5", "qwen3_5_moe")
-PLAIN = TEMPLATES["answer_only"]
-TWO = "Image 1: <image>\nImage 2: <image>\nWhich image has more circles?"
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +43,6 @@ def loaded(tiny_models):
     return models
 
 
-def _sample(images, question="How many shapes?"):
-    return Sample(id="s", question=question, answer="1", images=list(images))
-
-
-def _prompts(adapter, images):
-    """A one-image prompt, a longer two-image one, and a short text-only one (so batches pad)."""
-    return [
-        adapter.encode(_sample([images["small"]]), PLAIN),
-        adapter.encode(_sample([images["big"], images["small"]], TWO), PLAIN),
-        adapter.encode(_sample([], "What is 2 + 3?"), PLAIN),
-    ]
-
-
 # ---- architecture and inputs ----------------------------------------------------------------
 
 
@@ -73,7 +57,7 @@ def test_tiny_model_is_hybrid_with_one_cache_layer_per_kind(loaded, family):
     layers = lm.model.model.language_model.layers
     assert hasattr(layers[0], "linear_attn") and hasattr(layers[1], "self_attn")
     with torch.no_grad():
-        prefix = prefill(lm.model, lm.adapter, [lm.adapter.encode(_sample([], "2 + 3?"), PLAIN)], 0)
+        prefix = prefill(lm.model, lm.adapter, [lm.adapter.encode(make_sample([], "2 + 3?"), PLAIN)], 0)
     assert [type(layer) for layer in prefix.cache.layers] == [LinearAttentionLayer, DynamicLayer]
     conv, state = prefix.cache.layers[0].conv_states[0], prefix.cache.layers[0].recurrent_states[0]
     # conv: [rows, 2 x key dim + value dim, kernel 4]; recurrent: [rows, value heads, d_k, d_v]
@@ -88,7 +72,7 @@ def test_tiny_model_is_hybrid_with_one_cache_layer_per_kind(loaded, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_inputs_are_16px_patches_merged_2x2(loaded, images, family):
     lm = loaded[family]
-    enc = lm.adapter.encode(_sample([images["small"], images["big"]], TWO), PLAIN)
+    enc = lm.adapter.encode(make_sample([images["small"], images["big"]], TWO), PLAIN)
     # 112x112 -> 128x128 (multiples of 32) = 8x8 patches of 16 px; 300x180 -> 288x192 = 18x12.
     assert enc.vision["image_grid_thw"].tolist() == [[1, 8, 8], [1, 12, 18]]
     assert lm.adapter.model_image_size((300, 180)) == (288, 192)
@@ -107,7 +91,7 @@ def test_right_padded_scoring_gives_each_sequence_its_own_logprobs(loaded, image
     alone: pads come after every real token of a row (the left-padded prefill is the contract's)."""
     lm = loaded[family]
     a = lm.adapter
-    prompts = _prompts(a, images)
+    prompts = three_prompts(a, images)
     responses = [torch.tensor([5, 6, 7]), torch.tensor([8]), torch.tensor([9, 10, 11, 12, 13])]
     seqs = [p.with_response(r) for p, r in zip(prompts, responses, strict=True)]
     lengths = [r.numel() for r in responses]
@@ -126,7 +110,7 @@ def test_right_padded_scoring_gives_each_sequence_its_own_logprobs(loaded, image
 @pytest.mark.parametrize("family", FAMILIES)
 def test_rows_get_their_own_prompts_linear_attention_states(loaded, images, family):
     lm = loaded[family]
-    prompts = _prompts(lm.adapter, images)
+    prompts = three_prompts(lm.adapter, images)
     with torch.no_grad():
         prefix = prefill(lm.model, lm.adapter, prompts, lm.adapter.tokenizer.pad_token_id)
         before = prefix.cache.layers[0].recurrent_states[0].clone()

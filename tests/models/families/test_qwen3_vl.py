@@ -1,7 +1,7 @@
 """Qwen3-VL and Qwen3-VL-MoE: inputs and M-RoPE positions, DeepStack features in the vision cache
 and the connector, the router rule, LoRA targets, the checkpoint's expert layout, boxes, and the
 real architectures' parameter counts and configs. What every family keeps (vision cache, shared
-prefix, LoRA training, save -> load, generation) is in tests/models/test_family_contract.py."""
+prefix, LoRA training, save -> load, generation) is in test_family_contract.py."""
 
 from __future__ import annotations
 
@@ -9,37 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_inputs import PLAIN, TWO, make_sample, three_prompts
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, Qwen3VLConfig, Qwen3VLMoeConfig
 
 from vlrl.config import load_config
-from vlrl.data.prompts import TEMPLATES
-from vlrl.data.sample import Sample
 from vlrl.models.adapters import VisionCache
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
 
 FAMILIES = ("qwen3_vl", "qwen3_vl_moe")
-PLAIN = TEMPLATES["answer_only"]
-TWO = "Image 1: <image>\nImage 2: <image>\nWhich image has more circles?"
 
 
 @pytest.fixture(scope="module")
 def loaded(tiny_models):
     return {f: load_model(tiny_models[f]) for f in FAMILIES}
-
-
-def _sample(images, question="How many shapes?"):
-    return Sample(id="s", question=question, answer="1", images=list(images))
-
-
-def _prompts(adapter, images):
-    """A one-image prompt, a longer two-image one, and a text-only one (so batches pad)."""
-    return [
-        adapter.encode(_sample([images["small"]]), PLAIN),
-        adapter.encode(_sample([images["big"], images["small"]], TWO), PLAIN),
-        adapter.encode(_sample([], "What is 2 + 3?"), PLAIN),
-    ]
 
 
 # ---- inputs and positions -------------------------------------------------------------------
@@ -48,7 +32,7 @@ def _prompts(adapter, images):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_inputs_are_16px_patches_merged_2x2(loaded, images, family):
     lm = loaded[family]
-    enc = lm.adapter.encode(_sample([images["small"], images["big"]], TWO), PLAIN)
+    enc = lm.adapter.encode(make_sample([images["small"], images["big"]], TWO), PLAIN)
     # 112x112 -> 128x128 (sides rounded to multiples of 32) = 8x8 patches of 16 px. 300x180 ->
     # 288x192 (54 Kpx, within the 64 Kpx budget) = 18x12 patches.
     assert enc.vision["image_grid_thw"].tolist() == [[1, 8, 8], [1, 12, 18]]
@@ -64,7 +48,7 @@ def test_inputs_are_16px_patches_merged_2x2(loaded, images, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_positions_spread_images_on_a_grid_and_ignore_padding(loaded, images, family):
     lm = loaded[family]
-    prompts = _prompts(lm.adapter, images)
+    prompts = three_prompts(lm.adapter, images)
     pad = lm.adapter.tokenizer.pad_token_id
     for side in ("left", "right"):
         batch = collate(prompts, pad, padding_side=side)
@@ -95,7 +79,7 @@ def test_vision_cache_holds_both_deepstack_taps(loaded, images, family):
     """The cache keeps DeepStack's features beside the merged ones (the family contract checks
     that zeroing them moves the log-probs): 2 taps, each the 3 images' features (16, 54, 16)."""
     lm = loaded[family]
-    prompts = _prompts(lm.adapter, images)[:2]
+    prompts = three_prompts(lm.adapter, images)[:2]
     with torch.no_grad():
         cache = VisionCache.concat([lm.adapter.vision_cache(lm.model, p.vision) for p in prompts])
     deep = cache.output["deepstack_features"]

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from family_inputs import PLAIN, make_sample, three_prompts
 from peft import LoraConfig, get_peft_model
 
-from vlrl.data.prompts import TEMPLATES
-from vlrl.data.sample import Sample
 from vlrl.models.adapters import VisionCache
 from vlrl.models.batching import collate
 from vlrl.models.loading import load_model
@@ -34,8 +33,6 @@ from vlrl.models.tiny.factory import FAMILIES as FACTORY
 from vlrl.rollout import HFRolloutBackend, SamplingParams
 
 FAMILIES = tuple(FACTORY)
-PLAIN = TEMPLATES["answer_only"]
-TWO = "Image 1: <image>\nImage 2: <image>\nWhich image has more circles?"
 
 
 def _long_memory(model) -> None:
@@ -66,21 +63,6 @@ def loaded(tiny_models):
             return lm
 
     return Loaded()
-
-
-def _sample(images, question="How many shapes?"):
-    return Sample(id="s", question=question, answer="1", images=list(images))
-
-
-def _prompts(adapter, images):
-    """A one-image prompt, a longer two-image one and a short text-only one: every batch pads
-    (the text-only prompt gets more left padding than a 64-token chunk of Qwen3.5's chunked
-    delta rule)."""
-    return [
-        adapter.encode(_sample([images["small"]]), PLAIN),
-        adapter.encode(_sample([images["big"], images["small"]], TWO), PLAIN),
-        adapter.encode(_sample([], "What is 2 + 3?"), PLAIN),
-    ]
 
 
 def _fused_experts(model) -> set[str]:
@@ -138,7 +120,7 @@ def test_vision_cache_gives_the_logprobs_of_pixels(loaded, images, family):
     field the cache keeps moves them when zeroed, so the equality is not vacuous."""
     lm = loaded[family]
     a, model = lm.adapter, lm.model
-    prompts = _prompts(a, images)
+    prompts = three_prompts(a, images)
     responses = [torch.tensor([5, 6, 7]), torch.tensor([8, 9]), torch.tensor([10, 11, 12])]
     seqs = [p.with_response(r) for p, r in zip(prompts, responses, strict=True)]
     blocked = torch.tensor(a.placeholder_token_ids())
@@ -177,7 +159,7 @@ def test_left_padded_prefill_gives_each_prompt_its_own_logits(loaded, images, fa
     positions (1-D or 3-D, counting only real tokens) gives each row the logits of its prompt
     alone, where the model derives positions itself."""
     lm = loaded[family]
-    prompts = _prompts(lm.adapter, images)
+    prompts = three_prompts(lm.adapter, images)
     pad = lm.adapter.tokenizer.pad_token_id
     batch = collate(prompts, pad, padding_side="left")
     assert (batch["attention_mask"] == 0).sum(-1).min() == 0 < (batch["attention_mask"] == 0).sum(-1).max()
@@ -201,7 +183,7 @@ def test_shared_prefix_matches_full_passes_in_value_and_gradient(loaded, images,
     a, model = lm.adapter, lm.model
     if not a.shared_prefix:
         pytest.skip(f"{family} is scored by padded full passes (shared_prefix is False)")
-    prompts = _prompts(a, images)
+    prompts = three_prompts(a, images)
     row_prompt = [0, 1, 0, 2, 0]
     responses = [torch.tensor(r) for r in ([5, 6, 7], [8, 9], [10], [11, 12, 13, 14], [15, 16, 17, 18])]
     lengths = [r.numel() for r in responses]
@@ -246,7 +228,7 @@ def test_lora_on_every_group_trains_every_target(tiny_models, images, family):
     each adapter lands in its own group, and every adapter weight gets a gradient."""
     lm = load_model(tiny_models[family])
     a = lm.adapter
-    batch = collate([a.encode(_sample([images["small"]]), PLAIN, response="<answer>1</answer>")], 0)
+    batch = collate([a.encode(make_sample([images["small"]]), PLAIN, response="<answer>1</answer>")], 0)
     with torch.no_grad():
         base = lm.model(**batch).logits
     modules, parameters = a.lora_targets(lm.model, a.groups())
@@ -289,7 +271,7 @@ def test_experts_kernels_match_eager(tiny_models, images, family):
             pytest.skip(f"{family} has no experts")
         assert lm.model.config.get_text_config()._experts_implementation == impl
         items = [
-            lm.adapter.encode(_sample([images[k]]), PLAIN, response="<answer>3</answer>")
+            lm.adapter.encode(make_sample([images[k]]), PLAIN, response="<answer>3</answer>")
             for k in ("small", "big")
         ]
         logits = lm.model(**collate(items, lm.adapter.tokenizer.pad_token_id)).logits
@@ -315,8 +297,8 @@ def test_save_load_round_trip_gives_identical_logits(loaded, images, family, tmp
     before, after = lm.model.state_dict(), again.model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    enc = again.adapter.encode(_sample([images["big"]]), PLAIN)
-    ref = lm.adapter.encode(_sample([images["big"]]), PLAIN)
+    enc = again.adapter.encode(make_sample([images["big"]]), PLAIN)
+    ref = lm.adapter.encode(make_sample([images["big"]]), PLAIN)
     assert enc.tokens.keys() == ref.tokens.keys() and enc.vision.keys() == ref.vision.keys()
     assert all(torch.equal(enc.tokens[k], ref.tokens[k]) for k in ref.tokens)
     assert all(torch.equal(enc.vision[k], ref.vision[k]) for k in ref.vision)
@@ -351,7 +333,7 @@ def test_hf_backend_greedy_matches_generate_on_each_prompt_alone(loaded, images,
     token and with the same log-probs: for 10 tokens with no stop, and with a stop token that ends
     one prompt's rows first, so that the backend re-selects the live rows of the cache mid-decode."""
     lm = loaded[family]
-    prompts = _prompts(lm.adapter, images)
+    prompts = three_prompts(lm.adapter, images)
     monkeypatch.setattr(lm.model.generation_config, "eos_token_id", None)  # 10 tokens, whatever they are
     refs = [_greedy_reference(lm, p, 10) for p in prompts]
     groups = HFRolloutBackend(lm.model, lm.adapter, stop_token_ids=[-1]).generate(
