@@ -204,7 +204,7 @@ class DataSection(Section):
     eval: dict[str, str] = path_field(
         {}, description="Held-out sets to evaluate on: name -> data file. Metrics are logged per name."
     )
-    format: Literal["auto", "canonical", "maye", "vlm_r1", "r1v"] = Field(
+    format: Literal["auto", "canonical", "maye", "vlm_r1", "r1v", "scienceqa"] = Field(
         "auto", description="Layout of the data rows; auto detects it from the first row."
     )
     image_root: str | None = path_field(

@@ -1,9 +1,10 @@
-"""Row layouts of peer R1-style VLM systems, each converted to vlrl's canonical row.
+"""Row layouts of peer R1-style VLM systems and data sets, each converted to vlrl's canonical row.
 
 A canonical row has `id`, `images` (or `image` for a single one), `question`, `answer` and
 optionally `choices`, `solution`, `task`; any other key is passed through to `Sample.extra`.
 Every converter in `FORMATS` has the same signature, `row -> canonical row`, and is pure: it
-renames and reshapes keys and leaves validation to `vlrl.data.loading`.
+renames and reshapes keys and leaves validation to `vlrl.data.loading`. A converter may raise
+`LeftOut` for a well-formed row its layout does not train on; the loader counts those apart.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from vlrl.data.prompts import option_letter
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
@@ -26,6 +29,15 @@ class RowProblem(ValueError):
     def __init__(self, kind: str, field_name: str | None, message: str):
         super().__init__(message)
         self.kind, self.field_name, self.message = kind, field_name, message
+
+
+class LeftOut(Exception):
+    """A well-formed row that a layout deliberately does not train on (ScienceQA's text-only
+    questions); the loader counts it under `reason` in `LoadReport.left_out` instead of failing."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def parse_answer(text: str) -> Any:
@@ -96,16 +108,87 @@ def r1v(row: dict) -> dict:
     return row
 
 
+def scienceqa(row: dict) -> dict:
+    """ScienceQA (lupantech/ScienceQA, NeurIPS 2022): a multiple-choice science question with an image.
+
+    Reads the fields of both public forms (ScienceQA's README, "data examples in problem.json";
+    demos/Hugging_Face_Dataset_demo.ipynb): `question`, `choices`, `answer` (the index of the right
+    choice), `hint`, `image`, `lecture`, `solution`, `task`, `grade`, `subject`, ...
+    - the original release, `data/scienceqa/problems.json` (a JSON object pid -> row, one `split`
+      per row): `image` is a file name ("image.png") in `images/<split>/<pid>/`, relative to
+      problems.json's folder (tools/download.sh unzips the images there); the pid is the row's id;
+    - the Hugging Face form (derek-thomas/ScienceQA, one parquet file per split): `image` is the
+      picture itself, which the loader has already written to a file and replaced by its path.
+    The answer index becomes the choice's letter ("A", "B", ...), which the accuracy reward
+    resolves against `choices`. The hint is the question's context as ScienceQA's own prompt
+    builder writes it (models/base_prompt.py: `get_context_text` without captions, "N/A" when
+    empty, in the QCM order of its final model): "Question: ...\nContext: ...". `solution` is
+    kept as the solution, `lecture` and the other fields pass through to `Sample.extra`.
+    Text-only questions (no image, about half of ScienceQA) are left out: this layout is the IMG
+    subset, the questions about a picture that caption-first RL (MoERL-Vision) trains on.
+    """
+    row = dict(row)
+    image = row.pop("image", None)
+    if image is None:
+        raise LeftOut("text-only")
+    # the original release's line is a position in a JSON object: the pid says which row it is
+    pid = f" (pid {row['id']})" if row.get("id") is not None else ""
+    choices = row.get("choices")
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+        raise RowProblem(
+            "bad layout", "choices", f"a ScienceQA row needs a list of choices, got {choices!r}{pid}"
+        )
+    index = row.get("answer")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(choices):
+        raise RowProblem(
+            "bad answer",
+            "answer",
+            f"ScienceQA's answer is the index of the right choice, 0..{len(choices) - 1}; got {index!r}{pid}",
+        )
+    row["answer"] = option_letter(index)
+    question = row.get("question")
+    if isinstance(question, str):
+        hint = row.pop("hint", None)
+        context = hint.strip() if isinstance(hint, str) and hint.strip() else "N/A"
+        row["question"] = f"Question: {question}\nContext: {context}"
+    row["images"] = _scienceqa_image(image, row)
+    return row
+
+
+def _scienceqa_image(image: Any, row: dict) -> str:
+    """The path of a ScienceQA row's image: the original release's file name resolved to
+    `images/<split>/<pid>/<name>`, or the path the Hugging Face form's stored picture was given."""
+    if isinstance(image, dict) and image.get("path") and image.get("bytes") is None:
+        return image["path"]  # an HF Image feature that only references a file
+    if not isinstance(image, str):
+        raise RowProblem(
+            "wrong type",
+            "image",
+            f"expected an image file name or path, got {type(image).__name__}; pictures stored inside"
+            " the file are read from parquet or a datasets folder, not from JSON",
+        )
+    if "split" not in row or "/" in image:
+        return image
+    pid, split = row.get("id"), row["split"]
+    if pid is None or not isinstance(split, str):
+        field_name = "id" if pid is None else "split"
+        raise RowProblem(
+            "bad layout", field_name, f"the original release's image '{image}' lives in images/<split>/<pid>/"
+        )
+    return f"images/{split}/{pid}/{image}"
+
+
 FORMATS: dict[str, Callable[[dict], dict]] = {
     "canonical": canonical,
     # MAYE (GAIR-NLP) rows are canonical: question, answer, CoT solution, image or images
     "maye": canonical,
     "vlm_r1": vlm_r1,
     "r1v": r1v,
+    "scienceqa": scienceqa,
 }
 
 # the key whose presence marks a layout for format="auto"; rows with neither are canonical
-SIGNATURES: dict[str, str] = {"vlm_r1": "conversations", "r1v": "problem"}
+SIGNATURES: dict[str, str] = {"vlm_r1": "conversations", "r1v": "problem", "scienceqa": "lecture"}
 
 
 def detect_row(row: dict) -> str:

@@ -3,7 +3,8 @@
 A bad row found after an hour of rollouts costs the hour, so everything a row needs is checked
 here: required fields and their types, images on disk and readable, `<image>` markers matching
 the images, unique ids, and, given the model adapter's `prompt_length`, the prompt budget.
-With `skip_invalid=True` bad rows are skipped, and `LoadReport` accounts for every one of them.
+With `skip_invalid=True` bad rows are skipped, and `LoadReport` accounts for every one of them,
+as it does for the well-formed rows a layout leaves out on purpose (`formats.LeftOut`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from vlrl.data.formats import FORMATS, RowProblem, detect_format
+from vlrl.data.formats import FORMATS, LeftOut, RowProblem, detect_format
 from vlrl.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLargeError, verify_image
 from vlrl.data.sample import IMAGE_MARKER, DataError, Sample
 
@@ -53,17 +54,23 @@ class RowError(DataError):
 
 @dataclass
 class LoadReport:
-    """What `load_samples` did with each row of one file: `n_read == n_loaded + len(skipped)`."""
+    """What `load_samples` did with each row of one file:
+    `n_read == n_loaded + len(skipped) + sum(left_out.values())`."""
 
     source: str
     n_read: int
     n_loaded: int
     skipped: list[RowError]
     format: str
+    left_out: dict[str, int] = field(default_factory=dict)
+    """Well-formed rows the format does not train on, counted by reason (ScienceQA's "text-only")."""
 
     def summary(self) -> str:
         """One line, e.g. "train.jsonl: 98/100 rows loaded, 2 skipped (1 missing image, 1 no answer)"."""
         text = f"{Path(self.source).name}: {self.n_loaded}/{self.n_read} rows loaded"
+        if self.left_out:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in self.left_out.items())
+            text += f", {sum(self.left_out.values())} left out by format {self.format} ({reasons})"
         if not self.skipped:
             return text
         kinds = Counter(err.kind for err in self.skipped).most_common()
@@ -121,12 +128,15 @@ def load_samples(
         max_prompt_length=max_prompt_length,
         prompt_length=prompt_length,
     )
-    samples, skipped = [], []
+    samples, skipped, left_out = [], [], Counter()
     for line, row in rows:
         try:
             sample = _build(row, line, ctx)
             for check in CHECKS:
                 check(sample, ctx)
+        except LeftOut as reason:
+            left_out[reason.reason] += 1
+            continue
         except RowProblem as problem:
             err = RowError(problem.kind, str(path), line, problem.field_name, problem.message)
             if not skip_invalid:
@@ -135,7 +145,7 @@ def load_samples(
             continue
         ctx.ids[sample.id] = line
         samples.append(sample)
-    report = LoadReport(str(path), len(rows), len(samples), skipped, ctx.format)
+    report = LoadReport(str(path), len(rows), len(samples), skipped, ctx.format, dict(left_out))
     if not samples:
         first = f"; first problem: {skipped[0]}" if skipped else ""
         raise DataError(
@@ -190,20 +200,28 @@ def _decode(raw: bytes) -> Any:
 
 
 def _read_json(path: Path) -> Rows:
-    """A JSON list of rows (line = position in the list); many `.json` files are JSON Lines instead."""
+    """A JSON list of rows (line = position in the list), or a JSON object of rows keyed by id
+    (ScienceQA's problems.json: each row gets its key as `id` unless it has one); many `.json`
+    files are JSON Lines instead."""
     data = path.read_bytes().removeprefix(BOM)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise DataError(str(path), line, None, f"not UTF-8 text ({e.reason} at byte {e.start + 1})") from None
-    if not text.lstrip().startswith("["):
+    if not text.lstrip().startswith(("[", "{")):
         return _read_jsonl(path)
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as e:
+        if not text.lstrip().startswith("["):
+            return _read_jsonl(path)  # JSON Lines: one object per line
         # one broken element makes the whole list unreadable, so this cannot be skipped
         raise DataError(str(path), e.lineno, None, f"invalid JSON ({e.msg}, column {e.colno})") from None
+    if isinstance(rows, dict):
+        if not rows or not all(isinstance(row, dict) for row in rows.values()):
+            return _read_jsonl(path)  # a single-row JSON Lines file
+        rows = [{"id": key} | row for key, row in rows.items()]
     return [(line, _finite_or_problem(row)) for line, row in enumerate(rows, 1)]
 
 
