@@ -16,6 +16,7 @@ Every name below is imported on first use, so `import vlrl` does not load the tr
 """
 
 from vlrl.lazy import lazy_exports
+from vlrl.models import deepseek_vl2 as _deepseek_vl2
 from vlrl.models import processors as _processors
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 # Importing vlrl is enough for transformers' Auto classes to load vlrl-built checkpoints on
 # machines without torchvision (see vlrl.models.processors).
 _processors.register()
+_deepseek_vl2.register()
 
 # Public name -> module defining it.
 _EXPORTS = {
