@@ -24,18 +24,23 @@ from transformers import DeepseekV2Config, DeepseekV3Config, PreTrainedConfig
 from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import DeepseekOcr2TextConfig
 
 __all__ = [
-    "DEFAULT_IMAGE_TOKEN_ID",
     "LANGUAGE_DEFAULTS",
+    "PUBLISHED_IMAGE_TOKEN_IDS",
     "PROJECTOR_DEFAULTS",
     "VISION_DEFAULTS",
     "DeepseekVLV2Config",
     "text_config_from_language",
 ]
 
-# Id of `<image>` in the tokenizer all three published checkpoints share (vocabulary of 129280
-# entries for tiny and base; small's language model has 102400 embedding rows but the same
-# tokenizer file, see the report of issue 22).
-DEFAULT_IMAGE_TOKEN_ID = 128815
+# Id of `<image>` in the published tokenizers, by the language model's vocabulary size (the
+# original processor adds `<image>` to the tokenizer when missing and reads its id back, so the
+# checkpoints' config.json never holds it):
+# - 129280 (tiny, base): 128815, printed by the original processor for deepseek-vl2 in
+#   deepseek-ai/DeepSeek-VL2 issue #17 ("<image>:128815", followed by <|ref|> 128816 ...);
+# - 102400 (small, DeepSeek-V2's vocabulary): 100015, mlx-vlm's DeepSeek-VL2 default
+#   (Blaizzy/mlx-vlm, mlx_vlm/models/deepseek_vl_v2/config.py, `image_token_index`).
+# Any other vocabulary (vlrl's tiny builds) must give `image_token_id` in config.json.
+PUBLISHED_IMAGE_TOKEN_IDS = {129280: 128815, 102400: 100015}
 
 # `VisionEncoderConfig.__init__` defaults (modeling_deepseek_vl_v2.py) plus the two fields the
 # model reads from its class attributes (`weight_init`, `deterministic`, `num_recomputing_layers`).
@@ -192,6 +197,21 @@ def _check_language(lang: dict[str, Any]) -> None:
         _fail(f"{name}.num_attention_heads", lang["num_attention_heads"], "a divisor of hidden_size")
 
 
+def _image_token_id(given: int | None, vocab_size: int) -> int:
+    if given is not None:
+        if not 0 <= given < vocab_size:
+            _fail("image_token_id", given, f"an id below language_config.vocab_size = {vocab_size}")
+        return given
+    if vocab_size not in PUBLISHED_IMAGE_TOKEN_IDS:
+        _fail(
+            "image_token_id",
+            None,
+            f"an explicit id: language_config.vocab_size {vocab_size} is none of the published "
+            f"checkpoints' ({', '.join(map(str, PUBLISHED_IMAGE_TOKEN_IDS))})",
+        )
+    return PUBLISHED_IMAGE_TOKEN_IDS[vocab_size]
+
+
 def text_config_from_language(lang: dict[str, Any]) -> PreTrainedConfig:
     """transformers' config of the language model described by the original `language_config`.
 
@@ -257,7 +277,8 @@ class DeepseekVLV2Config(PreTrainedConfig):
     `vision_config`, `projector_config`, `language_config`: dicts with the original field names
     and defaults (see the module docstring); `tile_tag` (only "2D"), `global_view_pos` ("head" or
     "tail"), `candidate_resolutions` (the processor's tilings, [[w, h], ...] in pixels);
-    `image_token_id`: the `<image>` placeholder the image features replace.
+    `image_token_id`: the `<image>` placeholder the image features replace (default: the
+    published tokenizer's, `PUBLISHED_IMAGE_TOKEN_IDS`).
     """
 
     model_type = "deepseek_vl_v2"
@@ -270,7 +291,7 @@ class DeepseekVLV2Config(PreTrainedConfig):
         tile_tag: str = "2D",
         global_view_pos: str = "head",
         candidate_resolutions: Any = ((384, 384),),
-        image_token_id: int = DEFAULT_IMAGE_TOKEN_ID,
+        image_token_id: int | None = None,
         **kwargs,
     ):
         self.vision_config = _with_defaults(vision_config, VISION_DEFAULTS)
@@ -279,7 +300,7 @@ class DeepseekVLV2Config(PreTrainedConfig):
         self.tile_tag = tile_tag
         self.global_view_pos = global_view_pos
         self.candidate_resolutions = [list(r) for r in candidate_resolutions]
-        self.image_token_id = image_token_id
+        self.image_token_id = _image_token_id(image_token_id, self.language_config["vocab_size"])
         if tile_tag != "2D":
             _fail("tile_tag", tile_tag, "'2D'")
         if global_view_pos not in ("head", "tail"):
