@@ -36,6 +36,9 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
+from vlrl.models.deepseek_vl2.configuration import DeepseekVLV2Config
+from vlrl.models.deepseek_vl2.processing import DeepseekVLV2Processor
+
 
 class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
     """Qwen2-VL processor without the video sub-processor."""
@@ -98,6 +101,7 @@ IMAGE_ONLY_PROCESSORS = {
     InternVLConfig: InternVLImageOnlyProcessor,
     Idefics3Config: Idefics3Processor,  # image-only already
     AriaConfig: AriaProcessor,  # image-only already (a PIL image processor, no video)
+    DeepseekVLV2Config: DeepseekVLV2Processor,  # ours: DeepSeek-VL2 is not in transformers
 }
 
 

@@ -8,7 +8,8 @@ mentions while reasoning then count as predictions too). It finds, left to right
 
 - `[x1, y1, x2, y2]` (or with round brackets), alone or in lists: `[[...], [...]]`;
 - Qwen2-VL points `(x1,y1),(x2,y2)`, optionally `<|box_start|>...<|box_end|>` and preceded by
-  `<|object_ref_start|>label<|object_ref_end|>`; InternVL's `<ref>label</ref><box>[[...]]</box>`;
+  `<|object_ref_start|>label<|object_ref_end|>`; InternVL's `<ref>label</ref><box>[[...]]</box>`,
+  DeepSeek-VL2's `<|ref|>label<|/ref|><|det|>[[...]]<|/det|>`;
 - flat objects `{"bbox_2d": [...], "label": "cat"}` (any key naming the box, `'` or `"` quotes,
   Qwen2.5-VL's grounding JSON), alone or in lists,
 
@@ -60,8 +61,11 @@ _NUM = r"-?\d+(?:\.\d+)?"
 _SEP = r"\s*,\s*"
 _FOUR = rf"[\[(]\s*{_NUM}{_SEP}{_NUM}{_SEP}{_NUM}{_SEP}{_NUM}\s*[\])]"
 _PAIR = rf"\(\s*{_NUM}{_SEP}{_NUM}\s*\)\s*,?\s*\(\s*{_NUM}{_SEP}{_NUM}\s*\)"
-_REF = r"(?:(?:<\|object_ref_start\|>|<ref>)(?P<ref>[^<>]{0,200})(?:<\|object_ref_end\|>|</ref>)\s*)?"
-_OPEN = r"(?:(?:<\|box_start\|>|<box>)\s*\[?\s*)?"
+_REF = (
+    r"(?:(?:<\|object_ref_start\|>|<ref>|<\|ref\|>)(?P<ref>[^<>]{0,200})"
+    r"(?:<\|object_ref_end\|>|</ref>|<\|/ref\|>)\s*)?"
+)
+_OPEN = r"(?:(?:<\|box_start\|>|<box>|<\|det\|>)\s*\[?\s*)?"
 _SCAN = re.compile(rf"\{{(?P<object>[^{{}}]{{0,2000}})\}}|{_REF}{_OPEN}(?P<coords>{_FOUR}|{_PAIR})")
 _COORDS = re.compile(rf"{_FOUR}|{_PAIR}")
 _NUMBER = re.compile(_NUM)

@@ -4,8 +4,9 @@ Boxes come from the answer (boxes.py: last `<answer>`, else the whole text) as t
 them, and are converted to original-image pixels before scoring with these per-sample fields:
 
 - `box_convention`: "pixels" (the default: already original pixels), or an entry of
-  `vlrl.models.boxes.BOX_CONVENTIONS`: "norm1000" (Qwen2-VL, InternVL) or "resized_abs"
-  (Qwen2.5-VL: pixels of the processor-resized image); the trainer sets it from the model adapter.
+  `vlrl.models.boxes.BOX_CONVENTIONS`: "norm1000" (Qwen2-VL, InternVL), "norm999" (DeepSeek-VL2)
+  or "resized_abs" (Qwen2.5-VL: pixels of the processor-resized image); the trainer sets it from
+  the model adapter.
 - `image_size`: [width, height] of the original image (needed unless "pixels").
 - `model_image_size`: [width, height] of the image as the model saw it (needed for "resized_abs").
 

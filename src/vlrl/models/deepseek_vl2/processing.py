@@ -93,13 +93,80 @@ def image_token_count(side: int, tiles: tuple[int, int]) -> int:
     return side * (side + 1) + 1 + (th * side) * (tw * side + 1)
 
 
+class DeepseekVLV2ImageProcessor:
+    """The image half of the processor: tiling, padding and normalisation (see the module docstring).
+
+    A plain object built from the processor's own fields: the released checkpoints have no
+    preprocessor_config.json, their processor_config.json holds everything.
+    """
+
+    def __init__(
+        self,
+        candidate_resolutions: Sequence[Sequence[int]],
+        patch_size: int,
+        downsample_ratio: float,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        normalize: bool,
+    ):
+        self.candidate_resolutions = [list(map(int, r)) for r in candidate_resolutions]
+        # the tile size: the first candidate's width, as in the original
+        self.image_size = self.candidate_resolutions[0][0]
+        for w, h in self.candidate_resolutions:
+            if w % self.image_size or h % self.image_size:
+                raise ValueError(
+                    f"DeepseekVLV2Processor: candidate_resolutions holds {[w, h]}, not a multiple of the "
+                    f"tile size {self.image_size} (the first candidate's width)"
+                )
+        self.patch_size = patch_size
+        self.downsample_ratio = downsample_ratio
+        self.image_mean = np.asarray(image_mean, np.float32)
+        self.image_std = np.asarray(image_std, np.float32)
+        self.normalize = normalize
+
+    def tiling(self, size: tuple[int, int], cropping: bool = True) -> tuple[int, int]:
+        """(width tiles, height tiles) of the local views of an image of `size` (width, height)."""
+        if not cropping:
+            return (1, 1)
+        w, h = select_best_resolution(size, self.candidate_resolutions)
+        return (w // self.image_size, h // self.image_size)
+
+    def num_image_tokens(self, size: tuple[int, int], cropping: bool = True) -> int:
+        """`<image>` tokens one image of `size` (width, height) expands into."""
+        side = tokens_per_side(self.image_size, self.patch_size, self.downsample_ratio)
+        return image_token_count(side, self.tiling(size, cropping))
+
+    def __call__(self, image: Image.Image, cropping: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+        """([1 + tw * th, 3, S, S] float32 tiles, (tw, th)): the global view, then the local tiles
+        row-major, each normalised as the original's ToTensor + Normalize."""
+        image = image.convert("RGB")
+        S = self.image_size
+        tw, th = self.tiling(image.size, cropping)
+        fill = tuple(int(m * 255) for m in self.image_mean.tolist())  # the original pads with the mean colour
+        global_view = ImageOps.pad(image, (S, S), color=fill)
+        local = ImageOps.pad(image, (tw * S, th * S), color=fill)
+        views = [global_view] + [
+            local.crop((x * S, y * S, (x + 1) * S, (y + 1) * S)) for y in range(th) for x in range(tw)
+        ]
+        return np.stack([self._normalise(v) for v in views]), (tw, th)
+
+    def _normalise(self, view: Image.Image) -> np.ndarray:
+        """[3, S, S] float32: pixels / 255, then (x - mean) / std per channel when `normalize`."""
+        x = np.asarray(view, dtype=np.float32) / np.float32(255)
+        if self.normalize:
+            x = (x - self.image_mean) / self.image_std
+        return x.transpose(2, 0, 1)
+
+
 class DeepseekVLV2Processor(ProcessorMixin):
-    """Tokenizer plus the image processing of DeepSeek-VL2 (see the module docstring).
+    """Tokenizer plus DeepSeek-VL2's image processing (`image_processor`, see the module docstring).
 
     `processor(text=[prompt, ...], images=[...])` -> `input_ids` / `attention_mask` [B, L] (left
     padded, BOS first), `pixel_values` [tiles, 3, S, S] (per image: global view, then its local tiles
     row-major) and `images_spatial_crop` [images, 2] = (width tiles, height tiles). A prompt's
-    images are the next ones of `images`, one per `<image>` in its text.
+    images are the next ones of `images`, one per `<image>` in its text. The fields the original
+    uses only for training labels (`mask_prompt`, `ignore_id`) or not at all (`add_special_token`)
+    are kept for the saved config.
     """
 
     def __init__(
@@ -124,14 +191,11 @@ class DeepseekVLV2Processor(ProcessorMixin):
                 f"DeepseekVLV2Processor: sft_format {sft_format!r} is not supported (only 'deepseek', "
                 "the format of the released checkpoints)"
             )
-        self.candidate_resolutions = [list(map(int, r)) for r in candidate_resolutions]
-        self.image_size = self.candidate_resolutions[0][0]
-        for w, h in self.candidate_resolutions:
-            if w % self.image_size or h % self.image_size:
-                raise ValueError(
-                    f"DeepseekVLV2Processor: candidate_resolutions holds {[w, h]}, not a multiple of the "
-                    f"tile size {self.image_size} (the first candidate's width)"
-                )
+        self.image_processor = DeepseekVLV2ImageProcessor(
+            candidate_resolutions, patch_size, downsample_ratio, image_mean, image_std, normalize
+        )
+        self.candidate_resolutions = self.image_processor.candidate_resolutions
+        self.image_size = self.image_processor.image_size
         self.patch_size = patch_size
         self.downsample_ratio = downsample_ratio
         self.image_mean = list(image_mean)
@@ -147,39 +211,9 @@ class DeepseekVLV2Processor(ProcessorMixin):
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         super().__init__(tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
 
-    # ---- images ---------------------------------------------------------------------------------
-    def tiling(self, size: tuple[int, int], cropping: bool = True) -> tuple[int, int]:
-        """(width tiles, height tiles) of the local views of an image of `size` (width, height)."""
-        if not cropping:
-            return (1, 1)
-        w, h = select_best_resolution(size, self.candidate_resolutions)
-        return (w // self.image_size, h // self.image_size)
-
     def num_image_tokens(self, size: tuple[int, int], cropping: bool = True) -> int:
         """`<image>` tokens one image of `size` (width, height) expands into."""
-        side = tokens_per_side(self.image_size, self.patch_size, self.downsample_ratio)
-        return image_token_count(side, self.tiling(size, cropping))
-
-    def image_tiles(self, image: Image.Image, cropping: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
-        """([1 + tw * th, 3, S, S] float32 tiles, (tw, th)): the global view, then the local tiles
-        row-major, each normalised as the original's ToTensor + Normalize."""
-        image = image.convert("RGB")
-        S = self.image_size
-        tw, th = self.tiling(image.size, cropping)
-        fill = tuple(int(m * 255) for m in self.image_mean)  # the original pads with the mean colour
-        global_view = ImageOps.pad(image, (S, S), color=fill)
-        local = ImageOps.pad(image, (tw * S, th * S), color=fill)
-        views = [global_view] + [
-            local.crop((x * S, y * S, (x + 1) * S, (y + 1) * S)) for y in range(th) for x in range(tw)
-        ]
-        return np.stack([self._normalise(v) for v in views]), (tw, th)
-
-    def _normalise(self, view: Image.Image) -> np.ndarray:
-        """[3, S, S] float32: pixels / 255, then (x - mean) / std per channel when `normalize`."""
-        x = np.asarray(view, dtype=np.float32) / np.float32(255)
-        if self.normalize:
-            x = (x - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
-        return x.transpose(2, 0, 1)
+        return self.image_processor.num_image_tokens(size, cropping)
 
     # ---- text -----------------------------------------------------------------------------------
     def __call__(
@@ -235,7 +269,7 @@ class DeepseekVLV2Processor(ProcessorMixin):
             ids += self.tokenizer.encode(piece, add_special_tokens=False)
             if image is None:
                 break
-            views, tiling = self.image_tiles(image, cropping)
+            views, tiling = self.image_processor(image, cropping)
             tiles.append(views)
             crops.append(tiling)
             ids += [self.image_token_id] * image_token_count(side, tiling)

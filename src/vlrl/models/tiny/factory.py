@@ -34,10 +34,11 @@ from vlrl.models.processors import (
     Qwen2VLImageOnlyProcessor,
 )
 from vlrl.models.tiny import aria, internvl_moe
+from vlrl.models.tiny import deepseek_vl2 as tiny_deepseek_vl2
 from vlrl.models.tiny import glm4v as tiny_glm4v
 from vlrl.models.tiny import qwen3_5 as tiny_qwen3_5
 from vlrl.models.tiny.qwen3_vl import qwen3_vl_config, qwen3_vl_moe_config, qwen3_vl_processor
-from vlrl.models.tiny.tokenizer import train_bpe
+from vlrl.models.tiny.tokenizer import EOS, train_bpe
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,10 @@ class TinyFamily:
     config: Callable[[Size, int, object], PretrainedConfig]
     processor: Callable[[object], ProcessorMixin]
     named_tokens: dict[str, str] | None = None
+    # the tokenizer's bos / eos / pad where they are not Qwen's (no bos, eos <|im_end|>, pad <|endoftext|>)
+    roles: dict[str, str] | None = None
+    # the tokens generation stops at (Qwen's generation configs stop at <|endoftext|> too)
+    stop_tokens: tuple[str, ...] = ("<|im_end|>", EOS)
 
 
 FAMILIES: dict[str, TinyFamily] = {
@@ -305,6 +310,20 @@ FAMILIES: dict[str, TinyFamily] = {
     ),
     "qwen3_5_moe": TinyFamily(
         QWEN_SPECIALS, tiny_qwen3_5.qwen3_5_moe_config, tiny_qwen3_5.qwen3_5_processor(QWEN_TEMPLATE)
+    ),
+    "deepseek_vl2": TinyFamily(
+        tiny_deepseek_vl2.SPECIALS,
+        tiny_deepseek_vl2.deepseek_vl2_config,
+        tiny_deepseek_vl2.deepseek_vl2_processor,
+        roles=tiny_deepseek_vl2.ROLES,
+        stop_tokens=(tiny_deepseek_vl2.EOS,),
+    ),
+    "deepseek_vl2_mla": TinyFamily(
+        tiny_deepseek_vl2.SPECIALS,
+        tiny_deepseek_vl2.deepseek_vl2_mla_config,
+        tiny_deepseek_vl2.deepseek_vl2_processor,
+        roles=tiny_deepseek_vl2.ROLES,
+        stop_tokens=(tiny_deepseek_vl2.EOS,),
     ),
 }
 
@@ -333,12 +352,16 @@ def build_tiny_model(
     if size not in SIZES:
         raise ValueError(f"unknown tiny-model size '{size}'; valid: {', '.join(SIZES)}")
     spec = FAMILIES[family]
+    roles = spec.roles or {}
     tok = train_bpe(
         default_corpus() if corpus is None else corpus,
         spec.special_tokens,
         vocab_size=vocab_size,
         extra_special_tokens=spec.named_tokens,
+        eos_token=roles.get("eos_token", "<|im_end|>"),
     )
+    if roles:
+        tok.add_special_tokens(roles)
     # Round the embedding up to a multiple of 64 so matmuls stay aligned; spare rows are never produced
     # by the tokenizer.
     vocab = -(-len(tok) // 64) * 64
@@ -346,7 +369,7 @@ def build_tiny_model(
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config = GenerationConfig(
-        eos_token_id=[tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")],
+        eos_token_id=tok.convert_tokens_to_ids(list(spec.stop_tokens)),
         pad_token_id=tok.pad_token_id,
         do_sample=False,
     )
