@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModelForImageTextToText, DynamicCache
 
 import vlrl  # noqa: F401  (registers deepseek_vl_v2 with transformers' Auto classes)
 from vlrl.models.deepseek_vl2 import DeepseekVLV2Config, DeepseekVLV2ForCausalLM
@@ -394,6 +394,28 @@ def test_forward_places_features_and_cached_features_give_the_same_logits(loaded
     torch.testing.assert_close(out[:1], by_hand)
 
 
+def test_generate_sees_the_pixels_once_and_matches_a_cached_greedy_loop(loaded):
+    _, _, _, model, _ = loaded
+    crops = torch.tensor([[1, 1]])
+    pixels = torch.randn(2, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(7))
+    ids = torch.tensor([_prompt(13)])
+    with torch.no_grad():
+        generated = model.generate(
+            input_ids=ids, pixel_values=pixels, images_spatial_crop=crops, max_new_tokens=4, do_sample=False
+        )[0, ids.shape[1] :].tolist()
+        cache = DynamicCache(config=model.config)
+        logits = model(input_ids=ids, pixel_values=pixels, images_spatial_crop=crops, cache=cache).logits
+        loop = []
+        for _ in range(4):
+            loop.append(int(logits[0, -1].argmax()))
+            logits = model(input_ids=torch.tensor([[loop[-1]]]), cache=cache).logits
+    assert generated == loop
+    step = model.prepare_inputs_for_generation(
+        ids, pixel_values=pixels, images_spatial_crop=crops, cache=cache, is_first_iteration=False
+    )
+    assert "pixel_values" not in step and "images_spatial_crop" not in step
+
+
 def test_image_token_count_mismatch_is_a_clear_error(loaded):
     _, _, _, model, _ = loaded
     pixels = torch.zeros(2, 3, IMAGE, IMAGE)
@@ -405,6 +427,77 @@ def test_image_token_count_mismatch_is_a_clear_error(loaded):
         )
     with pytest.raises(ValueError, match="do not hold the 3 tiles"):
         model.get_image_features(pixels, torch.tensor([[2, 1]]))
+
+
+# ---- attention against the original's ------------------------------------------------------------------
+
+
+def _rms(x, w):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+
+def _rotate(x, positions, interleaved):
+    """RoPE as modeling_deepseek.py applies it (theta 10000 over x's last dim d): MLA's
+    `apply_rotary_pos_emb` first regroups the dims (x0, x2, ..., x1, x3, ...), then both forms
+    rotate halves: [a, b] -> [a cos - b sin, b cos + a sin] with angle position / 10000^(2i/d)."""
+    d = x.shape[-1]
+    if interleaved:
+        x = torch.cat([x[..., 0::2], x[..., 1::2]], -1)
+    angle = positions[:, None].float() / 10000 ** (torch.arange(0, d, 2).float() / d)  # [T, d/2]
+    cos, sin = angle.cos(), angle.sin()
+    a, b = x[..., : d // 2], x[..., d // 2 :]
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], -1)
+
+
+def attention_by_hand(state, variant, x):
+    """Layer 0's attention block of the original for one sequence x [T, H]: LlamaAttention for MHA
+    (tiny), `DeepseekV2Attention` (MLA, q_lora_rank null) written in its unabsorbed form
+    otherwise; causal softmax(q k^T * scale) v, then o_proj. Returns x + attention(norm(x))."""
+    b = "language.model.layers.0."
+    h = _rms(x, state[b + "input_layernorm.weight"])
+    t = x.shape[0]
+    pos = torch.arange(t)
+    if variant == "mha":
+        hd = N_EMBED // HEADS
+        q, k, v = (
+            (h @ state[b + f"self_attn.{p}_proj.weight"].T).reshape(t, HEADS, hd).transpose(0, 1)
+            for p in "qkv"
+        )
+        q, k = _rotate(q, pos, False), _rotate(k, pos, False)
+        scale = hd**-0.5
+    else:
+        q = (h @ state[b + "self_attn.q_proj.weight"].T).reshape(t, HEADS, NOPE + ROPE).transpose(0, 1)
+        kv_a = h @ state[b + "self_attn.kv_a_proj_with_mqa.weight"].T
+        latent = _rms(kv_a[:, :KV_RANK], state[b + "self_attn.kv_a_layernorm.weight"])
+        kv = (
+            (latent @ state[b + "self_attn.kv_b_proj.weight"].T)
+            .reshape(t, HEADS, NOPE + V_DIM)
+            .transpose(0, 1)
+        )
+        k_pe = _rotate(kv_a[:, KV_RANK:], pos, True).expand(HEADS, t, ROPE)
+        q = torch.cat([q[..., :NOPE], _rotate(q[..., NOPE:], pos, True)], -1)
+        k = torch.cat([kv[..., :NOPE], k_pe], -1)
+        v = kv[..., NOPE:]
+        scale = (NOPE + ROPE) ** -0.5
+    scores = (q @ k.transpose(-1, -2)) * scale + torch.full((t, t), float("-inf")).triu(1)
+    out = (torch.softmax(scores, -1) @ v).transpose(0, 1).reshape(t, -1)
+    return x + out @ state[b + "self_attn.o_proj.weight"].T
+
+
+def test_first_decoder_layer_is_the_original_attention_and_dense_mlp(loaded):
+    """Layer 0 (attention, then the dense MLP) against the original's maths, which pins the RoPE
+    layout: MLA's interleaved rope dims (DeepseekV2's complex rotation, DeepseekV3's
+    `rope_interleave`) and MHA's half-split over the whole head."""
+    variant, _, state, model, _ = loaded
+    x = torch.randn(1, 6, N_EMBED, generator=torch.Generator().manual_seed(6))
+    after_attention = attention_by_hand(state, variant, x[0])
+    b = "language.model.layers.0."
+    expected = after_attention + _expert(
+        state, b + "mlp.", _rms(after_attention, state[b + "post_attention_layernorm.weight"])
+    )
+    with torch.no_grad():
+        hidden = model.language.model(inputs_embeds=x, output_hidden_states=True).hidden_states[1]
+    torch.testing.assert_close(hidden[0], expected, rtol=1e-4, atol=1e-4)
 
 
 # ---- MoE layers against the original gating formula ------------------------------------------------------
@@ -565,6 +658,7 @@ def test_real_config_round_trips_through_autoconfig(tmp_path):
         ("projector_config", {"projector_type": "mlp_gelu"}, "projector_config.projector_type 'mlp_gelu'"),
         ("projector_config", {"token_pooling": True}, "projector_config.token_pooling True"),
         ("projector_config", {"input_dim": 8}, "projector_config.input_dim 8"),
+        ("projector_config", {"n_embed": 48}, "projector_config.n_embed 48"),
         ("vision_config", {"ignore_head": False}, "vision_config.ignore_head False"),
         ("vision_config", {"class_token": True}, "vision_config.class_token True"),
         (None, {"tile_tag": "1D"}, "tile_tag '1D'"),

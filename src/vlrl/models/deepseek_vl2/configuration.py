@@ -14,6 +14,11 @@ What the language section becomes in transformers is `text_config`, built once f
 it through `get_text_config()`.
 
 Variants the model built from transformers' parts would get wrong fail here, naming the field.
+Fields that change nothing at inference are kept and written back untouched: `lm_head` and
+`rm_head` (in -base's config; the original `DeepseekV2ForCausalLM` builds its untied `lm_head`
+whatever they say), `pretraining_tp` (a split of the same matmul), and `aux_loss_alpha` /
+`seq_aux`, the original's load-balancing loss, which it adds only in training and which is not
+reproduced here (its `noaux_tc` gate refuses training altogether).
 """
 
 from __future__ import annotations
@@ -258,6 +263,8 @@ def text_config_from_language(lang: dict[str, Any]) -> PreTrainedConfig:
             topk_method=lang["topk_method"],
             mlp_layer_types=["dense" if i < first_dense else "sparse" for i in range(layers)],
         )
+    # MLA shares one latent among all heads: the original never reads num_key_value_heads there.
+    common["num_key_value_heads"] = lang["num_attention_heads"]
     mla = {
         "kv_lora_rank": lang["kv_lora_rank"],
         "q_lora_rank": lang["q_lora_rank"],
@@ -308,6 +315,12 @@ class DeepseekVLV2Config(PreTrainedConfig):
         _check_vision(self.vision_config)
         _check_projector(self.projector_config, self.vision_config)
         _check_language(self.language_config)
+        if self.projector_config["n_embed"] != self.language_config["hidden_size"]:
+            _fail(
+                "projector_config.n_embed",
+                self.projector_config["n_embed"],
+                f"language_config.hidden_size = {self.language_config['hidden_size']}",
+            )
         self.text_config = text_config_from_language(self.language_config)
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
