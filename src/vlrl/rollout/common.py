@@ -49,3 +49,14 @@ def check_prompt_ids(prompt: Encoded, engine_ids: list[int], index: int) -> None
         f"{engine_ids[at : at + 3]}, trainer {ours[at : at + 3]}). The two processors disagree (image size "
         "bounds or chat template): align them before training, or use rollout.backend=hf"
     )
+
+
+def check_prompt_length(prompt: Encoded, engine_length: int, index: int) -> None:
+    """Fail when an engine that reports only how many tokens it made of prompt `index` (SGLang's
+    `meta_info.prompt_tokens`) made another number than the trainer did (see `check_prompt_ids`)."""
+    if engine_length != prompt.length:
+        raise RuntimeError(
+            f"rollout prompt {index}: the engine tokenised it into {engine_length} tokens, the trainer into "
+            f"{prompt.length}. The two processors disagree (image size bounds, chat template or a BOS token): "
+            "align them before training, or use rollout.backend=hf"
+        )

@@ -15,7 +15,10 @@ For inference on other GPUs or nodes than training (MAYE puts it on a dedicated 
   from the old weights reset, and the step recorded as the server's weight version.
 - **SGLang** (its documented native API; SGLang needs CUDA, so this client is tested against
   recorded answers, not a live server): `POST /generate` with the chat-template text and
-  `image_data`, one row per sample, `return_logprob`; weights through
+  `image_data`, one row per sample, `return_logprob`; a prompt without images goes as the trainer's
+  token ids (SGLang would tokenise a bare text with the tokenizer's own special tokens, a BOS or
+  none, where the family's processor decides), and the prompt length SGLang reports
+  (`meta_info.prompt_tokens`) must be the trainer's. Weights through
   `POST /update_weights_from_disk` with a `weight_version`.
 
 Routes (routing replay, `record_routes`): a vLLM server started with `--enable-return-routed-experts`
@@ -53,7 +56,7 @@ from vlrl.models.export import export_weights
 from vlrl.models.routing import ROUTE_DTYPE
 from vlrl.net import RequestFailed, request_json
 from vlrl.rollout.base import Completion, RolloutBackend, SamplingParams, register_backend
-from vlrl.rollout.common import check_prompt_ids, default_stop_ids, token_mask
+from vlrl.rollout.common import check_prompt_ids, check_prompt_length, default_stop_ids, token_mask
 from vlrl.rollout.sampling import group_seed
 
 if TYPE_CHECKING:
@@ -269,7 +272,6 @@ class ServerRolloutBackend(RolloutBackend):
             "skip_special_tokens": False,
         }
         body = {
-            "text": [prompt.source.text] * G,
             "sampling_params": [
                 sampling | ({} if seed is None else {"sampling_seed": seed + g}) for g in range(G)
             ],
@@ -278,12 +280,17 @@ class ServerRolloutBackend(RolloutBackend):
         if self.routes:
             body["return_routed_experts"] = True
         if prompt.source.images:
+            body["text"] = [prompt.source.text] * G
             body["image_data"] = [[data_url(im) for im in prompt.source.images]] * G
+        else:
+            body["input_ids"] = [prompt.tokens["input_ids"].tolist()] * G
         reply = self._call("/generate", body)
         try:
             rows = reply if isinstance(reply, list) else [reply]
             groups = []
             for row in rows:
+                if row["meta_info"].get("prompt_tokens") is not None:
+                    check_prompt_length(prompt, int(row["meta_info"]["prompt_tokens"]), index)
                 steps = row["meta_info"]["output_token_logprobs"]
                 completion = self._completion([int(s[1]) for s in steps], [float(s[0]) for s in steps])
                 if self.routes:
