@@ -9,9 +9,10 @@ and the original defaults filled in, so that `save_pretrained` writes a config t
 code, vLLM and SGLang read. `image_token_id` is ours (the original processor finds `<image>`
 in the tokenizer).
 
-What the language section becomes in transformers is `text_config`, built once from it
-(`text_config_from_language`) and never serialised: transformers' caches and generation read
-it through `get_text_config()`.
+What the sections become in transformers' parts is derived once and never serialised:
+`text_config` (`text_config_from_language`; transformers' caches and generation read it through
+`get_text_config()`) and `vision_tower_config` (`siglip_config_from_vision`). Both are the
+config's sub-configs, so that attention, experts and dtype settings reach the sub-models.
 
 Variants the model built from transformers' parts would get wrong fail here, naming the field.
 Fields that change nothing at inference are kept and written back untouched: `lm_head` and
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import DeepseekV2Config, DeepseekV3Config, PreTrainedConfig
+from transformers import DeepseekV2Config, DeepseekV3Config, PreTrainedConfig, SiglipVisionConfig
 from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import DeepseekOcr2TextConfig
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "PROJECTOR_DEFAULTS",
     "VISION_DEFAULTS",
     "DeepseekVLV2Config",
+    "siglip_config_from_vision",
     "text_config_from_language",
 ]
 
@@ -217,6 +219,25 @@ def _image_token_id(given: int | None, vocab_size: int) -> int:
     return PUBLISHED_IMAGE_TOKEN_IDS[vocab_size]
 
 
+def siglip_config_from_vision(vision: dict[str, Any]) -> SiglipVisionConfig:
+    """transformers' SigLIP config of the original `vision_config` (siglip_vit.py's
+    `VisionTransformer`: LayerNorm eps 1e-6, `GELU(approximate='tanh')`, MLP hidden
+    `int(width * mlp_ratio)`, e.g. 4304 for SO400M's 1152 * 3.7362), without the pooling head."""
+    return SiglipVisionConfig(
+        hidden_size=vision["width"],
+        intermediate_size=int(vision["width"] * vision["mlp_ratio"]),
+        num_hidden_layers=vision["layers"],
+        num_attention_heads=vision["heads"],
+        num_channels=3,
+        image_size=vision["image_size"],
+        patch_size=vision["patch_size"],
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-6,
+        attention_dropout=0.0,
+        vision_use_head=False,
+    )
+
+
 def text_config_from_language(lang: dict[str, Any]) -> PreTrainedConfig:
     """transformers' config of the language model described by the original `language_config`.
 
@@ -289,6 +310,7 @@ class DeepseekVLV2Config(PreTrainedConfig):
     """
 
     model_type = "deepseek_vl_v2"
+    sub_configs_defaults = {"text_config": PreTrainedConfig, "vision_tower_config": SiglipVisionConfig}
 
     def __init__(
         self,
@@ -322,11 +344,13 @@ class DeepseekVLV2Config(PreTrainedConfig):
                 f"language_config.hidden_size = {self.language_config['hidden_size']}",
             )
         self.text_config = text_config_from_language(self.language_config)
+        self.vision_tower_config = siglip_config_from_vision(self.vision_config)
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        """The original layout: `text_config` is derived from `language_config`, not saved."""
+        """The original layout: the derived sub-configs are not saved."""
         out = super().to_dict()
-        out.pop("text_config", None)
+        for derived in self.sub_configs_defaults:
+            out.pop(derived, None)
         return out

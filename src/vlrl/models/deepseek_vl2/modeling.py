@@ -28,7 +28,6 @@ from transformers import (
     DeepseekV3Model,
     GenerationMixin,
     PreTrainedModel,
-    SiglipVisionConfig,
     SiglipVisionModel,
 )
 from transformers import initialization as init
@@ -45,7 +44,6 @@ __all__ = [
     "downsample_tokens",
     "image_token_count",
     "layout_image_tokens",
-    "siglip_config_from_vision",
 ]
 
 _TEXT_MODEL_OF_CONFIG = {
@@ -53,25 +51,6 @@ _TEXT_MODEL_OF_CONFIG = {
     "deepseek_v2": DeepseekV2Model,
     "deepseek_v3": DeepseekV3Model,
 }
-
-
-def siglip_config_from_vision(vision: dict) -> SiglipVisionConfig:
-    """transformers' SigLIP config of the original `vision_config` (siglip_vit.py's
-    `VisionTransformer`: LayerNorm eps 1e-6, `GELU(approximate='tanh')`, MLP hidden
-    `int(width * mlp_ratio)`, e.g. 4304 for SO400M's 1152 * 3.7362)."""
-    return SiglipVisionConfig(
-        hidden_size=vision["width"],
-        intermediate_size=int(vision["width"] * vision["mlp_ratio"]),
-        num_hidden_layers=vision["layers"],
-        num_attention_heads=vision["heads"],
-        num_channels=3,
-        image_size=vision["image_size"],
-        patch_size=vision["patch_size"],
-        hidden_act="gelu_pytorch_tanh",
-        layer_norm_eps=1e-6,
-        attention_dropout=0.0,
-        vision_use_head=False,
-    )
 
 
 def downsample_tokens(x: torch.Tensor, ratio: int) -> torch.Tensor:
@@ -197,7 +176,7 @@ class DeepseekVLV2ForCausalLM(DeepseekVLV2PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: DeepseekVLV2Config):
         super().__init__(config)
-        self.vision = SiglipVisionModel(siglip_config_from_vision(config.vision_config))
+        self.vision = SiglipVisionModel(config.vision_tower_config)
         self.projector = DeepseekVLV2Projector(config.projector_config)
         n_embed = config.projector_config["n_embed"]
         self.image_newline = nn.Parameter(torch.zeros(n_embed))
