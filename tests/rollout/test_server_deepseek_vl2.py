@@ -469,13 +469,29 @@ def prompts(lm, samples, images):
     return [lm.adapter.encode(s, TEMPLATES["answer_only"]) for s in [*samples, three]]
 
 
+# What a `vllm serve` without `--chat-template` renders (renderers/hf.py `resolve_chat_template`):
+OTHER_TEMPLATES = {
+    # a checkpoint vlrl wrote: its own chat_template.jinja, the processor's, which has no BOS (the
+    # processor puts the id before the text)
+    "checkpoint": lambda checkpoint: (checkpoint / "chat_template.jinja").read_text(),
+    # a released checkpoint has none: vLLM's fallback for deepseek_vl_v2
+    # (transformers_utils/chat_templates/template_deepseek_vl2.jinja) ends, among other differences,
+    # in "<|Assistant|>: " with a space
+    "vllm_fallback": lambda _: TEMPLATE.read_text().replace("'<|Assistant|>:'", "'<|Assistant|>: '"),
+}
+
+
 @pytest.fixture
 def engine(request, tiny_models, lm):
+    """(kind, routes[, template]): a fake engine serving the tiny DeepSeek-VL2 (with the routes flag
+    or not; on another chat template than ours) and a server backend on it."""
     kind, routes, template = (*request.param, None)[:3]
-    fake = FakeEngine(kind, Path(tiny_models["deepseek_vl2"]), routes=routes, template=template)
+    checkpoint = Path(tiny_models["deepseek_vl2"])
+    template = None if template is None else OTHER_TEMPLATES[template](checkpoint)
+    fake = FakeEngine(kind, checkpoint, routes=routes, template=template)
     http, url = serve(fake)
     backend = make_backend("server", lm.model, lm.adapter, url=url, kind=kind, retries=0, timeout_s=30)
-    yield fake, backend, url
+    yield fake, backend
     http.shutdown()
     http.server_close()
 
@@ -526,7 +542,7 @@ def test_vllm_reads_the_template_for_content_parts_in_place():
 # ---- sampling ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("engine", [("vllm", True), ("sglang", True)], indirect=True)
 def test_a_grpo_group_carries_the_engines_tokens_logprobs_and_moe_routes(lm, prompts, engine):
-    fake, backend, _ = engine
+    fake, backend = engine
     language = fake.language
     assert backend.record_routes(True)
     # the trainer's routers are the engine's MoE layers: the dense first layer has none
@@ -570,35 +586,24 @@ def test_a_grpo_group_carries_the_engines_tokens_logprobs_and_moe_routes(lm, pro
 
 @pytest.mark.parametrize("engine", [("vllm", False), ("sglang", False)], indirect=True)
 def test_a_server_without_routes_is_refused_naming_the_flag(engine):
-    _, backend, _ = engine
+    _, backend = engine
     with pytest.raises(RuntimeError, match=ROUTES_FLAG):
         backend.record_routes(True)
     assert not backend.record_routes(False)
 
 
-def _without_bos(template: str) -> str:
-    return template.replace("{{- bos_token -}}", "")
-
-
 @pytest.mark.parametrize(
-    "engine",
-    [
-        # vLLM's own fallback for deepseek_vl_v2 (transformers_utils/chat_templates/template_deepseek_vl2.jinja)
-        # ends the prompt in "<|Assistant|>: ", with a space
-        ("vllm", True, TEMPLATE.read_text().replace("'<|Assistant|>:'", "'<|Assistant|>: '")),
-        ("vllm", True, _without_bos(TEMPLATE.read_text())),
-    ],
-    indirect=True,
+    "engine", [("vllm", True, "checkpoint"), ("vllm", True, "vllm_fallback")], indirect=True
 )
 def test_a_vllm_server_on_another_chat_template_is_refused(prompts, engine):
-    _, backend, _ = engine
+    _, backend = engine
     with pytest.raises(RuntimeError, match="tokenised it into"):
         backend.generate(prompts[:1], SamplingParams(2, 4))
 
 
 @pytest.mark.parametrize("engine", [("sglang", True)], indirect=True)
 def test_an_sglang_prompt_text_carrying_a_bos_is_refused(lm, prompts, engine):
-    _, backend, _ = engine
+    _, backend = engine
     source = prompts[0].source
     # SGLang's DeepSeek-VL2 processor puts the BOS first itself: a text with one is a token too long
     doubled = replace(source, text=lm.adapter.tokenizer.bos_token + source.text)
