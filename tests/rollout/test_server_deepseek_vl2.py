@@ -469,6 +469,12 @@ def prompts(lm, samples, images):
     return [lm.adapter.encode(s, TEMPLATES["answer_only"]) for s in [*samples, three]]
 
 
+@pytest.fixture(scope="module")
+def captioned(lm, samples):
+    """The same samples in MoERL-Vision's caption-first template: a system message first."""
+    return [lm.adapter.encode(s, TEMPLATES["caption_think_answer"]) for s in samples]
+
+
 # What a `vllm serve` without `--chat-template` renders (renderers/hf.py `resolve_chat_template`):
 OTHER_TEMPLATES = {
     # a checkpoint vlrl wrote: its own chat_template.jinja, the processor's, which has no BOS (the
@@ -497,9 +503,9 @@ def engine(request, tiny_models, lm):
 
 
 # ---- prompts -----------------------------------------------------------------------------------------
-def test_the_template_file_is_the_processors_template_behind_a_bos(lm, prompts):
+def test_the_template_file_is_the_processors_template_behind_a_bos(lm, prompts, captioned):
     tokenizer = lm.adapter.tokenizer
-    for prompt in prompts:
+    for prompt in [*prompts, *captioned]:
         ours = tokenizer.apply_chat_template(
             prompt.source.messages,
             chat_template=TEMPLATE.read_text(),
@@ -507,14 +513,16 @@ def test_the_template_file_is_the_processors_template_behind_a_bos(lm, prompts):
             tokenize=False,
         )
         assert ours == tokenizer.bos_token + prompt.source.text
-        assert prompt.source.text.startswith("<|User|>: ") and ours.endswith("\n\n<|Assistant|>:")
+        assert prompt.source.text.startswith(("<|User|>: ", "A conversation")) and ours.endswith(
+            "\n\n<|Assistant|>:"
+        )
         # and the processor puts the BOS id first, as the original processor does
         assert prompt.tokens["input_ids"][0] == tokenizer.bos_token_id
 
 
-def test_vllm_makes_the_trainers_prompt_ids_of_the_chat_request(lm, prompts, tiny_models):
+def test_vllm_makes_the_trainers_prompt_ids_of_the_chat_request(lm, prompts, captioned, tiny_models):
     fake = FakeEngine("vllm", Path(tiny_models["deepseek_vl2"]))
-    for prompt in prompts:
+    for prompt in [*prompts, *captioned]:
         sent = chat_messages(prompt.source.messages, prompt.source.images)
         engine = vllm_prompt_ids(sent, fake.tokenizer, fake.template, fake.processor)
         assert engine == prompt.tokens["input_ids"].tolist()
@@ -523,9 +531,9 @@ def test_vllm_makes_the_trainers_prompt_ids_of_the_chat_request(lm, prompts, tin
     assert (prompts[0].tokens["input_ids"] == image_id).sum() == 41
 
 
-def test_sglang_makes_the_trainers_prompt_ids_of_the_generate_rows(lm, prompts, tiny_models):
+def test_sglang_makes_the_trainers_prompt_ids_of_the_generate_rows(lm, prompts, captioned, tiny_models):
     fake = FakeEngine("sglang", Path(tiny_models["deepseek_vl2"]))
-    for prompt in [p for p in prompts if p.source.images]:  # a prompt without images goes as ids
+    for prompt in [p for p in [*prompts, *captioned] if p.source.images]:  # without images: ids are sent
         urls = [data_url(im) for im in prompt.source.images]
         engine = sglang_prompt_ids(prompt.source.text, None, urls, fake.tokenizer, fake.processor)
         assert engine == prompt.tokens["input_ids"].tolist()
