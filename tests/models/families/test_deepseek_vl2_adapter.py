@@ -15,7 +15,12 @@ import torch
 from family_inputs import PLAIN, make_sample
 from safetensors import safe_open
 
-from vlrl.models.adapters import DeepseekVL2Adapter, DeepseekVL2MlaAdapter, adapter_for
+from vlrl.models.adapters import (
+    DeepseekVL2Adapter,
+    DeepseekVL2BaseAdapter,
+    DeepseekVL2MlaAdapter,
+    adapter_for,
+)
 from vlrl.models.batching import collate
 from vlrl.models.boxes import BOX_CONVENTIONS
 from vlrl.models.deepseek_vl2 import DeepseekVLV2Config
@@ -37,7 +42,7 @@ def loaded(tiny_models):
 def test_each_variant_gets_its_adapter_and_the_original_names_on_disk(loaded, tiny_models):
     assert type(loaded["deepseek_vl2"].adapter) is DeepseekVL2Adapter
     assert type(loaded["deepseek_vl2_mla"].adapter) is DeepseekVL2MlaAdapter
-    # -base's decoder (noaux_tc routing: DeepSeek-V3 in transformers) is an MLA one too
+    # -base's decoder (noaux_tc routing: DeepSeek-V3 in transformers) is an MLA one with sigmoid scores
     small = loaded["deepseek_vl2_mla"].model.config
     base = DeepseekVLV2Config(
         vision_config=small.vision_config,
@@ -50,7 +55,12 @@ def test_each_variant_gets_its_adapter_and_the_original_names_on_disk(loaded, ti
             "norm_topk_prob": True,
         },
     )
-    assert adapter_for(base) is DeepseekVL2MlaAdapter
+    assert adapter_for(base) is DeepseekVL2BaseAdapter
+    assert (
+        issubclass(DeepseekVL2BaseAdapter, DeepseekVL2MlaAdapter)
+        and DeepseekVL2BaseAdapter.router_scores == "sigmoid"
+    )
+    assert DeepseekVL2MlaAdapter.router_scores == DeepseekVL2Adapter.router_scores == "softmax"
     with safe_open(str(tiny_models["deepseek_vl2"] / "model.safetensors"), "pt") as f:
         names = set(f.keys())
     for name in (

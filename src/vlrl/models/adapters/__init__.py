@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from vlrl.models.adapters.aria import AriaAdapter
 from vlrl.models.adapters.base import ImageError, ModelAdapter, VisionCache, image_size, load_image
-from vlrl.models.adapters.deepseek_vl2 import DeepseekVL2Adapter, DeepseekVL2MlaAdapter
+from vlrl.models.adapters.deepseek_vl2 import (
+    DeepseekVL2Adapter,
+    DeepseekVL2BaseAdapter,
+    DeepseekVL2MlaAdapter,
+)
 from vlrl.models.adapters.glm4v import Glm4vAdapter, Glm4vMoeAdapter
 from vlrl.models.adapters.idefics3 import Idefics3Adapter
 from vlrl.models.adapters.internvl import InternVLAdapter, InternVLMoeAdapter
@@ -29,7 +33,7 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
     # DeepSeek-VL2: -tiny's standard attention, -small's and -base's MLA (DeepSeek-V2 / -V3 decoders)
     "deepseek_vl_v2": DeepseekVL2Adapter,
     "deepseek_vl_v2/deepseek_v2": DeepseekVL2MlaAdapter,
-    "deepseek_vl_v2/deepseek_v3": DeepseekVL2MlaAdapter,
+    "deepseek_vl_v2/deepseek_v3": DeepseekVL2BaseAdapter,
 }
 
 

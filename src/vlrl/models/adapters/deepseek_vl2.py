@@ -120,3 +120,11 @@ class DeepseekVL2MlaAdapter(DeepseekVL2Adapter):
         **DeepseekVL2Adapter.lora_modules,
         "language": ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", *_MLP),
     }
+
+
+class DeepseekVL2BaseAdapter(DeepseekVL2MlaAdapter):
+    """deepseek-vl2 (-base): MLA with DeepSeek-V3's routing ("noaux_tc"): sigmoid expert scores,
+    so the router-entropy metrics normalise sigmoid scores (`router_scores`)."""
+
+    family = "deepseek_vl2_base"
+    router_scores = "sigmoid"
