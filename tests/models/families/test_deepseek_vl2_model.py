@@ -208,7 +208,8 @@ def test_original_names_load_with_nothing_missing_and_save_back(loaded, tmp_path
     assert all(torch.equal(exported[k], state[k]) for k in expected)
     # And the config the original code reads: the three sections, no derived text_config.
     written = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert written["model_type"] == "deepseek_vl_v2" and "text_config" not in written
+    assert written["model_type"] == "deepseek_vl_v2"
+    assert "text_config" not in written and "vision_tower_config" not in written
     assert written["language_config"]["use_mla"] == (variant != "mha")
     assert written["image_token_id"] == IMAGE_ID
 
@@ -427,6 +428,22 @@ def test_image_token_count_mismatch_is_a_clear_error(loaded):
         )
     with pytest.raises(ValueError, match="do not hold the 3 tiles"):
         model.get_image_features(pixels, torch.tensor([[2, 1]]))
+    with pytest.raises(ValueError, match="images need input_ids"):
+        model(
+            inputs_embeds=torch.zeros(1, 3, N_EMBED),
+            pixel_values=pixels,
+            images_spatial_crop=torch.tensor([[1, 1]]),
+        )
+
+
+def test_a_batch_without_images_is_the_text_only_pass(loaded):
+    _, _, _, model, _ = loaded
+    ids = torch.tensor([[2, 3, 4, 6]])
+    with torch.no_grad():
+        empty = model(
+            input_ids=ids, pixel_values=torch.zeros(0, 3, IMAGE, IMAGE), images_spatial_crop=torch.zeros(0, 2)
+        )
+        assert torch.equal(empty.logits, model(input_ids=ids).logits)
 
 
 # ---- attention against the original's ------------------------------------------------------------------

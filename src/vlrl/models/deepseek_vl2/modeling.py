@@ -214,6 +214,9 @@ class DeepseekVLV2ForCausalLM(DeepseekVLV2PreTrainedModel, GenerationMixin):
                 f"deepseek_vl2: pixel_values {tuple(pixel_values.shape)} do not hold the {tiles} tiles "
                 f"[tiles, 3, S, S] that images_spatial_crop {crops} asks for (1 + w*h per image)"
             )
+        if not crops:  # a batch without images: nothing for the vision tower to run on
+            none = self.image_newline.new_zeros(0, self.image_newline.shape[0])
+            return BaseModelOutputWithPooling(last_hidden_state=none[:, None], pooler_output=none)
         features = self.vision(pixel_values.to(self.vision.dtype), **kwargs).last_hidden_state
         projected = self.projector(features)
         sequence = layout_image_tokens(
@@ -242,9 +245,14 @@ class DeepseekVLV2ForCausalLM(DeepseekVLV2PreTrainedModel, GenerationMixin):
         `mm_encoder_outputs={"image": get_image_features(...)}` stands in for `pixel_values` and
         `images_spatial_crop`. Positions are plain 1-D (the original has no multimodal RoPE).
         """
+        image = (mm_encoder_outputs or {}).get("image")
+        if inputs_embeds is not None and (image is not None or pixel_values is not None):
+            raise ValueError(
+                "deepseek_vl2: images need input_ids to find their <image> tokens; with inputs_embeds "
+                "the image features must already be in place (pass no pixel_values or mm_encoder_outputs)"
+            )
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-            image = (mm_encoder_outputs or {}).get("image")
             if image is None and pixel_values is not None:
                 image = self.get_image_features(pixel_values, images_spatial_crop)
             if image is not None:
