@@ -233,6 +233,38 @@ def test_the_released_processor_config_loads(tok, tmp_path):
     )
 
 
+def test_a_tokenizer_gets_the_originals_tokens_as_special_ones_in_its_order():
+    """The original processor adds, where missing: the pad token, `<image>`, the five grounding
+    tokens, then the two roles, each as a special token (ids in that order after the vocabulary)."""
+    bare = train_bpe(["hello world"] * 10, [], vocab_size=280, eos_token="<|endoftext|>")
+    bare.add_special_tokens({"bos_token": tiny.BOS})
+    bare.pad_token = None
+    n = len(bare)
+    processor = DeepseekVLV2Processor(bare, candidate_resolutions=[[112, 112]])
+    added = [
+        tiny.PAD,
+        "<image>",
+        "<|ref|>",
+        "<|/ref|>",
+        "<|det|>",
+        "<|/det|>",
+        "<|grounding|>",
+        "<|User|>",
+        "<|Assistant|>",
+    ]
+    assert bare.convert_tokens_to_ids(added) == list(range(n, n + len(added)))
+    assert set(added) <= set(bare.all_special_tokens) and bare.pad_token == tiny.PAD
+    assert processor.image_token_id == n + 1
+    ids = bare.encode("<|User|>: <|ref|>", add_special_tokens=False)
+    assert ids[0] == n + 7 and ids[-1] == n + 2  # each one token, never split
+
+
+def test_a_tokenizer_without_bos_is_refused():
+    bare = train_bpe(["hello world"] * 10, [], vocab_size=280, eos_token="<|endoftext|>")
+    with pytest.raises(ValueError, match="the tokenizer has no bos_token"):
+        DeepseekVLV2Processor(bare)
+
+
 def test_an_unsupported_sft_format_is_refused(tok):
     with pytest.raises(ValueError, match="sft_format 'deepseekv2' is not supported"):
         DeepseekVLV2Processor(tok, sft_format="deepseekv2")

@@ -207,6 +207,11 @@ class DeepseekVLV2Processor(ProcessorMixin):
         self.sft_format = sft_format
         self.mask_prompt = mask_prompt
         self.ignore_id = ignore_id
+        if tokenizer.bos_token_id is None:
+            raise ValueError(
+                "DeepseekVLV2Processor: the tokenizer has no bos_token (tokenizer_config.json), which every "
+                "DeepSeek-VL2 prompt starts with"
+            )
         _ensure_tokens(tokenizer, image_token, pad_token)
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         super().__init__(tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
