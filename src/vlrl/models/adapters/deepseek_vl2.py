@@ -62,8 +62,8 @@ class DeepseekVL2Adapter(ModelAdapter):
     lora_parameters: ClassVar = {"experts": ("gate_up_proj", "down_proj")}
     vision_keys = ("pixel_values", "images_spatial_crop")
     fixed_resolution = (
-        "it cuts every image into tiles of its vision tower's size (384 px), laid out by the "
-        "candidate_resolutions of its processor_config.json"
+        "it cuts every image into tiles of its vision tower's size (384 px for the released checkpoints), "
+        "a global view plus the best of the candidate_resolutions of its processor_config.json"
     )
 
     def image_kwargs(self) -> dict:
