@@ -6,6 +6,7 @@ to it. This measures whether that helps held-out accuracy over the R1 layout
 `<think>...</think><answer>...</answer>`, everything else equal. Two arms, per seed:
 - `caption-first`: template caption_think_answer, rewards [caption_format, accuracy];
 - `think-only`: template think_answer, rewards [format, accuracy].
+Each template's request is put in one line for the tiny model (`SYSTEM_PROMPTS`).
 
 Each arm is a cold-start SFT (`--sft-steps`, a tiny random model cannot write any format, so RL
 alone never gets a reward) and then GRPO (`--steps`), both with vlrl's own trainers, from the same
@@ -23,7 +24,7 @@ first and last `--window` steps. Printed: one row per run, then the means over s
 caption-first minus think-only differences; the last line is the result as JSON.
 
     python bench/caption_first.py --threads 1 --sft-steps 4 --steps 2     # smoke size
-    python bench/caption_first.py --seeds 2 --sft-steps 120 --steps 60    # the README's measurement
+    python bench/caption_first.py --seeds 2                                 # the README's measurement
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ ARMS = {
     "think-only": ("think_answer", "format"),
 }
 """arm -> (prompt template, format reward)."""
+SYSTEM_PROMPTS = {
+    "caption-first": "Describe the image in <caption> </caption>, reason in <think> </think>, then answer in "
+    "<answer> </answer>.",
+    "think-only": "Describe the image in <think> </think>, then answer in <answer> </answer>.",
+}
+"""Each template's request in one line, as `vlrl demo` words the R1 one for the tiny model: the
+templates' own system prompts are 250 tokens of the tiny tokenizer, which would make every prompt
+three times as long (and every step about that much slower) without telling a tiny model more."""
 TARGET = "sft_target"  # the row field each arm's data file holds its SFT target in
 EVAL_KEYS = ("acc", "pass@1", "format", "sampled_format")
 _THINK = re.compile(r"<think>(.*)</think><answer>(.*)</answer>", re.DOTALL)
@@ -96,6 +105,7 @@ def _common(args, arm: str, data: dict[str, Path], seed: int) -> list[str]:
         f"data.train={data['train']}",
         f"data.eval={{heldout: {data['heldout']}}}",
         f"data.template={template}",
+        f"data.system_prompt={SYSTEM_PROMPTS[arm]!r}",
         f"data.max_prompt_length={args.max_prompt_length}",
         "train.device=cpu",
         f"train.seed={seed}",
@@ -254,26 +264,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--family", default="deepseek_vl2", help="tiny-model family (default: deepseek_vl2)")
     p.add_argument("--size", choices=sorted(SIZES), default="tiny", help="tiny-model size")
     p.add_argument("--task", choices=sorted(TASKS), default="count_shapes", help="synthetic task")
-    p.add_argument("--n-train", type=int, default=2000)
-    p.add_argument("--n-heldout", type=int, default=100)
+    p.add_argument("--n-train", type=int, default=1000)
+    p.add_argument("--n-heldout", type=int, default=64)
     p.add_argument(
         "--seeds", type=int, default=1, help="runs per arm: seed 0, 1, ... (model, data, training)"
     )
-    p.add_argument("--sft-steps", type=int, default=120)
+    p.add_argument("--sft-steps", type=int, default=60)
     p.add_argument("--sft-batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=60, help="GRPO steps")
-    p.add_argument("--prompts", type=int, default=16, help="prompts per GRPO step")
+    p.add_argument("--steps", type=int, default=40, help="GRPO steps")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per GRPO step")
     p.add_argument("--group", type=int, default=8, help="samples per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--max-prompt-length", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-prompt-length", type=int, default=256)
     p.add_argument("--eval-every", type=int, default=0, help="GRPO steps between evaluations (0: at the end)")
     p.add_argument("--eval-samples", type=int, default=4, help="sampled answers per held-out item")
     p.add_argument("--eval-batch", type=int, default=128)
     p.add_argument("--window", type=int, default=10, help="steps averaged for the first / last reward")
     p.add_argument("--freeze", default="[router]", help="model.freeze of every run (a MoE's router)")
-    p.add_argument(
-        "--routing-replay", choices=("off", "R2", "R3"), default="off", help="model.routing_replay"
-    )
+    p.add_argument("--routing-replay", choices=("off", "R2", "R3"), default="R3", help="model.routing_replay")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument(
         "--out", type=Path, help="keep the model, data and runs here instead of a temporary folder"

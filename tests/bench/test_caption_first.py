@@ -7,16 +7,27 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from pathlib import Path
 
 import pytest
-from caption_first import ARMS, arm_files, grpo_config, main, sft_config, sft_target  # bench/: conftest.py
+from caption_first import (  # bench/: conftest.py
+    ARMS,
+    arm_files,
+    grpo_config,
+    main,
+    parse_args,
+    sft_config,
+    sft_target,
+)
 
+from vlrl.config import TrainConfig, load_config
 from vlrl.io import read_jsonl
 from vlrl.models.tiny.factory import FAMILIES
 from vlrl.rewards.tags import caption_format_reward, format_reward
 from vlrl.synth import generate_dataset
 
 FAMILY = "deepseek_vl2"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "grpo_deepseek_vl2_caption_tiny.yaml"
 needs_family = pytest.mark.skipif(FAMILY not in FAMILIES, reason=f"the factory has no {FAMILY}")
 
 ROW = {  # a count_shapes row as vlrl.synth writes it, and an invented one with reasoning steps
@@ -83,6 +94,27 @@ def test_the_arms_differ_in_template_format_reward_and_files_only(tmp_path):
         assert a == b
     assert cap["train"]["seed"] == cap_sft["train"]["seed"] == 3 and cap["train"]["eval_every"] == 2
     assert cap_sft["sft"]["target_field"] == "sft_target" and cap["model"]["freeze"] == ["router"]
+
+
+def test_the_tiny_caption_config_is_the_measured_caption_first_arm():
+    """configs/grpo_deepseek_vl2_caption_tiny.yaml continues from the cold start that the README's
+    measurement (`--seeds 1 --out runs/caption_first`) leaves, with that run's GRPO settings."""
+    shipped = load_config(CONFIG, schema=TrainConfig).model_dump(mode="json")
+    args = parse_args(["--out", "runs/caption_first"])
+    root = Path("runs/caption_first/seed_0")
+    data = {
+        "train": root / "data/train.caption_think_answer.jsonl",
+        "heldout": root / "data/heldout.caption_think_answer.jsonl",
+    }
+    cold_start = root / "caption-first/sft/checkpoints" / f"step_{args.sft_steps:06d}"
+    measured = grpo_config(args, "caption-first", cold_start, data, root / "x", seed=0).model_dump(
+        mode="json"
+    )
+    for cfg in (shipped, measured):
+        for section, key in (("train", "output_dir"), ("train", "eval_every"), ("train", "save_every"),
+                             ("logging", "progress"), ("logging", "rollouts_every")):  # fmt: skip
+            del cfg[section][key]
+    assert shipped == measured
 
 
 @needs_family
