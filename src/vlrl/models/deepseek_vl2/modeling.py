@@ -206,6 +206,7 @@ class DeepseekVLV2ForCausalLM(DeepseekVLV2PreTrainedModel, GenerationMixin):
         images_spatial_crop: [images, 2] long, per image (tiles across, tiles down). Returns
         `last_hidden_state` [tiles, h*w, n_embed] (projected tiles) and `pooler_output`
         [image tokens, n_embed]: every image's sequence of `layout_image_tokens`, concatenated.
+        `return_dict` is accepted as transformers' models accept it; the output is always one.
         """
         crops = _crops(images_spatial_crop)
         tiles = sum(1 + tw * th for tw, th in crops)
