@@ -197,7 +197,9 @@ def test_response_is_appended_after_the_prompt_with_end_of_turn(loaded, images, 
 
 def test_unsupported_model_type_lists_supported():
     with pytest.raises(
-        ValueError, match="not supported; supported: aria, glm4v, glm4v_moe, idefics3, internvl,"
+        ValueError,
+        match="not supported; supported: aria, deepseek_vl_v2, deepseek_vl_v2/deepseek_v2, "
+        "deepseek_vl_v2/deepseek_v3, glm4v, glm4v_moe, idefics3, internvl,",
     ) as e:
         adapter_class("llava")
     assert all(name in str(e.value) for name in ("qwen3_vl_moe", "qwen3_5_moe", "internvl/qwen3_moe"))
