@@ -1,5 +1,5 @@
-"""bench/caption_first.py: the two arms differ in the prompt template, the format reward and the
-SFT layout only; their SFT targets hold the same text in each template's format; end to end at
+"""bench/caption_first.py: the two arms differ in the prompt template (and its one-line request),
+the format reward and the SFT layout only; their SFT targets hold the same text in each template's format; end to end at
 the smallest size, both arms train per seed and the table and differences are printed."""
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def test_the_arms_differ_in_template_format_reward_and_files_only(tmp_path):
             "caption_think_answer",
             "think_answer",
         )
+        caption_prompt, think_prompt = a["data"].pop("system_prompt"), b["data"].pop("system_prompt")
+        assert "<caption> </caption>" in caption_prompt and "<caption>" not in think_prompt
         for c in (a, b):
             for section, key in (("data", "train"), ("data", "eval"), ("train", "output_dir")):
                 del c[section][key]
