@@ -1,6 +1,7 @@
 """bench/caption_first.py: the two arms differ in the prompt template (and its one-line request),
-the format reward and the SFT layout only; their SFT targets hold the same text in each template's format; end to end at
-the smallest size, both arms train per seed and the table and differences are printed."""
+the format reward and the SFT layout only; their SFT targets hold the same text in each template's
+format; end to end at the smallest size, both arms train per seed and the table and differences
+are printed."""
 
 from __future__ import annotations
 
