@@ -181,10 +181,12 @@ def run_arm(args, arm: str, model: Path, data: dict[str, Path], out: Path, seed:
     before = _scores(rl.evaluate())
     history = rl.train()
     evals = [h for h in history if "eval/heldout/acc" in h]
-    last = evals[-1] if evals and evals[-1]["step"] == rl.step else rl.evaluate()
+    if not evals or evals[-1]["step"] != rl.step:
+        evals.append({"step": rl.step, **rl.evaluate()})
     return {
         "before": before,
-        "after": _scores(last),
+        "after": _scores(evals[-1]),
+        "evals": [{"step": 0, **before}] + [{"step": h["step"], **_scores(h)} for h in evals],
         "reward": [h["reward/total/mean"] for h in history],
         "accuracy_reward": [h["reward/accuracy/mean"] for h in history],
         "minutes": (time.perf_counter() - t0) / 60,
@@ -269,6 +271,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--seeds", type=int, default=1, help="runs per arm: seed 0, 1, ... (model, data, training)"
     )
+    p.add_argument("--first-seed", type=int, default=0, help="the first seed (more seeds in another run)")
     p.add_argument("--sft-steps", type=int, default=60)
     p.add_argument("--sft-batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=40, help="GRPO steps")
@@ -290,6 +293,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("n_train", "n_heldout", "seeds", "sft_steps", "steps", "prompts", "group", "eval_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.first_seed < 0:
+        p.error("--first-seed must be >= 0")
     if args.group < 2:
         p.error("--group must be at least 2: GRPO compares the samples of a prompt")
     if args.family not in FAMILIES:
@@ -305,27 +310,29 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; tiny {args.family} ({args.size}), "
           f"task {args.task} ({args.n_train} train, {args.n_heldout} held out); SFT {args.sft_steps} steps of "
           f"{args.sft_batch}; GRPO {args.steps} steps of {args.prompts} prompts x {args.group}, "
-          f"{args.max_new_tokens} new tokens; {args.seeds} seed(s)", flush=True)  # fmt: skip
+          f"{args.max_new_tokens} new tokens; seeds {args.first_seed}..{args.first_seed + args.seeds - 1}", flush=True)  # fmt: skip
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     with tempfile.TemporaryDirectory() as tmp_name:
         root = args.out or Path(tmp_name)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             model = build_tiny_model(args.family, root / f"seed_{seed}" / "model", size=args.size, seed=seed)
             files = generate_dataset(
                 args.task, args.n_train + args.n_heldout, root / f"seed_{seed}" / "data", seed, args.n_heldout
             )
             for arm, (template, _) in ARMS.items():
                 run = run_arm(args, arm, model, arm_files(files, template), root / f"seed_{seed}" / arm, seed)
-                runs[arm].append(summarize(run, args.window) | {"per_step_reward": run["reward"]})
+                extra = {"seed": seed, "per_step_reward": run["reward"], "evals": run["evals"]}
+                runs[arm].append(summarize(run, args.window) | extra)
                 s = runs[arm][-1]
                 print(f"seed {seed} {arm}: greedy acc {s['acc before']:.3f} -> {s['acc after']:.3f}, sampled "
                       f"{s['pass@1 before']:.3f} -> {s['pass@1 after']:.3f}, format {s['format before']:.3f} -> "
                       f"{s['format after']:.3f} ({s['minutes']:.1f} min)", flush=True)  # fmt: skip
     flat = {
-        arm: [{k: v for k, v in r.items() if k != "per_step_reward"} for r in rs] for arm, rs in runs.items()
+        arm: [{k: v for k, v in r.items() if k not in ("seed", "per_step_reward", "evals")} for r in rs]
+        for arm, rs in runs.items()
     }
     means = {arm: mean_rows(rows) for arm, rows in flat.items()}
-    rows = [(f"seed {i} {arm}", r) for arm, rs in flat.items() for i, r in enumerate(rs)]
+    rows = [(f"seed {r['seed']} {arm}", f) for arm in ARMS for r, f in zip(runs[arm], flat[arm], strict=True)]
     rows += [(f"mean {arm}", means[arm]) for arm in ARMS]
     print(f"\nheld-out split ({args.n_heldout} items): before = after the SFT (GRPO step 0), after = GRPO step "
           f"{args.steps}; sampled = {args.eval_samples} answers at temperature 1; format = each arm's own "

@@ -136,6 +136,9 @@ def test_both_arms_train_per_seed_and_the_table_is_printed(capsys, tmp_path):
             ]
             assert all(0.0 <= s <= 1.0 for s in scores), arm
             assert len(row["per_step_reward"]) == 2 and row["minutes"] > 0
+            assert [e["step"] for e in row["evals"]] == [0, 2]  # before GRPO, then every --eval-every
+            assert row["evals"][-1]["acc"] == row["acc after"] and row["evals"][0]["acc"] == row["acc before"]
+        assert [row["seed"] for row in rows] == [0, 1]
         mean = result["means"][arm]["acc after"]
         assert mean == pytest.approx((rows[0]["acc after"] + rows[1]["acc after"]) / 2)
     diff = result["differences"]["pass@1 after"]
@@ -155,7 +158,15 @@ def test_both_arms_train_per_seed_and_the_table_is_printed(capsys, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv", [["--steps", "0"], ["--seeds", "0"], ["--group", "1"], ["--family", "nope"], ["--task", "nope"]]
+    "argv",
+    [
+        ["--steps", "0"],
+        ["--seeds", "0"],
+        ["--first-seed", "-1"],
+        ["--group", "1"],
+        ["--family", "nope"],
+        ["--task", "nope"],
+    ],
 )
 def test_bad_arguments_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
