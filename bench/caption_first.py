@@ -24,7 +24,8 @@ first and last `--window` steps. Printed: one row per run, then the means over s
 caption-first minus think-only differences; the last line is the result as JSON.
 
     python bench/caption_first.py --threads 1 --sft-steps 4 --steps 2     # smoke size
-    python bench/caption_first.py --seeds 2                                 # the README's measurement
+    python bench/caption_first.py --seeds 2                   # the README's measurement: seeds 0 and 1,
+    python bench/caption_first.py --first-seed 2 --seeds 2    # and seeds 2 and 3
 """
 
 from __future__ import annotations
@@ -266,20 +267,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--family", default="deepseek_vl2", help="tiny-model family (default: deepseek_vl2)")
     p.add_argument("--size", choices=sorted(SIZES), default="tiny", help="tiny-model size")
     p.add_argument("--task", choices=sorted(TASKS), default="count_shapes", help="synthetic task")
-    p.add_argument("--n-train", type=int, default=1000)
-    p.add_argument("--n-heldout", type=int, default=64)
+    p.add_argument("--n-train", type=int, default=2000)
+    p.add_argument("--n-heldout", type=int, default=100)
     p.add_argument(
         "--seeds", type=int, default=1, help="runs per arm: seed 0, 1, ... (model, data, training)"
     )
     p.add_argument("--first-seed", type=int, default=0, help="the first seed (more seeds in another run)")
-    p.add_argument("--sft-steps", type=int, default=60)
+    p.add_argument("--sft-steps", type=int, default=250)
     p.add_argument("--sft-batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=40, help="GRPO steps")
+    p.add_argument("--steps", type=int, default=100, help="GRPO steps")
     p.add_argument("--prompts", type=int, default=8, help="prompts per GRPO step")
     p.add_argument("--group", type=int, default=8, help="samples per prompt")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--max-prompt-length", type=int, default=256)
-    p.add_argument("--eval-every", type=int, default=0, help="GRPO steps between evaluations (0: at the end)")
+    p.add_argument(
+        "--eval-every", type=int, default=25, help="GRPO steps between evaluations (0: at the end)"
+    )
     p.add_argument("--eval-samples", type=int, default=4, help="sampled answers per held-out item")
     p.add_argument("--eval-batch", type=int, default=128)
     p.add_argument("--window", type=int, default=10, help="steps averaged for the first / last reward")
