@@ -169,3 +169,20 @@ def test_routes_of_the_wrong_length_are_an_error(lm, prompt, server):
     fake.prompt_length -= 1  # a server that tokenised the prompt otherwise
     with pytest.raises(Exception, match="route"):
         backend.generate([prompt], SamplingParams(1, 3))
+
+
+@pytest.mark.parametrize("server", [("vllm", True), ("sglang", True)], indirect=True)
+def test_routes_naming_one_expert_twice_are_refused(lm, prompt, server, monkeypatch):
+    """A layer the server did not record comes back as zeros: experts 0, 0 for every token. A top-k
+    never repeats an expert, so the backend refuses them rather than replay them."""
+    fake, backend = server
+    backend.record_routes(True)
+
+    def unrecorded_last_layer(tokens: int, layers: int) -> np.ndarray:
+        rows = np.arange(tokens * layers * K, dtype=np.int32).reshape(tokens, layers, K)
+        rows[:, -1] = 0
+        return rows
+
+    monkeypatch.setitem(globals(), "routes_of", unrecorded_last_layer)  # what FakeServer encodes
+    with pytest.raises(Exception, match=f"decoder layer {fake.layers - 1} name one expert twice.*R2"):
+        backend.generate([prompt], SamplingParams(1, 3))

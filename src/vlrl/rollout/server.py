@@ -197,6 +197,17 @@ class ServerRolloutBackend(RolloutBackend):
                     f"are {self.router_layers}"
                 )
             routes = routes[:, self.router_layers]
+        # A top-k never picks an expert twice: repeats (all zeros) mean the server did not record
+        # that layer (SGLang serves deepseek-vl2-tiny with routers that report no layer index).
+        ordered = routes.sort(dim=-1).values
+        repeats = (ordered[..., 1:] == ordered[..., :-1]).any(dim=-1).any(dim=0)
+        if repeats.any():
+            layer = self.router_layers[int(repeats.nonzero()[0])]
+            raise RequestFailed(
+                f"rollout server {self.url}: the routes of decoder layer {layer} name one expert twice for "
+                "a token, so the server did not record that layer's experts; replay cannot use them: "
+                "use model.routing_replay=R2 (or off) with this server"
+            )
         return routes.to(ROUTE_DTYPE)
 
     # ---- sampling ---------------------------------------------------------------------------------
