@@ -2,7 +2,8 @@
 family (the checks a run makes when the checkpoint loads, here on the tiny checkpoints of the same
 layout: -tiny's standard attention, -small's MLA), -small's LoRA reaches the routed experts, and
 each config is the recipe: caption-first template and its format reward, the held-out split
-evaluated during training, frozen routers with routing replay, ScienceQA through an SGLang server."""
+evaluated during training, frozen routers with routing replay (R2 where SGLang returns no routes),
+ScienceQA through an SGLang server."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_each_config_is_the_caption_first_recipe(name):
     assert cfg.data.template == "caption_think_answer"
     assert cfg.reward.functions[:2] == [FORMAT_REWARDS["caption_think_answer"], "accuracy"]
     assert cfg.data.eval and 0 < cfg.train.eval_every <= cfg.train.steps
-    assert "router" in cfg.model.freeze and cfg.model.routing_replay == "R3"
+    assert "router" in cfg.model.freeze and cfg.model.routing_replay != "off"
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -53,3 +54,5 @@ def test_real_configs_read_scienceqa_and_sample_from_sglang(name):
     assert cfg.data.format == "scienceqa" and list(cfg.data.eval) == ["val"]
     assert cfg.rollout.backend == "server" and cfg.rollout.server.kind == "sglang"
     assert cfg.rollout.server.sync_dir  # the server reloads each update's weights from there
+    # SGLang returns no routes for -tiny (its model's routers report no layer): replay from the update
+    assert cfg.model.routing_replay == {"deepseek_vl2": "R2", "deepseek_vl2_mla": "R3"}[REAL[name]]
