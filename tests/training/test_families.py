@@ -138,3 +138,47 @@ def test_vlrl_eval_answers_every_item(workspaces, tmp_path, family):
     ids = [json.loads(line)["id"] for line in held.read_text().splitlines()]
     assert [r["id"] for r in records] == ids
     assert all(1 <= r["length"][0] <= 6 and r["score"][0] in (0.0, 1.0) for r in records)
+
+
+@pytest.mark.parametrize("family", ["deepseek_vl2", "deepseek_vl2_mla"])
+def test_deepseek_vl2_trains_lora_on_attention_and_experts_with_a_frozen_router_under_replay(
+    workspaces, tmp_path, family
+):
+    """MoERL-Vision's model in the MoE setting vlrl recommends: LoRA on the language model's
+    attention (and its dense / shared MLPs) and on the fused routed experts, the routers frozen,
+    rollout routing replay (R3). Every update uses the rollout's experts, the attention and expert
+    adapters learn, and the routers and all base weights stay bit-identical. (That GRPO raises the
+    reward is `test_grpo_raises_the_reward`, full fine-tuning: at these widths LoRA without the
+    output head moves the has-"e" reward too slowly to test in a few steps.)"""
+    trainer = trainer_for(
+        workspaces(family),
+        tmp_path,
+        "model.lora.enabled=true",
+        "model.lora.target=[language,experts]",
+        "model.lora.dropout=0",  # peft applies no dropout to fused expert weights
+        "model.freeze=[router]",
+        "model.routing_replay=R3",
+        "train.steps=3",
+    )
+    before = snapshot(trainer)
+    history = trainer.train()
+    after = snapshot(trainer)
+    assert [h["moe/route_mismatch"] for h in history] == [0.0] * 3
+    attention = ("q_proj", "kv_b_proj") if family.endswith("mla") else ("q_proj", "k_proj")
+    learned = {
+        # peft names a fused parameter's adapter after its module (`mlp.experts.lora_B...`)
+        "language": [
+            n for n in before["language"] if "lora_B" in n and any(f".{a}." in n for a in attention)
+        ],
+        "experts": [n for n in before["experts"] if "lora_B" in n],
+    }
+    for group, adapters in learned.items():
+        assert adapters, (family, group, "has no LoRA")
+        assert all(not torch.equal(before[group][n], after[group][n]) for n in adapters), (family, group)
+    for group, params in before.items():
+        base = [n for n in params if "lora_" not in n]
+        assert all(torch.equal(params[n], after[group][n]) for n in base), (
+            family,
+            group,
+            "a base weight moved",
+        )
