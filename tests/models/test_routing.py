@@ -23,7 +23,15 @@ from vlrl.models.policy import Policy
 from vlrl.models.routing import RouterHooks, Routes, route_mismatch
 from vlrl.rollout import HFRolloutBackend, SamplingParams
 
-MOE_FAMILIES = ("qwen3_vl_moe", "qwen3_5_moe", "glm4v_moe", "aria", "internvl_moe", "deepseek_vl2", "deepseek_vl2_mla")
+MOE_FAMILIES = (
+    "qwen3_vl_moe",
+    "qwen3_5_moe",
+    "glm4v_moe",
+    "aria",
+    "internvl_moe",
+    "deepseek_vl2",
+    "deepseek_vl2_mla",
+)
 
 
 def make_policy(lm, **kwargs) -> Policy:

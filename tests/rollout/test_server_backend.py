@@ -7,12 +7,9 @@ tested against a real `vllm serve` in test_vllm_backend.py.
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 import torch
+from fake_http import serve
 from safetensors.torch import load_file
 
 from vlrl.data.prompts import TEMPLATES
@@ -58,28 +55,8 @@ def sglang(loaded):
     lm = loaded["qwen2_vl"]
     fake = FakeSGLang(tokens=[5, 6, 7], eos=lm.model.generation_config.eos_token_id[0])
 
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, body):
-            status, payload = fake.answer(self.path, body)
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            self._reply(None)
-
-        def do_POST(self):
-            self._reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield fake, f"http://127.0.0.1:{server.server_address[1]}"
+    server, url = serve(fake.answer)
+    yield fake, url
     server.shutdown()
     server.server_close()
 

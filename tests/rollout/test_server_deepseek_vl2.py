@@ -42,14 +42,13 @@ import hashlib
 import io
 import json
 import math
-import threading
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fake_http import serve
 from PIL import Image
 from safetensors import safe_open
 from transformers import AutoTokenizer
@@ -428,31 +427,6 @@ class FakeEngine:
         self.digests.append(hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest())
 
 
-def serve(fake: FakeEngine):
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, body):
-            status, payload = fake.answer(self.path.split("?")[0], body)
-            data = b"" if payload is None else json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            self._reply(None)
-
-        def do_POST(self):
-            self._reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
 # ---- fixtures ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lm(tiny_models):
@@ -495,7 +469,7 @@ def engine(request, tiny_models, lm):
     checkpoint = Path(tiny_models["deepseek_vl2"])
     template = None if template is None else OTHER_TEMPLATES[template](checkpoint)
     fake = FakeEngine(kind, checkpoint, routes=routes, template=template)
-    http, url = serve(fake)
+    http, url = serve(fake.answer)
     backend = make_backend("server", lm.model, lm.adapter, url=url, kind=kind, retries=0, timeout_s=30)
     yield fake, backend
     http.shutdown()
@@ -626,7 +600,7 @@ def test_a_weight_sync_writes_what_the_engines_load(tiny_models, tmp_path, kind,
     checkpoint = Path(tiny_models[family])
     lm = load_model(checkpoint)
     fake = FakeEngine(kind, checkpoint)
-    http, url = serve(fake)
+    http, url = serve(fake.answer)
     try:
         backend = make_backend(
             "server", lm.model, lm.adapter, url=url, kind=kind, sync_dir=str(tmp_path / "sync"), retries=0
@@ -665,7 +639,7 @@ REWARD_FILE = 'def has_e(completions, **fields):\n    return [float(c.count("e")
 def test_an_r3_grpo_run_samples_replays_and_syncs_through_the_server(tiny_models, tmp_path, kind):
     checkpoint = Path(tiny_models["deepseek_vl2"])
     fake = FakeEngine(kind, checkpoint)
-    http, url = serve(fake)
+    http, url = serve(fake.answer)
     try:
         data = generate_dataset("counting", 8, tmp_path / "data", seed=0, heldout=2)
         (tmp_path / "rewards.py").write_text(REWARD_FILE)

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
+from fake_http import serve
 
 from vlrl.data.prompts import TEMPLATES
 from vlrl.models.loading import load_model
@@ -91,37 +89,12 @@ def prompt(lm, samples):
     return lm.adapter.encode(samples[0], TEMPLATES["answer_only"])  # one image: placeholders are routed too
 
 
-def serve(fake: FakeServer):
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, body):
-            status, payload = fake.answer(self.path, body)
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            self._reply(None)
-
-        def do_POST(self):
-            self._reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
 @pytest.fixture
 def server(lm, prompt, request):
     kind, routes = request.param
     layers = lm.model.config.get_text_config().num_hidden_layers
     fake = FakeServer(kind, prompt.length, layers, routes)
-    http, url = serve(fake)
+    http, url = serve(fake.answer)
     backend = make_backend("server", lm.model, lm.adapter, url=url, kind=kind, retries=0, timeout_s=10)
     yield fake, backend
     http.shutdown()
