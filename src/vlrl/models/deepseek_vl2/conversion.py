@@ -34,32 +34,23 @@ MODEL_TYPE = "deepseek_vl_v2"
 _VIT = "vision"
 
 
-class _Squeeze0(ConversionOps):
-    """[1, N, D] -> [N, D]: timm's `pos_embed` as SigLIP's position-embedding table."""
+class _BatchDim(ConversionOps):
+    """timm's `pos_embed` [1, N, D] <-> SigLIP's position-embedding table [N, D]: `squeeze` at
+    load, its reverse (unsqueeze) at save."""
+
+    def __init__(self, squeeze: bool):
+        self.squeeze = squeeze
 
     @torch.no_grad
     def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
         tensor = next(iter(input_dict.values()))
         tensor = tensor[0] if isinstance(tensor, list) else tensor
-        return {target_patterns[0]: tensor.squeeze(0).contiguous()}
+        tensor = tensor.squeeze(0) if self.squeeze else tensor.unsqueeze(0)
+        return {target_patterns[0]: tensor.contiguous()}
 
     @property
     def reverse_op(self) -> ConversionOps:
-        return _Unsqueeze0()
-
-
-class _Unsqueeze0(ConversionOps):
-    """[N, D] -> [1, N, D], the reverse of `_Squeeze0` (at save)."""
-
-    @torch.no_grad
-    def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
-        tensor = next(iter(input_dict.values()))
-        tensor = tensor[0] if isinstance(tensor, list) else tensor
-        return {target_patterns[0]: tensor.unsqueeze(0).contiguous()}
-
-    @property
-    def reverse_op(self) -> ConversionOps:
-        return _Squeeze0()
+        return _BatchDim(not self.squeeze)
 
 
 def _split_qkv(kind: str) -> WeightConverter:
@@ -94,7 +85,9 @@ def checkpoint_mapping() -> list[WeightRenaming | WeightConverter]:
     ]
     converters = [
         WeightConverter(
-            "vision.pos_embed", f"{_VIT}.embeddings.position_embedding.weight", operations=[_Squeeze0()]
+            "vision.pos_embed",
+            f"{_VIT}.embeddings.position_embedding.weight",
+            operations=[_BatchDim(squeeze=True)],
         ),
         *(_vision_only(_split_qkv(kind)) for kind in ("weight", "bias")),
         WeightConverter(

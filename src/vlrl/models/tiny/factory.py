@@ -292,6 +292,17 @@ class TinyFamily:
     stop_tokens: tuple[str, ...] = ("<|im_end|>", EOS)
 
 
+def _deepseek_vl2(config: Callable[[Size, int, object], PretrainedConfig]) -> TinyFamily:
+    """A DeepSeek-VL2 variant: the released tokenizer's special tokens and roles, its processor."""
+    return TinyFamily(
+        tiny_deepseek_vl2.SPECIALS,
+        config,
+        tiny_deepseek_vl2.deepseek_vl2_processor,
+        roles=tiny_deepseek_vl2.ROLES,
+        stop_tokens=(tiny_deepseek_vl2.EOS,),
+    )
+
+
 FAMILIES: dict[str, TinyFamily] = {
     "qwen2_vl": TinyFamily(QWEN_SPECIALS, qwen2_vl_config, qwen_processor(Qwen2VLImageOnlyProcessor)),
     "qwen2_5_vl": TinyFamily(QWEN_SPECIALS, qwen2_5_vl_config, qwen_processor(Qwen2_5_VLImageOnlyProcessor)),
@@ -311,20 +322,8 @@ FAMILIES: dict[str, TinyFamily] = {
     "qwen3_5_moe": TinyFamily(
         QWEN_SPECIALS, tiny_qwen3_5.qwen3_5_moe_config, tiny_qwen3_5.qwen3_5_processor(QWEN_TEMPLATE)
     ),
-    "deepseek_vl2": TinyFamily(
-        tiny_deepseek_vl2.SPECIALS,
-        tiny_deepseek_vl2.deepseek_vl2_config,
-        tiny_deepseek_vl2.deepseek_vl2_processor,
-        roles=tiny_deepseek_vl2.ROLES,
-        stop_tokens=(tiny_deepseek_vl2.EOS,),
-    ),
-    "deepseek_vl2_mla": TinyFamily(
-        tiny_deepseek_vl2.SPECIALS,
-        tiny_deepseek_vl2.deepseek_vl2_mla_config,
-        tiny_deepseek_vl2.deepseek_vl2_processor,
-        roles=tiny_deepseek_vl2.ROLES,
-        stop_tokens=(tiny_deepseek_vl2.EOS,),
-    ),
+    "deepseek_vl2": _deepseek_vl2(tiny_deepseek_vl2.deepseek_vl2_config),
+    "deepseek_vl2_mla": _deepseek_vl2(tiny_deepseek_vl2.deepseek_vl2_mla_config),
 }
 
 
