@@ -290,6 +290,11 @@ class DeepseekVLV2ForCausalLM(DeepseekVLV2PreTrainedModel, GenerationMixin):
             raise ValueError(
                 f"deepseek_vl2: the prompts hold {slots} image tokens (id {self.config.image_token_id}) "
                 f"but the images give {features.shape[0]} features"
+                + (
+                    "; config.json's image_token_id must be the id of the tokenizer's <image>"
+                    if slots == 0
+                    else ""
+                )
             )
         return embeds.masked_scatter(mask[..., None], features.to(embeds.dtype))
 
