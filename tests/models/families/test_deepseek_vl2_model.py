@@ -20,7 +20,8 @@ from transformers import AutoConfig, AutoModelForImageTextToText, DynamicCache
 
 import vlrl  # noqa: F401  (registers deepseek_vl_v2 with transformers' Auto classes)
 from vlrl.models.deepseek_vl2 import DeepseekVLV2Config, DeepseekVLV2ForCausalLM
-from vlrl.models.deepseek_vl2.modeling import downsample_tokens, image_token_count, layout_image_tokens
+from vlrl.models.deepseek_vl2.modeling import downsample_tokens, layout_image_tokens
+from vlrl.models.deepseek_vl2.processing import image_token_count, tokens_per_side
 from vlrl.models.export import export_weights
 
 # ---- small configs in the original layout ---------------------------------------------------------
@@ -349,8 +350,9 @@ def test_layout_is_global_rows_separator_then_stitched_local_rows(head):
 @pytest.mark.parametrize("tw, th", [(1, 1), (2, 1), (1, 3), (3, 3), (9, 1)])
 def test_image_token_count_is_the_formula(tw, th):
     h = math.ceil((384 / 14) / 2)  # 27 patches -> 14 after the 2x2 merge (27 padded to 28)
-    assert image_token_count(384, 14, 2, tw, th) == h * (h + 1) + 1 + (th * h) * (tw * h + 1)
-    assert image_token_count(384, 14, 2, 1, 1) == 421
+    assert tokens_per_side(384, 14, 2) == h
+    assert image_token_count(h, (tw, th)) == h * (h + 1) + 1 + (th * h) * (tw * h + 1)
+    assert image_token_count(h, (1, 1)) == 421
 
 
 def test_image_features_give_each_image_its_count_in_order(loaded):
@@ -363,7 +365,7 @@ def test_image_features_give_each_image_its_count_in_order(loaded):
         second = model.get_image_features(pixels[3:], crops[1:]).pooler_output
     # 3x3 patches -> 2x2 merged: 2*3 + 1 + (1*2)*(2*2 + 1) = 17 and 2*3 + 1 + 2*3 = 13 tokens.
     assert first.shape == (17, N_EMBED) and second.shape == (13, N_EMBED)
-    assert image_token_count(IMAGE, PATCH, 2, 2, 1) == 17
+    assert image_token_count(tokens_per_side(IMAGE, PATCH, 2), (2, 1)) == 17
     torch.testing.assert_close(both, torch.cat([first, second]))
     torch.testing.assert_close(first[2], model.image_newline.detach())
     torch.testing.assert_close(first[6], model.view_seperator.detach())

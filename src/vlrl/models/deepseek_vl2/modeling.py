@@ -42,7 +42,6 @@ __all__ = [
     "DeepseekVLV2Language",
     "DeepseekVLV2Projector",
     "downsample_tokens",
-    "image_token_count",
     "layout_image_tokens",
 ]
 
@@ -121,13 +120,6 @@ def layout_image_tokens(
         parts = [rows_global, separator[None], rows_local]
         out.append(torch.cat(parts if global_view_pos == "head" else parts[::-1]))
     return torch.cat(out)
-
-
-def image_token_count(image_size: int, patch_size: int, downsample_ratio: int, tw: int, th: int) -> int:
-    """Tokens of one image tiled into tw x th local tiles: h*(w+1) + 1 + (th*h)*(tw*w + 1), with
-    h = w = ceil((image_size // patch_size) / downsample_ratio) (e.g. 14 for SigLIP-384/14)."""
-    h = -(-(image_size // patch_size) // downsample_ratio)
-    return h * (h + 1) + 1 + (th * h) * (tw * h + 1)
 
 
 class DeepseekVLV2Language(nn.Module):
