@@ -1,4 +1,5 @@
-"""Helpers for end-to-end training tests: short cold starts on rewritten targets."""
+"""Helpers for end-to-end training tests: the has-"e" RL task, short cold starts on rewritten
+targets, and the trained model's log-probs of a rollout backend's samples."""
 
 from __future__ import annotations
 
@@ -6,8 +7,18 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from vlrl.config import SFTConfig, load_config
+from vlrl.models.logprobs import response_logprobs
+from vlrl.rollout import SamplingParams
 from vlrl.training.sft import SFTTrainer
+
+# A reward file for `has_e_args`: 1 when the answer holds an "e", which a tiny policy learns fast.
+HAS_E_REWARD = """
+def has_e(completions, **fields):
+    return [1.0 if "e" in c else 0.0 for c in completions]
+"""
 
 # Settings every tiny end-to-end run shares (a one-word system prompt keeps prompts short).
 COMMON = ["data.system_prompt=Answer.", "train.device=cpu", "logging.progress=false"]
@@ -63,3 +74,28 @@ def rl_workspace(root: Path, reward_source: str, model: Path) -> dict:
     data = generate_dataset("counting", 40, root / "data", seed=0, heldout=8)
     (root / "rewards.py").write_text(reward_source)
     return {"root": root, "model": model, "data": data, "reward": root / "rewards.py"}
+
+
+def trainer_logprobs(trainer, sequences: list, lengths: list[int]) -> torch.Tensor:
+    """[N, T] log-probs of the trained model for `sequences` (prompts with their responses, of
+    `lengths` tokens) teacher-forced, vision placeholders blocked as in training, no gradient."""
+    vocab = trainer.model.get_output_embeddings().weight.shape[0]
+    blocked = torch.tensor(trainer.adapter.blocked_token_ids(vocab))
+    pad = trainer.adapter.tokenizer.pad_token_id
+    with torch.no_grad():
+        logp, _ = response_logprobs(trainer.model, sequences, lengths, pad, 1.0, blocked)
+    return logp
+
+
+def engine_vs_trainer(trainer, prompts: list, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs [N, T] of the rollout backend's samples of `prompts`: as the backend reported them,
+    and as the trained model computes them (`trainer_logprobs`); both zero past each response."""
+    groups = trainer.backend.generate(prompts, params)
+    flat = [(p, c) for p, g in zip(prompts, groups, strict=True) for c in g]
+    lengths = [c.token_ids.numel() for _, c in flat]
+    ours = trainer_logprobs(trainer, [p.with_response(c.token_ids) for p, c in flat], lengths)
+    engine = torch.zeros_like(ours)
+    for i, (_, c) in enumerate(flat):
+        engine[i, : lengths[i]] = c.logprobs
+    mask = torch.arange(ours.shape[1])[None, :] < torch.tensor(lengths)[:, None]
+    return engine * mask, ours * mask

@@ -13,7 +13,7 @@ import json
 
 import pytest
 import torch
-from helpers_rl import has_e_args, rl_workspace
+from helpers_rl import HAS_E_REWARD, has_e_args, rl_workspace
 
 from vlrl.cli import main
 from vlrl.config import TrainConfig, load_config
@@ -21,11 +21,6 @@ from vlrl.models.loading import load_model
 from vlrl.models.tiny.factory import FAMILIES
 from vlrl.rollout import SamplingParams
 from vlrl.training.grpo import GRPOTrainer
-
-REWARD_FILE = """
-def has_e(completions, **fields):
-    return [1.0 if "e" in c else 0.0 for c in completions]
-"""
 
 FAMILY_NAMES = sorted(FAMILIES)
 
@@ -37,7 +32,7 @@ def workspaces(tmp_path_factory, tiny_models):
 
     def get(family: str) -> dict:
         if family not in made:
-            made[family] = rl_workspace(root / family, REWARD_FILE, tiny_models[family])
+            made[family] = rl_workspace(root / family, HAS_E_REWARD, tiny_models[family])
         return made[family]
 
     return get

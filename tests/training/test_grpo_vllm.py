@@ -14,10 +14,9 @@ import json
 
 import pytest
 import torch
-from helpers_rl import has_e_args
+from helpers_rl import HAS_E_REWARD, engine_vs_trainer, has_e_args
 
 from vlrl.config import TrainConfig, load_config
-from vlrl.models.logprobs import response_logprobs
 from vlrl.rollout import SamplingParams
 from vlrl.rollout.hf import HFRolloutBackend
 from vlrl.synth import generate_dataset
@@ -26,16 +25,12 @@ from vlrl.training.grpo import GRPOTrainer
 pytest.importorskip("vllm", reason="needs vLLM (see README, 'Rollout backends')")
 pytestmark = pytest.mark.vllm
 
-REWARD_FILE = (
-    'def has_e(completions, **fields):\n    return [1.0 if "e" in c else 0.0 for c in completions]\n'
-)
-
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("rl_vllm")
     data = generate_dataset("counting", 40, root / "data", seed=0, heldout=8)
-    (root / "rewards.py").write_text(REWARD_FILE)
+    (root / "rewards.py").write_text(HAS_E_REWARD)
     return {"model": tiny_models["idefics3"], "data": data["train"], "reward": root / "rewards.py"}
 
 
@@ -79,22 +74,5 @@ def test_grpo_with_vllm_rollouts_learns_like_with_hf_rollouts(workspace, tmp_pat
     # The engine ended the run on the trained weights: its log-probs are the trained model's.
     samples = trainer.train_samples[:4]
     prompts = [trainer.adapter.encode(s, trainer.template) for s in samples]
-    flat = [
-        (p, c)
-        for p, g in zip(prompts, trainer.backend.generate(prompts, SamplingParams(4, 6)), strict=True)
-        for c in g
-    ]
-    lengths = [c.token_ids.numel() for _, c in flat]
-    vocab = trainer.model.get_output_embeddings().weight.shape[0]
-    blocked = torch.tensor(trainer.adapter.blocked_token_ids(vocab))
-    with torch.no_grad():
-        ours, _ = response_logprobs(
-            trainer.model,
-            [p.with_response(c.token_ids) for p, c in flat],
-            lengths,
-            trainer.adapter.tokenizer.pad_token_id,
-            1.0,
-            blocked,
-        )
-    for i, ((_, c), n) in enumerate(zip(flat, lengths, strict=True)):
-        torch.testing.assert_close(ours[i, :n], c.logprobs, atol=1e-4, rtol=1e-4)
+    engine, ours = engine_vs_trainer(trainer, prompts, SamplingParams(4, 6))
+    torch.testing.assert_close(ours, engine, atol=1e-4, rtol=1e-4)

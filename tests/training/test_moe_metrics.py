@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_rl import has_e_args, rl_workspace
+from helpers_rl import HAS_E_REWARD, has_e_args, rl_workspace
 
 from vlrl.config import TrainConfig, load_config
 from vlrl.models.loading import load_model
@@ -17,16 +17,12 @@ from vlrl.monitoring.experts import ExpertLoadMonitor
 from vlrl.report import write_report
 from vlrl.training.grpo import GRPOTrainer
 
-REWARD_FILE = """
-def has_e(completions, **fields):
-    return [1.0 if "e" in c else 0.0 for c in completions]
-"""
 SMALL = ["train.steps=2", "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4"]
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_models):
-    return rl_workspace(tmp_path_factory.mktemp("moe_metrics"), REWARD_FILE, tiny_models["qwen3_vl_moe"])
+    return rl_workspace(tmp_path_factory.mktemp("moe_metrics"), HAS_E_REWARD, tiny_models["qwen3_vl_moe"])
 
 
 def router_calls(model, adapter) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers_rl import has_e_args, rl_workspace, short_sft
+from helpers_rl import HAS_E_REWARD, has_e_args, rl_workspace, short_sft
 
 from vlrl.config import TrainConfig, load_config
 from vlrl.training.grpo import GRPOTrainer
 
-REWARD_FILE = """
-def has_e(completions, **fields):
-    return [1.0 if "e" in c else 0.0 for c in completions]
-"""
-
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_models):
-    return rl_workspace(tmp_path_factory.mktemp("moe"), REWARD_FILE, tiny_models["qwen3_vl_moe"])
+    return rl_workspace(tmp_path_factory.mktemp("moe"), HAS_E_REWARD, tiny_models["qwen3_vl_moe"])
 
 
 @pytest.mark.parametrize("coef", [0.0, 0.05])

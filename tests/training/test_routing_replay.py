@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_rl import has_e_args, rl_workspace
+from helpers_rl import HAS_E_REWARD, has_e_args, rl_workspace
 
 from vlrl.config import TrainConfig, load_config
 from vlrl.models.loading import load_model
 from vlrl.training.grpo import GRPOTrainer
 
-REWARD_FILE = """
-def has_e(completions, **fields):
-    return [1.0 if "e" in c else 0.0 for c in completions]
-"""
-
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_models):
-    return rl_workspace(tmp_path_factory.mktemp("replay"), REWARD_FILE, tiny_models["qwen3_vl_moe"])
+    return rl_workspace(tmp_path_factory.mktemp("replay"), HAS_E_REWARD, tiny_models["qwen3_vl_moe"])
 
 
 def run(workspace, tmp_path, *overrides):
