@@ -219,13 +219,18 @@ def no_learning_signal(history: list[dict], cfg: MonitorSection) -> str | None:
     return f"every group's rewards were equal for {steps}: all advantages are zero, nothing learns"
 
 
+def _sustained_above(history: list[dict], key: str, limit: float, cfg: MonitorSection) -> list[float] | None:
+    """The last `min_steps` logged values of `key` when every one is above `limit`, else None."""
+    recent = series(history, first_of(key))[-cfg.min_steps :]
+    return recent if len(recent) == cfg.min_steps and min(recent) > limit else None
+
+
 def expert_collapse(history: list[dict], cfg: MonitorSection) -> str | None:
     """Mixture-of-Experts: in some layer the busiest expert takes more than `expert_load_max` times
     the mean load, at each of the last `min_steps` steps: the router sends most tokens to a few
     experts, the rest stop learning (the routing collapse that RL on MoE models is prone to)."""
-    values = series(history, first_of("moe/load_max_over_mean"))
-    recent = values[-cfg.min_steps :]
-    if len(recent) < cfg.min_steps or min(recent) <= cfg.expert_load_max:
+    recent = _sustained_above(history, "moe/load_max_over_mean", cfg.expert_load_max, cfg)
+    if recent is None:
         return None
     return (
         f"the busiest expert took {recent[-1]:.1f}x the mean expert load for {len(recent)} steps "
@@ -250,9 +255,8 @@ def rollout_mismatch(history: list[dict], cfg: MonitorSection) -> str | None:
     per response token) above `mismatch_kl_max` in each of the last `min_steps` steps. The update
     then treats another model's samples as its own (an engine in another dtype or with other
     kernels, a stale weight sync)."""
-    values = series(history, first_of("mismatch/kl"))
-    recent = values[-cfg.min_steps :]
-    if len(recent) < cfg.min_steps or min(recent) <= cfg.mismatch_kl_max:
+    recent = _sustained_above(history, "mismatch/kl", cfg.mismatch_kl_max, cfg)
+    if recent is None:
         return None
     return (
         f"KL(sampler || trainer) was {recent[-1]:.2g} per token for {len(recent)} steps (alarm above "
