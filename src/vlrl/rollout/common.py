@@ -43,20 +43,22 @@ def check_prompt_ids(prompt: Encoded, engine_ids: list[int], index: int) -> None
         (i for i, (a, b) in enumerate(zip(engine_ids, ours, strict=False)) if a != b),
         min(len(ours), len(engine_ids)),
     )
-    raise RuntimeError(
-        f"rollout prompt {index}: the engine tokenised it into {len(engine_ids)} tokens, the trainer into "
-        f"{len(ours)}; first difference at position {at} (engine "
-        f"{engine_ids[at : at + 3]}, trainer {ours[at : at + 3]}). The two processors disagree (image size "
-        "bounds or chat template): align them before training, or use rollout.backend=hf"
+    where = (
+        f"; first difference at position {at} (engine {engine_ids[at : at + 3]}, trainer {ours[at : at + 3]})"
     )
+    raise _disagreement(index, len(engine_ids), len(ours), where)
 
 
 def check_prompt_length(prompt: Encoded, engine_length: int, index: int) -> None:
     """Fail when an engine that reports only how many tokens it made of prompt `index` (SGLang's
     `meta_info.prompt_tokens`) made another number than the trainer did (see `check_prompt_ids`)."""
     if engine_length != prompt.length:
-        raise RuntimeError(
-            f"rollout prompt {index}: the engine tokenised it into {engine_length} tokens, the trainer into "
-            f"{prompt.length}. The two processors disagree (image size bounds, chat template or a BOS token): "
-            "align them before training, or use rollout.backend=hf"
-        )
+        raise _disagreement(index, engine_length, prompt.length, "")
+
+
+def _disagreement(index: int, engine_length: int, trainer_length: int, where: str) -> RuntimeError:
+    return RuntimeError(
+        f"rollout prompt {index}: the engine tokenised it into {engine_length} tokens, the trainer into "
+        f"{trainer_length}{where}. The two processors disagree (image size bounds, chat template or a BOS "
+        "token): align them before training, or use rollout.backend=hf"
+    )
