@@ -202,7 +202,8 @@ class ModelAdapter(ABC):
     def vision_cache(self, model: nn.Module, vision: dict[str, torch.Tensor]) -> VisionCache:
         """The vision tower's output for `vision`'s images, to stand in for them in later passes
         (`cached_inputs`); exact while the `vision_groups` are frozen."""
-        out = unwrap(model).model.get_image_features(**vision, return_dict=True)
+        # the outer class's method: transformers' delegate to `.model`, DeepSeek-VL2 has no `.model`
+        out = unwrap(model).get_image_features(**vision, return_dict=True)
         kept = {k: out[k] for k in self.vision_output_fields}
         return VisionCache(type(out)(**kept))
 

@@ -32,7 +32,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from vlrl.models.adapters.base import ModelAdapter, VisionCache, plain_positions, unwrap
+from vlrl.models.adapters.base import ModelAdapter, plain_positions
 from vlrl.models.deepseek_vl2.processing import select_best_resolution
 
 _MLP = ("gate_proj", "up_proj", "down_proj")
@@ -83,11 +83,6 @@ class DeepseekVL2Adapter(ModelAdapter):
 
     def position_ids(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return plain_positions(batch)
-
-    def vision_cache(self, model: nn.Module, vision: dict[str, torch.Tensor]) -> VisionCache:
-        """The image tokens' embeddings of `vision`'s images (the model's own `get_image_features`)."""
-        out = unwrap(model).get_image_features(**vision, return_dict=True)
-        return VisionCache(type(out)(**{k: out[k] for k in self.vision_output_fields}))
 
     def route_weights(self, router: nn.Module, logits: Tensor, indices: Tensor) -> Tensor:
         """Routing replay's combine weights [N, k] (`vlrl.models.routing`) from the router's float32
